@@ -1,0 +1,27 @@
+"""The root `styxcache` command group; subcommands live in sibling modules."""
+
+from __future__ import annotations
+
+import click
+
+from styxcache.cli import cache_commands, demo, schedule
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
+@click.version_option(package_name="styxcache")
+def main() -> None:
+    """Content-addressed caching and scheduling for Styx pipelines.
+
+    \b
+    Examples:
+      styxcache demo                     run a small pipeline twice, see the hits
+      styxcache stats --cache-dir DIR    what the cache saved
+      styxcache gc --max-size 50G        trim least recently used entries
+      styxcache schedule run jobs.yaml   rerun pipelines on a schedule
+    """
+
+
+for command in (*cache_commands.COMMANDS, demo.demo, schedule.schedule):
+    main.add_command(command)

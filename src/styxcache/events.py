@@ -1,0 +1,250 @@
+"""Cache events: what happened to each execution, for callbacks, stats and files.
+
+Every execution that passes through a `CachingRunner` produces exactly one
+`CacheEvent` (hit, miss, bypass or refresh). Events go to three places:
+
+* the runner's `on_event` callback and its in-memory `CacheStats`;
+* every `collect_events()` block active in the calling context (the scheduler
+  uses this to count the hits and misses of one scheduled run);
+* an append-only JSON-lines file per process under `<cache_dir>/.events/`, so a
+  command-line tool can add up statistics without a shared lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "EVENTS_DIR",
+    "CacheEvent",
+    "CacheStats",
+    "EventKind",
+    "EventLog",
+    "collect_events",
+    "publish",
+    "read_events",
+]
+
+_log = logging.getLogger("styxcache.events")
+
+EVENTS_DIR = ".events"
+"""Folder of the cache directory that holds the per-process event files."""
+
+EventKind = Literal["hit", "miss", "bypass", "refresh"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheEvent:
+    """One execution's outcome as seen by the cache.
+
+    Attributes:
+        kind: `"hit"`, `"miss"`, `"bypass"` or `"refresh"`.
+        tool: `package/id` of the tool.
+        key: The cache key, or `""` for a bypassed execution.
+        duration_s: Wall time this execution took here (the replay, for a hit).
+        saved_s: For a hit, the stored duration of the run it replaced.
+        bytes_served: For a hit, the total size of the outputs served.
+        reason: Why it was a miss or a refresh, in one sentence.
+        time: Unix time when the event was produced.
+        host: Host name of the producing process.
+        pid: Process id of the producing process.
+        ok: False when the tool ran and failed.
+    """
+
+    kind: EventKind
+    tool: str
+    key: str
+    duration_s: float = 0.0
+    saved_s: float = 0.0
+    bytes_served: int = 0
+    reason: str = ""
+    time: float = dataclasses.field(default_factory=time.time)
+    host: str = dataclasses.field(default_factory=socket.gethostname)
+    pid: int = dataclasses.field(default_factory=os.getpid)
+    ok: bool = True
+
+    def to_json(self) -> str:
+        """Return the event as one line of JSON."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CacheEvent:
+        """Build an event from a decoded JSON object, ignoring unknown fields.
+
+        Args:
+            data: A decoded event line.
+
+        Returns:
+            The event.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclasses.dataclass
+class CacheStats:
+    """Running totals of cache events.
+
+    Attributes:
+        hits: Executions served from the cache.
+        misses: Executions that ran and were stored.
+        bypassed: Executions that went straight to the base runner.
+        refreshed: Executions rerun on purpose by `refresh()` or `max_age`.
+        time_saved_s: Sum of the stored durations of the runs that hits replaced.
+        bytes_served: Sum of the output sizes served by hits.
+    """
+
+    hits: int = 0
+    misses: int = 0
+    bypassed: int = 0
+    refreshed: int = 0
+    time_saved_s: float = 0.0
+    bytes_served: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        """Hits over hits plus misses plus refreshes (0.0 when nothing ran)."""
+        total = self.hits + self.misses + self.refreshed
+        return self.hits / total if total else 0.0
+
+    def add(self, event: CacheEvent) -> None:
+        """Fold one event into the totals.
+
+        Args:
+            event: The event to count.
+        """
+        if event.kind == "hit":
+            self.hits += 1
+            self.time_saved_s += event.saved_s
+            self.bytes_served += event.bytes_served
+        elif event.kind == "miss":
+            self.misses += 1
+        elif event.kind == "bypass":
+            self.bypassed += 1
+        else:
+            self.refreshed += 1
+
+    def as_dict(self) -> dict[str, float | int]:
+        """Return the totals and the hit rate as a plain dictionary."""
+        return {**dataclasses.asdict(self), "hit_rate": self.hit_rate}
+
+
+_COLLECTORS: contextvars.ContextVar[tuple[list[CacheEvent], ...]] = (
+    contextvars.ContextVar("styxcache_event_collectors", default=())
+)
+
+
+@contextlib.contextmanager
+def collect_events() -> Iterator[list[CacheEvent]]:
+    """Collect the events of executions started in this context.
+
+    Blocks nest: an event reaches every enclosing block of the context that
+    started the execution. Threads and asyncio tasks started inside the block
+    only report here if they run in a copy of this context.
+
+    Yields:
+        The list the events are appended to, in order.
+    """
+    sink: list[CacheEvent] = []
+    token = _COLLECTORS.set((*_COLLECTORS.get(), sink))
+    try:
+        yield sink
+    finally:
+        _COLLECTORS.reset(token)
+
+
+def publish(event: CacheEvent) -> None:
+    """Hand an event to every `collect_events()` block of the calling context.
+
+    Args:
+        event: The event.
+    """
+    for sink in _COLLECTORS.get():
+        sink.append(event)
+
+
+class EventLog:
+    """Appends events to this process's JSON-lines file in a cache directory.
+
+    Each process writes only its own file (named after host, pid and a random
+    suffix), so no lock is needed and a reader simply concatenates the files.
+    Failures to write are logged once and never break a pipeline.
+    """
+
+    def __init__(self, cache_root: Path) -> None:
+        """Create the log; the file itself is created on the first event.
+
+        Args:
+            cache_root: The cache directory.
+        """
+        self._dir = cache_root / EVENTS_DIR
+        self._lock = threading.Lock()
+        self._path: Path | None = None
+        self._pid = -1
+        self._broken = False
+
+    def _file_for_this_process(self) -> Path:
+        # A forked child must not share its parent's file name.
+        if self._path is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            name = f"{socket.gethostname()}-{self._pid}-{uuid.uuid4().hex[:8]}.jsonl"
+            self._path = self._dir / name
+        return self._path
+
+    def append(self, event: CacheEvent) -> None:
+        """Append one event.
+
+        Args:
+            event: The event.
+        """
+        if self._broken:
+            return
+        line = event.to_json() + "\n"
+        with self._lock:
+            try:
+                path = self._file_for_this_process()
+                self._dir.mkdir(exist_ok=True)
+                with path.open("a", encoding="utf-8") as handle:
+                    handle.write(line)
+            except OSError as exc:
+                self._broken = True
+                _log.warning("cannot write cache events to %s: %s", self._dir, exc)
+
+
+def read_events(cache_root: Path, *, since: float | None = None) -> Iterator[CacheEvent]:
+    """Read every event recorded in a cache directory.
+
+    Args:
+        cache_root: The cache directory.
+        since: Only events at or after this Unix time.
+
+    Yields:
+        Events, file by file; a torn last line of a live file is skipped.
+    """
+    folder = cache_root / EVENTS_DIR
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob("*.jsonl")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            try:
+                event = CacheEvent.from_dict(json.loads(line))
+            except (ValueError, TypeError):
+                continue
+            if since is None or event.time >= since:
+                yield event
