@@ -7,23 +7,20 @@ import nox
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.default_venv_backend = "venv"
 
-PYTHON = False  # use the interpreter nox runs under; CI and dev machines have one
-
-
-@nox.session(python=PYTHON)
+@nox.session
 def tests(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("pytest", *(session.posargs or ["-q"]))
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
 
-@nox.session(python=PYTHON)
+@nox.session
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("mypy", "--strict", "src/styxcache")
