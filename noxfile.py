@@ -24,3 +24,10 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("mypy", "--strict", "src/styxcache")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site; any MkDocs warning fails the build."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", *session.posargs)
