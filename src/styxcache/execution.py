@@ -1,0 +1,598 @@
+"""`CachingExecution`: one tool call as seen through the cache.
+
+The wrapper calls `params()`, `input_file()`... then `output_file()`... then
+`run()`. The key is settled at the first `output_file()` (or
+`mutable_copy()`, or `run()`), because output paths point into the entry and
+so depend on it. `run()` then serves the entry, or runs the tool in a staging
+folder and commits it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from styxdefs import Execution, InputPathType, Metadata, OutputPathType
+
+from styxcache import lease as leases
+from styxcache.events import CacheEvent, EventKind
+from styxcache.explain import describe_differences
+from styxcache.fingerprint import command_fingerprint, describe_fingerprint_change
+from styxcache.hashing import ContentHasher, stat_signature
+from styxcache.key import KeyPayload, RegisteredInput, build_payload, tool_id
+from styxcache.logs import LineLog, replay
+from styxcache.manifest import Manifest, scan_outputs
+from styxcache.modes import CacheMode
+from styxcache.store import CacheStore, remove_tree
+
+if TYPE_CHECKING:
+    from styxcache.runner import CachingRunner
+
+__all__ = ["CacheReadOnlyError", "CachingExecution"]
+
+_log = logging.getLogger("styxcache")
+
+LineHandler = Callable[[str], None]
+
+
+class CacheReadOnlyError(PermissionError):
+    """A miss needs to write to a read-only cache and the policy forbids running uncached."""
+
+
+@dataclasses.dataclass
+class _Plan:
+    """What the execution decided when its key was settled."""
+
+    where: str  # "cache": the main entry; "tier": a read-only tier; "base": uncached
+    key: str = ""
+    payload: KeyPayload | None = None
+    manifest: Manifest | None = None  # set for a (provisional) hit
+    entry: Path | None = None
+    replace: bool = False  # the tool runs and replaces an existing entry
+    kind: EventKind = "miss"
+    reason: str = ""
+    signatures: tuple[str, ...] = ()
+
+
+def _innermost(execution: Any) -> Any:
+    """Follow `.base` links (GraphRunner, nested middleware) to the execution that
+    owns an `output_dir`, the folder the tool writes into."""
+    seen = 0
+    while not hasattr(execution, "output_dir") and hasattr(execution, "base") and seen < 16:
+        execution = execution.base
+        seen += 1
+    return execution
+
+
+class CachingExecution(Execution):
+    """An `Execution` that serves results from the cache or stores new ones."""
+
+    def __init__(
+        self,
+        runner: CachingRunner,
+        base: Execution,
+        metadata: Metadata,
+        mode: CacheMode,
+    ) -> None:
+        self.base = base
+        self.metadata = metadata
+        self.mode = mode
+        self._runner = runner
+        self._tool = tool_id(metadata)
+        self._inner = _innermost(base)
+        original = getattr(self._inner, "output_dir", None)
+        self._base_dir: Path | None = Path(original) if original is not None else None
+        self._inputs: list[RegisteredInput] = []
+        self._params: dict[str, Any] | None = None
+        self._outputs: list[tuple[str, bool]] = []
+        self._plan: _Plan | None = None
+
+    # The Execution protocol ------------------------------------------------
+
+    def params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Record the params (for the key) and pass them to the base execution."""
+        self._params = params
+        return self.base.params(params)
+
+    def input_file(
+        self,
+        host_file: InputPathType,
+        *,
+        resolve_parent: bool = False,
+        mutable: bool = False,
+    ) -> str:
+        """Register an input; it must exist before anything runs."""
+        if self._plan is not None:
+            raise RuntimeError(
+                f"{self._tool}: input_file({host_file!s}) called after output_file() or "
+                "run(); the cache key is already settled"
+            )
+        path = Path(os.path.abspath(os.fspath(host_file)))
+        if self.mode is not CacheMode.BYPASS:
+            must_exist = path.parent if resolve_parent and not mutable else path
+            if not must_exist.exists():
+                what = "input folder" if must_exist != path else "input file"
+                raise FileNotFoundError(
+                    f"{self._tool}: {what} not found: {must_exist}"
+                )
+        local = self.base.input_file(host_file, resolve_parent=resolve_parent, mutable=mutable)
+        self._inputs.append(RegisteredInput(path, resolve_parent, mutable, local))
+        return local
+
+    def output_file(self, local_file: str, *, optional: bool = False) -> OutputPathType:
+        """Return where an output will be: inside the cache entry."""
+        relative = _checked_relative(local_file, self._tool)
+        plan = self._settle()
+        self._outputs.append((relative, optional))
+        if plan.where == "base":
+            return self.base.output_file(local_file, optional=optional)
+        assert plan.entry is not None
+        return plan.entry if relative == "." else plan.entry / relative
+
+    def mutable_copy(self, host_file: InputPathType) -> OutputPathType:
+        """Return where the edited copy of a mutable input will be."""
+        staged = Path(self.base.mutable_copy(host_file))
+        plan = self._settle()
+        if plan.where == "base":
+            return staged
+        name = staged.name
+        if self._base_dir is not None:
+            try:
+                name = staged.relative_to(self._base_dir).as_posix()
+            except ValueError:
+                pass
+        relative = _checked_relative(name, self._tool)
+        assert plan.entry is not None
+        return plan.entry / relative
+
+    def run(
+        self,
+        cargs: list[str],
+        *,
+        handle_stdout: LineHandler | None = None,
+        handle_stderr: LineHandler | None = None,
+    ) -> None:
+        """Serve the stored result, or run the tool and store it."""
+        started = time.perf_counter()
+        plan = self._settle()
+        if plan.where == "base":
+            self._run_uncached(plan, cargs, handle_stdout, handle_stderr, started)
+            return
+        fingerprint, parts = self._fingerprint(cargs, plan)
+        if plan.manifest is not None and not plan.replace:
+            stored = plan.manifest
+            if self._runner.policy.check_command and stored.fingerprint != fingerprint:
+                plan.replace, plan.kind = True, "refresh"
+                plan.reason = describe_fingerprint_change(stored.fingerprint_parts, parts)
+            else:
+                self._serve(plan, stored, handle_stdout, handle_stderr, started)
+                return
+        self._run_and_store(plan, cargs, fingerprint, parts, handle_stdout, handle_stderr, started)
+
+    # Settling the key --------------------------------------------------------
+
+    def _settle(self) -> _Plan:
+        if self._plan is None:
+            self._plan = self._make_plan()
+        return self._plan
+
+    def _make_plan(self) -> _Plan:
+        runner = self._runner
+        if self.mode is CacheMode.BYPASS:
+            return _Plan("base", kind="bypass", reason="bypassed")
+        if self._base_dir is None:
+            _log.warning(
+                "%s: the base execution (%s) has no output_dir to redirect; "
+                "running uncached",
+                self._tool,
+                type(self._inner).__name__,
+            )
+            return _Plan("base", kind="bypass", reason="base runner cannot be redirected")
+        payload, signatures = self._payload()
+        key = payload.key()
+        store = runner.store
+        plan = _Plan(
+            "cache", key=key, payload=payload, entry=store.entry_dir(key), signatures=signatures
+        )
+        if self.mode is CacheMode.REFRESH:
+            plan.replace, plan.kind, plan.reason = True, "refresh", "refresh() requested"
+        else:
+            found = store.lookup(key, **runner.verify_args()) if runner.writable else (
+                store.lookup(key, quarantine=False, **runner.verify_args())
+            )
+            if found.manifest is not None:
+                max_age = runner.policy.max_age_s
+                if max_age is not None and time.time() - found.manifest.created > max_age:
+                    plan.replace, plan.kind = True, "refresh"
+                    plan.reason = f"entry older than max_age ({max_age:.0f}s)"
+                else:
+                    plan.manifest = found.manifest
+                    return plan
+            else:
+                tier = runner.find_in_tiers(key)
+                if tier is not None:
+                    tier_store, manifest = tier
+                    if runner.writable and runner.import_from_tier(tier_store, key):
+                        plan.manifest = store.lookup(key, **runner.verify_args()).manifest
+                        if plan.manifest is not None:
+                            return plan
+                    plan.where, plan.entry, plan.manifest = "tier", tier_store.entry_dir(key), manifest
+                    return plan
+                plan.reason = found.reason if found.damaged else self._explain(payload)
+        if not runner.writable:
+            if runner.policy.read_only_miss == "error":
+                raise CacheReadOnlyError(
+                    f"{self._tool}: cache miss, and the cache directory {store.root} is "
+                    "read-only (CachePolicy(read_only_miss='error'))"
+                )
+            _log.warning(
+                "%s: cache miss and %s is read-only; running uncached", self._tool, store.root
+            )
+            return _Plan("base", key=key, payload=payload, kind="miss", reason="read-only cache")
+        return plan
+
+    def _payload(self) -> tuple[KeyPayload, tuple[str, ...]]:
+        runner = self._runner
+        policy = runner.policy
+        hasher = policy.hasher
+        exclude = runner.hash_exclusions()
+        digests: list[str] = []
+        signatures: list[str] = []
+
+        def digest_of(path: Path) -> str:
+            if isinstance(hasher, ContentHasher):
+                found = hasher.digest(path, memo=runner.memo, exclude=exclude)
+                signatures.append(found.signature)
+                return found.value
+            signatures.append(stat_signature(path, exclude))
+            return hasher.hash_path(path)
+
+        for registered in self._inputs:
+            try:
+                digests.append(digest_of(registered.hashed_path))
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"{self._tool}: input not found: {registered.hashed_path}"
+                ) from None
+        container_tag = getattr(self._inner, "container_tag", None)
+        image = policy.image_digest(container_tag) if container_tag else None
+        payload = build_payload(
+            metadata=self.metadata,
+            image=image,
+            env=policy.env_for_key(),
+            params=self._params,
+            inputs=self._inputs,
+            digests=digests,
+            extra=policy.extra,
+            path_params=policy.path_params,
+            hash_path=digest_of,
+        )
+        return payload, tuple(signatures)
+
+    def _explain(self, payload: KeyPayload) -> str:
+        """Name the nearest earlier entry of this tool and what differs from it."""
+        store = self._runner.store
+        new = payload.to_json()
+        best: tuple[int, str, list[str]] | None = None
+        for key in store.recent_keys(self._tool):
+            try:
+                old = Manifest.read(store.entry_dir(key) / store.MANIFEST).payload
+            except (ValueError, OSError):
+                continue
+            differences = describe_differences(old, new)
+            if best is None or len(differences) < best[0]:
+                best = (len(differences), key, differences)
+        if best is None:
+            return "no earlier entry of this tool"
+        _, key, differences = best
+        return f"nearest entry {key[:12]}: " + "; ".join(differences or ["identical key"])
+
+    def _fingerprint(self, cargs: list[str], plan: _Plan) -> tuple[str, dict[str, str]]:
+        replacements = [(item.local, f"<input:{i}>") for i, item in enumerate(self._inputs)]
+        if plan.entry is not None:
+            replacements.append((str(plan.entry), "<entry>"))
+        environ = getattr(self._inner, "environ", None) or {}
+        runner = self._runner
+        return command_fingerprint(
+            cargs,
+            replacements=replacements,
+            local=not hasattr(self._inner, "container_tag"),
+            search_path=environ.get("PATH", os.environ.get("PATH")),
+            hash_executable=lambda path: runner.policy_hasher().hash_path(
+                Path(path), memo=runner.memo
+            ),
+        )
+
+    # Serving -----------------------------------------------------------------
+
+    def _default_handler(self, stream: str) -> LineHandler | None:
+        logger = getattr(self._inner, "logger", None)
+        if isinstance(logger, logging.Logger):
+            child = logger.getChild(stream)
+            if child.isEnabledFor(logging.DEBUG):
+                return child.debug
+        return None
+
+    def _serve(
+        self,
+        plan: _Plan,
+        manifest: Manifest,
+        handle_stdout: LineHandler | None,
+        handle_stderr: LineHandler | None,
+        started: float,
+        reason: str = "",
+    ) -> None:
+        assert plan.entry is not None
+        for name, lines, handler, stream in (
+            (CacheStore.STDOUT_LOG, manifest.stdout_lines, handle_stdout, "stdout"),
+            (CacheStore.STDERR_LOG, manifest.stderr_lines, handle_stderr, "stderr"),
+        ):
+            target = handler or self._default_handler(stream)
+            if lines and target is not None:
+                replay(plan.entry / name, target)
+        if plan.where == "cache":
+            self._runner.store.touch(plan.key)
+        self._drop_base_dir()
+        self._runner.emit(
+            CacheEvent(
+                kind="hit",
+                tool=self._tool,
+                key=plan.key,
+                duration_s=time.perf_counter() - started,
+                saved_s=manifest.duration_s,
+                bytes_served=manifest.total_size,
+                reason=reason,
+            )
+        )
+
+    def _drop_base_dir(self) -> None:
+        """Remove the folder the base runner made eagerly, if the tool never used it."""
+        if self._base_dir is not None:
+            try:
+                self._base_dir.rmdir()
+            except OSError:
+                pass
+
+    def _run_uncached(
+        self,
+        plan: _Plan,
+        cargs: list[str],
+        handle_stdout: LineHandler | None,
+        handle_stderr: LineHandler | None,
+        started: float,
+    ) -> None:
+        ok = False
+        try:
+            self.base.run(cargs, handle_stdout=handle_stdout, handle_stderr=handle_stderr)
+            ok = True
+        finally:
+            self._runner.emit(
+                CacheEvent(
+                    kind="bypass" if plan.kind == "bypass" else "miss",
+                    tool=self._tool,
+                    key=plan.key,
+                    duration_s=time.perf_counter() - started,
+                    reason=plan.reason,
+                    ok=ok,
+                )
+            )
+
+    # Running and storing -------------------------------------------------------
+
+    def _run_and_store(
+        self,
+        plan: _Plan,
+        cargs: list[str],
+        fingerprint: str,
+        parts: dict[str, str],
+        handle_stdout: LineHandler | None,
+        handle_stderr: LineHandler | None,
+        started: float,
+    ) -> None:
+        runner, store = self._runner, self._runner.store
+        key = plan.key
+
+        def twin_done() -> bool:
+            return not plan.replace and store.is_hit(key)
+
+        with leases.acquire(
+            store.root / store.LOCKS_DIR,
+            key,
+            lease_seconds=runner.policy.lease_seconds,
+            timeout=runner.policy.lock_timeout_s,
+            done=twin_done,
+        ) as held:
+            if held is None and twin_done():
+                found = store.lookup(key, **runner.verify_args())
+                if found.manifest is not None:
+                    self._serve(
+                        plan, found.manifest, handle_stdout, handle_stderr, started,
+                        reason="computed by a concurrent identical execution",
+                    )
+                    return
+            if held is not None and not plan.replace:
+                # A twin may have committed between our lookup and the lease.
+                found = store.lookup(key, **runner.verify_args())
+                if found.manifest is not None and found.manifest.fingerprint == fingerprint:
+                    self._serve(
+                        plan, found.manifest, handle_stdout, handle_stderr, started,
+                        reason="computed by a concurrent identical execution",
+                    )
+                    return
+            self._execute(plan, cargs, fingerprint, parts, handle_stdout, handle_stderr, started)
+
+    def _execute(
+        self,
+        plan: _Plan,
+        cargs: list[str],
+        fingerprint: str,
+        parts: dict[str, str],
+        handle_stdout: LineHandler | None,
+        handle_stderr: LineHandler | None,
+        started: float,
+    ) -> None:
+        runner, store = self._runner, self._runner.store
+        key = plan.key
+        staging = store.stage()
+        self._inner.output_dir = staging
+        self._drop_base_dir()
+        out_log = LineLog(staging / store.STDOUT_LOG)
+        err_log = LineLog(staging / store.STDERR_LOG)
+        user_out = handle_stdout or self._default_handler("stdout")
+        user_err = handle_stderr or self._default_handler("stderr")
+        tool_started = time.perf_counter()
+        try:
+            self.base.run(
+                cargs,
+                handle_stdout=_tee(out_log, user_out),
+                handle_stderr=_tee(err_log, user_err),
+            )
+        except BaseException as exc:
+            out_log.close()
+            err_log.close()
+            kept = store.keep_failed(
+                staging, key, f"{type(exc).__name__}: {exc}", limit=runner.policy.keep_failed
+            )
+            if kept is not None:
+                note = f"styxcache: the failed run's files are kept in {kept}"
+                if hasattr(exc, "add_note"):
+                    exc.add_note(note)
+                _log.error("%s failed; %s", self._tool, note.removeprefix("styxcache: "))
+            self._emit_run(plan, started, ok=False)
+            raise
+        duration = time.perf_counter() - tool_started
+        out_log.close()
+        err_log.close()
+        problem = self._missing_outputs(staging) or self._changed_inputs(plan)
+        if problem:
+            _log.warning("%s: %s; the result is not cached and will run again", self._tool, problem)
+            store.place_uncommitted(staging, key, problem)
+            self._emit_run(plan, started, ok=True)
+            return
+        hasher = runner.policy_hasher()
+        assert plan.payload is not None
+        manifest = Manifest(
+            key=key,
+            tool=self._tool,
+            payload=plan.payload.to_json(),
+            outputs=scan_outputs(staging, skip=store.RESERVED, hash_file=hasher.hash_file),
+            fingerprint=fingerprint,
+            fingerprint_parts=parts,
+            duration_s=duration,
+            exit_status=0,
+            created=time.time(),
+            last_used=time.time(),
+            stdout_lines=out_log.lines,
+            stderr_lines=err_log.lines,
+            version=runner.version,
+        )
+        (staging / store.MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+        if runner.policy.read_only_outputs:
+            _make_read_only(staging)
+        store.commit(staging, key, replace=plan.replace)
+        store.record_tool(self._tool, key)
+        self._emit_run(plan, started, ok=True)
+        runner.after_commit(key)
+
+    def _emit_run(self, plan: _Plan, started: float, *, ok: bool) -> None:
+        self._runner.emit(
+            CacheEvent(
+                kind=plan.kind,
+                tool=self._tool,
+                key=plan.key,
+                duration_s=time.perf_counter() - started,
+                reason=plan.reason,
+                ok=ok,
+            )
+        )
+
+    def _missing_outputs(self, staging: Path) -> str:
+        missing = sorted(
+            {
+                relative
+                for relative, optional in self._outputs
+                if not optional and relative != "." and not os.path.lexists(staging / relative)
+            }
+        )
+        if not missing:
+            return ""
+        return "the tool exited 0 but required outputs are missing: " + ", ".join(missing)
+
+    def _changed_inputs(self, plan: _Plan) -> str:
+        exclude = self._runner.hash_exclusions()
+        for registered, before in zip(self._inputs, plan.signatures, strict=False):
+            try:
+                after = stat_signature(registered.hashed_path, exclude)
+            except OSError:
+                after = ""
+            if after != before:
+                return f"input {registered.hashed_path} changed while the tool ran"
+        return ""
+
+
+def _tee(log: LineLog, handler: LineHandler | None) -> LineHandler:
+    if handler is None:
+        return log.write
+
+    def both(line: str) -> None:
+        log.write(line)
+        handler(line)
+
+    return both
+
+
+def _checked_relative(local_file: str, tool: str) -> str:
+    """Validate an output name: relative and inside the entry."""
+    text = os.fspath(local_file)
+    if not text:
+        raise ValueError(f"{tool}: empty output file name")
+    if os.path.isabs(text) or PurePosixPath(text).is_absolute():
+        raise ValueError(
+            f"{tool}: output file name {text!r} is absolute; outputs must be relative "
+            "to the execution's output folder"
+        )
+    normal = os.path.normpath(text)
+    if normal == ".." or normal.startswith(".." + os.sep) or normal.startswith("../"):
+        raise ValueError(f"{tool}: output file name {text!r} leaves the output folder")
+    relative = normal.replace(os.sep, "/")
+    if relative.split("/", 1)[0] in CacheStore.RESERVED:
+        raise ValueError(f"{tool}: output file name {text!r} is reserved by styxcache")
+    return relative
+
+
+def _make_read_only(root: Path) -> None:
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                continue
+            mode = os.stat(path).st_mode
+            os.chmod(path, mode & ~0o222)
+
+
+def copy_entry(source: Path, target: Path) -> None:
+    """Copy an entry's tree, hard-linking files where the filesystem allows.
+
+    Args:
+        source: The entry folder to copy.
+        target: A folder that does not exist yet.
+    """
+
+    def link_or_copy(src: str, dst: str) -> str:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+        return dst
+
+    try:
+        shutil.copytree(source, target, symlinks=True, copy_function=link_or_copy)
+    except BaseException:
+        remove_tree(target)
+        raise

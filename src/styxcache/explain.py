@@ -1,0 +1,126 @@
+"""Explanations: which key fields differ between a miss and an earlier entry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from styxcache.canonical import canonical_json
+
+__all__ = ["describe_differences", "difference_count"]
+
+_MAX_SHOWN = 60
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else canonical_json(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(value, Mapping) and not any(k.startswith("$") for k in value):
+        for key in sorted(value):
+            yield from _flatten(value[key], f"{prefix}.{key}" if prefix else key)
+    else:
+        yield prefix, value
+
+
+def _params(old: Any, new: Any) -> list[str]:
+    before, after = dict(_flatten(old)), dict(_flatten(new))
+    out: list[str] = []
+    for name in sorted(before.keys() | after.keys()):
+        if name not in before:
+            out.append(f"param `{name}` added: {_short(after[name])}")
+        elif name not in after:
+            out.append(f"param `{name}` removed (was {_short(before[name])})")
+        elif before[name] != after[name]:
+            a, b = before[name], after[name]
+            if _same_reference(a, b):
+                continue  # the input and path-param records tell what changed
+            out.append(f"param `{name}` {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _same_reference(a: Any, b: Any) -> bool:
+    return any(
+        isinstance(a, dict) and isinstance(b, dict) and tag in a and tag in b
+        for tag in ("$input", "$path_param")
+    )
+
+
+def _inputs(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    for index in range(max(len(old), len(new))):
+        if index >= len(old):
+            out.append(f"input `{new[index].get('param') or new[index]['name']}` added")
+            continue
+        if index >= len(new):
+            out.append(f"input `{old[index].get('param') or old[index]['name']}` removed")
+            continue
+        a, b = old[index], new[index]
+        label = b.get("param") or b["name"]
+        if a["name"] != b["name"]:
+            out.append(f"input `{label}` file name {a['name']} -> {b['name']}")
+        if a["digest"] != b["digest"]:
+            what = "folder content" if b.get("resolve_parent") else "content"
+            out.append(f"input `{label}` {what} changed")
+        for flag in ("resolve_parent", "mutable"):
+            if a.get(flag) != b.get(flag):
+                out.append(f"input `{label}` {flag} {a.get(flag)} -> {b.get(flag)}")
+    return out
+
+
+def _env(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    for name in sorted(old.keys() | new.keys()):
+        a, b = old.get(name), new.get(name)
+        if a == b:
+            continue
+        if a is None:
+            out.append(f"env {name} added")
+        elif b is None:
+            out.append(f"env {name} removed")
+        else:
+            out.append(f"env {name} {_short(a)} -> {_short(b)}")
+    return out
+
+
+def describe_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """List, as short sentences, the key fields that differ between two payloads.
+
+    Args:
+        old: The payload of an earlier entry.
+        new: The payload of the execution that missed.
+
+    Returns:
+        Sentences such as "param `fractional_intensity` 0.5 -> 0.4",
+        "input `infile` content changed", "image digest changed",
+        "env FSLOUTPUTTYPE added"; empty when the payloads are equal.
+    """
+    out: list[str] = []
+    if old.get("format") != new.get("format"):
+        out.append("cache key format changed (styxcache upgrade)")
+    if old.get("tool") != new.get("tool"):
+        out.append(f"tool metadata {_short(old.get('tool'))} -> {_short(new.get('tool'))}")
+    if old.get("image") != new.get("image"):
+        out.append("image digest changed")
+    out += _env(old.get("env") or {}, new.get("env") or {})
+    out += _inputs(list(old.get("inputs") or []), list(new.get("inputs") or []))
+    out += _params(old.get("params"), new.get("params"))
+    old_paths, new_paths = old.get("path_params") or {}, new.get("path_params") or {}
+    for name in sorted(old_paths.keys() | new_paths.keys()):
+        if old_paths.get(name) != new_paths.get(name):
+            out.append(f"path param `{name}` content changed")
+    if old.get("extra") != new.get("extra"):
+        out.append(f"policy extra {_short(old.get('extra'))} -> {_short(new.get('extra'))}")
+    return out
+
+
+def difference_count(old: Mapping[str, Any], new: Mapping[str, Any]) -> int:
+    """Return how many key fields differ (to pick the nearest earlier entry).
+
+    Args:
+        old: One payload.
+        new: Another payload.
+    """
+    return len(describe_differences(old, new))

@@ -1,0 +1,241 @@
+"""The cache key: what an execution's result depends on, folded into one hash.
+
+The key payload is a JSON object with the tool's metadata, the image
+identity, the allowlisted environment, the canonical params with every
+registered input path replaced by a reference to its input record, the input
+records (file name, content digest, flags), the digests of unregistered path
+params, and `policy.extra`. No host path, working directory or process detail
+enters it, so equal inputs give equal keys on every machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from styxdefs import Metadata
+
+from styxcache.canonical import JSON, canonical_json, encode_params
+
+__all__ = [
+    "KEY_FORMAT",
+    "InputRecord",
+    "KeyPayload",
+    "RegisteredInput",
+    "build_payload",
+    "key_of",
+    "tool_id",
+]
+
+_log = logging.getLogger("styxcache.key")
+
+KEY_FORMAT = 1
+"""Bumped whenever the payload's meaning changes; every key changes with it."""
+
+
+def tool_id(metadata: Metadata) -> str:
+    """Return the short, stable name of a tool: `package/id`.
+
+    Args:
+        metadata: The tool's metadata.
+
+    Returns:
+        `package/id`.
+    """
+    return f"{metadata.package}/{metadata.id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisteredInput:
+    """One `input_file()` call as the caching execution saw it.
+
+    Attributes:
+        path: The host path, absolute.
+        resolve_parent: The tool sees the whole parent folder.
+        mutable: The tool gets a writable copy.
+        local: What the base execution returned (the path on the command line).
+    """
+
+    path: Path
+    resolve_parent: bool
+    mutable: bool
+    local: str
+
+    @property
+    def hashed_path(self) -> Path:
+        """The file or folder whose content the result depends on."""
+        if self.resolve_parent and not self.mutable:
+            return self.path.parent
+        return self.path
+
+
+@dataclasses.dataclass(frozen=True)
+class InputRecord:
+    """An input as it enters the key.
+
+    Attributes:
+        name: The file name the tool is pointed at (tools name outputs after it
+            and branch on its extension).
+        digest: Content digest of the file, or of the parent folder's whole tree
+            with `resolve_parent`.
+        resolve_parent: The input was registered with `resolve_parent=True`.
+        mutable: The input was registered with `mutable=True`.
+        param: Where the path appears in the params (for explanations).
+    """
+
+    name: str
+    digest: str
+    resolve_parent: bool
+    mutable: bool
+    param: str | None = None
+
+    def to_json(self) -> dict[str, JSON]:
+        """Return the record as a JSON object."""
+        return dataclasses.asdict(self)
+
+
+Kind = Literal["hash", "warn", "ignore"]
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyPayload:
+    """Everything the key is made of; stored in each entry's manifest.
+
+    Attributes:
+        tool: `{"package", "id", "name"}` of the tool.
+        image: The resolved image identity, or None without a container.
+        env: Allowlisted variables; None for an unset one.
+        params: Canonical params, inputs replaced by `{"$input": index}`.
+        inputs: The input records, in registration order.
+        path_params: Digests of unregistered path params, by param name.
+        extra: `policy.extra`.
+    """
+
+    tool: dict[str, str]
+    image: str | None
+    env: dict[str, str | None]
+    params: JSON
+    inputs: tuple[InputRecord, ...]
+    path_params: dict[str, dict[str, str]]
+    extra: dict[str, str]
+
+    def to_json(self) -> dict[str, JSON]:
+        """Return the payload as the JSON object that is hashed."""
+        return {
+            "format": KEY_FORMAT,
+            "tool": self.tool,
+            "image": self.image,
+            "env": self.env,
+            "params": self.params,
+            "inputs": [record.to_json() for record in self.inputs],
+            "path_params": self.path_params,
+            "extra": self.extra,
+        }
+
+    def key(self) -> str:
+        """Return the cache key: sha256 of the canonical JSON payload."""
+        return key_of(self.to_json())
+
+
+def key_of(payload: Mapping[str, JSON]) -> str:
+    """Hash a payload object into a key.
+
+    Args:
+        payload: A payload as returned by `KeyPayload.to_json()`.
+
+    Returns:
+        64 hex characters.
+    """
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def _normalise(value: str | os.PathLike[str]) -> str:
+    return os.path.normpath(os.path.abspath(os.fspath(value)))
+
+
+def build_payload(
+    *,
+    metadata: Metadata,
+    image: str | None,
+    env: dict[str, str | None],
+    params: Mapping[str, Any] | None,
+    inputs: list[RegisteredInput],
+    digests: list[str],
+    extra: dict[str, str],
+    path_params: Kind,
+    hash_path: Callable[[Path], str],
+) -> KeyPayload:
+    """Assemble the key payload of one execution.
+
+    Args:
+        metadata: The tool's metadata.
+        image: Resolved image identity (None without a container image).
+        env: Allowlisted environment values.
+        params: The params passed to `Execution.params()`, if any.
+        inputs: Registered inputs, in order.
+        digests: Content digest of each input's `hashed_path`, same order.
+        extra: `policy.extra`.
+        path_params: Policy for unregistered absolute-path strings.
+        hash_path: Digests an unregistered path param's file or folder.
+
+    Returns:
+        The payload.
+
+    Raises:
+        canonical.ParamEncodingError: If a param has no stable encoding.
+    """
+    by_path: dict[str, int] = {}
+    for index, registered in enumerate(inputs):
+        by_path.setdefault(_normalise(registered.path), index)
+    first_param: dict[int, str] = {}
+    hashed_params: dict[str, dict[str, str]] = {}
+
+    def substitute(value: Any, name: str) -> JSON | None:
+        text = os.fspath(value)
+        if not text:
+            return None
+        index = by_path.get(_normalise(text))
+        if index is not None:
+            first_param.setdefault(index, name)
+            return {"$input": index}
+        if path_params == "ignore" or not isinstance(value, str):
+            return None
+        if not os.path.isabs(text) or text == os.sep or not os.path.exists(text):
+            return None
+        if path_params == "warn":
+            _log.warning(
+                "%s names the existing path %s, which the wrapper never registered "
+                "as an input: its content is not part of the cache key",
+                name,
+                text,
+            )
+            return None
+        digest = hash_path(Path(text))
+        hashed_params[name] = {"name": Path(text).name, "digest": digest}
+        return {"$path_param": Path(text).name, "digest": digest}
+
+    encoded = encode_params(dict(params) if params is not None else None, substitute=substitute)
+    records = tuple(
+        InputRecord(
+            name=registered.path.name,
+            digest=digest,
+            resolve_parent=registered.resolve_parent,
+            mutable=registered.mutable,
+            param=first_param.get(index),
+        )
+        for index, (registered, digest) in enumerate(zip(inputs, digests, strict=True))
+    )
+    return KeyPayload(
+        tool={"package": metadata.package, "id": metadata.id, "name": metadata.name},
+        image=image,
+        env=dict(env),
+        params=encoded,
+        inputs=records,
+        path_params=hashed_params,
+        extra=dict(extra),
+    )

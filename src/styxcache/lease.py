@@ -1,0 +1,257 @@
+"""Leases: one run for concurrent identical executions, across hosts.
+
+A lease is a small JSON file `<root>/.locks/<key>.lock` created with
+`O_CREAT | O_EXCL` (atomic on local filesystems and on NFSv3+, unlike
+`flock`, which NFS clients may emulate or ignore). It names its owner (host,
+pid, process start time, a random token) and is renewed while the tool runs
+by bumping its modification time from a background thread.
+
+A lease is stale, and may be taken over, when its owner is a dead process on
+this host (checked at once), or when it has not been renewed for
+`lease_seconds` (an owner on another host that died or hung). Takeover is
+itself serialised by an `O_EXCL` breaker file, so two waiters never both
+delete the lock and both run.
+
+Guarantees and limits are in docs/design/locks.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+__all__ = ["Lease", "LeaseOwner", "acquire", "owner_is_dead"]
+
+_log = logging.getLogger("styxcache.lease")
+
+_HOST = socket.gethostname()
+
+
+def _process_start(pid: int) -> str:
+    """Start time of a process in clock ticks since boot (Linux), to tell pid reuse."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        return fields[19].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseOwner:
+    """Who holds a lease.
+
+    Attributes:
+        host: Host name.
+        pid: Process id.
+        start: Process start time (Linux clock ticks), to tell a reused pid.
+        token: Random; identifies this one acquisition.
+        created: Unix time of acquisition.
+    """
+
+    host: str
+    pid: int
+    start: str
+    token: str
+    created: float
+
+    @classmethod
+    def me(cls) -> LeaseOwner:
+        """Return an owner record for the calling process."""
+        pid = os.getpid()
+        return cls(_HOST, pid, _process_start(pid), uuid.uuid4().hex, time.time())
+
+
+def owner_is_dead(owner: LeaseOwner) -> bool:
+    """Return True when the owner is a process of this host that no longer runs.
+
+    An owner on another host is never declared dead here: only the lease's
+    renewal time can tell.
+
+    Args:
+        owner: The lease owner.
+    """
+    if owner.host != _HOST:
+        return False
+    try:
+        os.kill(owner.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    start = _process_start(owner.pid)
+    return bool(owner.start and start and start != owner.start)
+
+
+def _read_owner(path: Path) -> LeaseOwner | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return LeaseOwner(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+class Lease:
+    """A held lease; renewed in the background until released."""
+
+    def __init__(self, path: Path, owner: LeaseOwner, lease_seconds: float) -> None:
+        self.path = path
+        self.owner = owner
+        self._stop = threading.Event()
+        self._lost = False
+        self._thread = threading.Thread(
+            target=self._renew,
+            args=(max(0.05, lease_seconds / 4),),
+            name=f"styxcache-lease-{path.stem[:8]}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    @property
+    def lost(self) -> bool:
+        """True if another process took the lease over while we held it."""
+        return self._lost
+
+    def _still_mine(self) -> bool:
+        current = _read_owner(self.path)
+        return current is not None and current.token == self.owner.token
+
+    def _renew(self, every: float) -> None:
+        while not self._stop.wait(every):
+            if not self._still_mine():
+                self._lost = True
+                _log.warning(
+                    "lease %s was taken over by another process; "
+                    "the result will still be committed atomically",
+                    self.path.name,
+                )
+                return
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def release(self) -> None:
+        """Stop renewing and remove the lease file if it is still ours."""
+        self._stop.set()
+        self._thread.join()
+        if self._still_mine():
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+def _try_create(path: Path, owner: LeaseOwner) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(dataclasses.asdict(owner), handle)
+    return True
+
+
+def _stale(path: Path, lease_seconds: float) -> tuple[bool, str]:
+    """Return (stale, why) for the lease file at `path`."""
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return False, ""
+    owner = _read_owner(path)
+    if owner is not None and owner_is_dead(owner):
+        return True, f"holder pid {owner.pid} on {owner.host} is gone"
+    if age > lease_seconds:
+        who = f"pid {owner.pid} on {owner.host}" if owner else "unknown holder"
+        return True, f"holder {who} stopped renewing {age:.0f}s ago"
+    return False, ""
+
+
+def _break(path: Path, lease_seconds: float) -> bool:
+    """Remove a stale lease, serialised by a breaker file. True if removed."""
+    breaker = path.with_suffix(".break")
+    if not _try_create(breaker, LeaseOwner.me()):
+        # Someone else is breaking it; a breaker left by a crash expires too.
+        try:
+            if time.time() - breaker.stat().st_mtime > lease_seconds:
+                breaker.unlink()
+        except FileNotFoundError:
+            pass
+        return False
+    try:
+        stale, why = _stale(path, lease_seconds)  # re-check under the breaker
+        if stale:
+            _log.warning("taking over lease %s: %s", path.name, why)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return True
+        return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            breaker.unlink()
+
+
+@contextlib.contextmanager
+def acquire(
+    locks_dir: Path,
+    key: str,
+    *,
+    lease_seconds: float,
+    timeout: float,
+    done: Callable[[], bool],
+    poll: float = 0.05,
+) -> Iterator[Lease | None]:
+    """Hold the lease for `key`, or learn that a twin finished.
+
+    Waits while another live process holds the lease, checking `done()` (the
+    twin committed) between polls with a backoff up to half a second.
+
+    Args:
+        locks_dir: `<root>/.locks`.
+        key: The cache key.
+        lease_seconds: Validity of an unrenewed lease.
+        timeout: Give up waiting after this many seconds.
+        done: Returns True when the result has appeared meanwhile.
+        poll: First polling interval.
+
+    Yields:
+        The held `Lease`; or None when `done()` became true or the wait timed
+        out (the caller tells which by calling `done()` again).
+    """
+    locks_dir.mkdir(parents=True, exist_ok=True)
+    path = locks_dir / f"{key}.lock"
+    owner = LeaseOwner.me()
+    deadline = time.monotonic() + timeout
+    delay = poll
+    lease: Lease | None = None
+    while True:
+        if _try_create(path, owner):
+            lease = Lease(path, owner, lease_seconds)
+            break
+        if done():
+            break
+        stale, _ = _stale(path, lease_seconds)
+        if stale and _break(path, lease_seconds):
+            continue
+        if time.monotonic() >= deadline:
+            holder = _read_owner(path)
+            _log.warning(
+                "waited %.0fs for a concurrent identical run (%s) of %s; "
+                "running without it",
+                timeout,
+                f"pid {holder.pid} on {holder.host}" if holder else "unknown holder",
+                key[:12],
+            )
+            break
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+    try:
+        yield lease
+    finally:
+        if lease is not None:
+            lease.release()

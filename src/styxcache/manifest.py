@@ -1,0 +1,184 @@
+"""The manifest: what a committed entry holds and how to check it.
+
+Stored as `<entry>/.styxcache.manifest.json` (format documented in
+docs/design/manifest.md). A manifest is written once, at commit; an entry's
+last use is the modification time of its folder, bumped on every hit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from styxcache.canonical import JSON
+
+__all__ = [
+    "MANIFEST_FORMAT",
+    "Manifest",
+    "ManifestError",
+    "OutputRecord",
+    "scan_outputs",
+]
+
+MANIFEST_FORMAT = 1
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, unreadable, or of an unknown format."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputRecord:
+    """One file (or symlink) of an entry's output tree.
+
+    Attributes:
+        path: Relative POSIX path inside the entry.
+        size: Size in bytes (of the link text, for a symlink).
+        digest: blake3 of the content (of the link text, for a symlink).
+        link: The symlink's target text, or None for a regular file.
+    """
+
+    path: str
+    size: int
+    digest: str
+    link: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """The record of one committed execution.
+
+    Attributes:
+        key: The cache key.
+        tool: `package/id`.
+        payload: The full key payload (see `key.KeyPayload.to_json`).
+        outputs: Every file of the output tree.
+        fingerprint: The run-time fingerprint (command line and executable).
+        fingerprint_parts: The parts it was made of, for explanations.
+        duration_s: How long the tool ran.
+        exit_status: The tool's exit status (0 for committed entries).
+        created: Unix time of the commit.
+        last_used: Unix time of the commit; later uses bump the entry
+            folder's mtime instead of rewriting this file.
+        stdout_lines: Lines captured on stdout.
+        stderr_lines: Lines captured on stderr.
+        version: styxcache version that wrote the entry.
+        format: Manifest format number.
+    """
+
+    key: str
+    tool: str
+    payload: dict[str, JSON]
+    outputs: tuple[OutputRecord, ...]
+    fingerprint: str
+    fingerprint_parts: dict[str, str]
+    duration_s: float
+    exit_status: int
+    created: float
+    last_used: float
+    stdout_lines: int = 0
+    stderr_lines: int = 0
+    version: str = ""
+    format: int = MANIFEST_FORMAT
+
+    @property
+    def total_size(self) -> int:
+        """Sum of the output sizes in bytes."""
+        return sum(record.size for record in self.outputs)
+
+    def to_json(self) -> str:
+        """Serialise the manifest (stable key order, indented for humans)."""
+        data = dataclasses.asdict(self)
+        return json.dumps(data, sort_keys=True, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        """Parse a manifest.
+
+        Args:
+            text: The manifest file's content.
+
+        Returns:
+            The manifest.
+
+        Raises:
+            ManifestError: If the text is not a manifest of a known format.
+        """
+        try:
+            data: dict[str, Any] = json.loads(text)
+            fmt = data.get("format")
+            if fmt != MANIFEST_FORMAT:
+                raise ManifestError(f"unknown manifest format {fmt!r}")
+            data["outputs"] = tuple(OutputRecord(**o) for o in data["outputs"])
+            names = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except ManifestError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ManifestError(f"unreadable manifest: {exc}") from exc
+
+    @classmethod
+    def read(cls, path: Path) -> Manifest:
+        """Read a manifest file.
+
+        Args:
+            path: The manifest's path.
+
+        Returns:
+            The manifest.
+
+        Raises:
+            ManifestError: If missing, unreadable or of an unknown format.
+        """
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise ManifestError("manifest missing") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"unreadable manifest: {exc}") from exc
+        return cls.from_json(text)
+
+
+def scan_outputs(
+    root: Path, *, skip: frozenset[str], hash_file: Any
+) -> tuple[OutputRecord, ...]:
+    """List and digest every file of an output tree.
+
+    Args:
+        root: The tree's root.
+        skip: Top-level names that belong to styxcache, not to the tool.
+        hash_file: `(path, size) -> hex digest`.
+
+    Returns:
+        The records, sorted by path.
+    """
+    from blake3 import blake3
+
+    records: list[OutputRecord] = []
+    for folder, dirs, files in os.walk(root):
+        rel_folder = os.path.relpath(folder, root)
+        prefix = "" if rel_folder == "." else rel_folder.replace(os.sep, "/") + "/"
+        for name in dirs[:]:
+            if os.path.islink(os.path.join(folder, name)):
+                dirs.remove(name)
+                files.append(name)
+        for name in files:
+            rel = prefix + name
+            if not prefix and name in skip:
+                continue
+            full = os.path.join(folder, name)
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                link = os.readlink(full)
+                data = link.encode(errors="surrogateescape")
+                records.append(
+                    OutputRecord(rel, len(data), str(blake3(data).hexdigest()), link)
+                )
+            else:
+                records.append(OutputRecord(rel, st.st_size, hash_file(full, st.st_size)))
+    records.sort(key=lambda r: r.path)
+    return tuple(records)

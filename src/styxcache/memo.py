@@ -1,0 +1,215 @@
+"""A persisted memo of content digests, so an unchanged file is never read twice.
+
+A file's digest is remembered under its `(device, inode, size, mtime_ns,
+ctime_ns)`. Any write changes the ctime (and a file swapped in by rename has
+another inode), so a match means the bytes are the ones that were hashed. A
+folder's digest is remembered under a fingerprint of every entry's name and
+stat record, so a hit on a 10,000-file folder costs one walk and one lookup.
+
+The memo is SQLite in WAL mode on local disk (never inside a shared cache
+directory: NFS breaks SQLite's locking), safe for many concurrent processes.
+Values younger than the settle window are not remembered, because a file
+written in the last moments may still change within one timestamp tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["SETTLE_SECONDS", "DigestMemo", "file_memo_key"]
+
+_log = logging.getLogger("styxcache.memo")
+
+SETTLE_SECONDS = 2.0
+"""Files modified more recently than this are hashed but not remembered."""
+
+_SCHEMA_VERSION = 1
+
+
+def file_memo_key(st: os.stat_result) -> str:
+    """Return the memo key of a file from its stat record.
+
+    Args:
+        st: The file's `os.stat` result.
+
+    Returns:
+        A string naming exactly this version of this file.
+    """
+    return f"f:{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def is_settled(st: os.stat_result, now: float | None = None) -> bool:
+    """Return True when the file was last changed outside the settle window.
+
+    Args:
+        st: The file's stat record.
+        now: The current time (for tests); defaults to `time.time()`.
+
+    Returns:
+        Whether a digest of this version may be remembered.
+    """
+    newest = max(st.st_mtime_ns, st.st_ctime_ns) / 1e9
+    current = time.time() if now is None else now
+    return current - newest >= SETTLE_SECONDS
+
+
+class DigestMemo:
+    """Digests remembered by stat identity, in a local SQLite database.
+
+    Each thread uses its own connection. Every failure to open or write the
+    database is logged once and turns the memo into a no-op: the memo speeds
+    things up and must never break a pipeline.
+    """
+
+    def __init__(self, folder: Path, *, max_rows: int = 2_000_000) -> None:
+        """Open (creating if needed) the memo in `folder`.
+
+        Args:
+            folder: Where `digests.sqlite3` lives.
+            max_rows: Past this many rows the oldest tenth is dropped.
+        """
+        self.path = folder / "digests.sqlite3"
+        self._max_rows = max_rows
+        self._local = threading.local()
+        self._disabled = False
+        self._inserts = 0
+        self._lock = threading.Lock()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._connection()
+        except (OSError, sqlite3.Error) as exc:
+            self._disable(exc)
+
+    def _disable(self, exc: BaseException) -> None:
+        if not self._disabled:
+            _log.warning(
+                "digest memo at %s unavailable (%s); hashing without it", self.path, exc
+            )
+        self._disabled = True
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            return conn
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS memo ("
+            " k TEXT PRIMARY KEY, digest TEXT NOT NULL, added REAL NOT NULL"
+            ") WITHOUT ROWID"
+        )
+        conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        self._local.conn = conn
+        self._local.pid = os.getpid()
+        return conn
+
+    def get(self, key: str) -> str | None:
+        """Return the remembered digest for `key`, or None.
+
+        Args:
+            key: A memo key (see `file_memo_key`).
+
+        Returns:
+            The digest, or None when unknown or the memo is off.
+        """
+        if self._disabled:
+            return None
+        try:
+            row = (
+                self._connection()
+                .execute("SELECT digest FROM memo WHERE k = ?", (key,))
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            self._disable(exc)
+            return None
+        return None if row is None else str(row[0])
+
+    def get_many(self, keys: list[str]) -> dict[str, str]:
+        """Return the remembered digests of several keys at once.
+
+        Args:
+            keys: Memo keys.
+
+        Returns:
+            The keys that are known, with their digests.
+        """
+        if self._disabled or not keys:
+            return {}
+        found: dict[str, str] = {}
+        try:
+            conn = self._connection()
+            # SQLite limits bound parameters per statement; 500 is safely below.
+            for start in range(0, len(keys), 500):
+                batch = keys[start : start + 500]
+                marks = ",".join("?" * len(batch))
+                rows = conn.execute(
+                    f"SELECT k, digest FROM memo WHERE k IN ({marks})", batch
+                ).fetchall()
+                found.update((str(k), str(d)) for k, d in rows)
+        except sqlite3.Error as exc:
+            self._disable(exc)
+            return {}
+        return found
+
+    def put(self, key: str, digest: str) -> None:
+        """Remember a digest.
+
+        Args:
+            key: A memo key.
+            digest: Its digest.
+        """
+        self.put_many([(key, digest)])
+
+    def put_many(self, items: list[tuple[str, str]]) -> None:
+        """Remember several digests in one transaction.
+
+        Args:
+            items: `(key, digest)` pairs.
+        """
+        if self._disabled or not items:
+            return
+        now = time.time()
+        try:
+            conn = self._connection()
+            conn.executemany(
+                "INSERT OR REPLACE INTO memo (k, digest, added) VALUES (?, ?, ?)",
+                [(k, d, now) for k, d in items],
+            )
+        except sqlite3.Error as exc:
+            self._disable(exc)
+            return
+        with self._lock:
+            self._inserts += len(items)
+            due = self._inserts >= 10_000
+            if due:
+                self._inserts = 0
+        if due:
+            self._trim(conn)
+
+    def _trim(self, conn: sqlite3.Connection) -> None:
+        try:
+            (rows,) = conn.execute("SELECT COUNT(*) FROM memo").fetchone()
+            if rows > self._max_rows:
+                drop = rows - int(self._max_rows * 0.9)
+                conn.execute(
+                    "DELETE FROM memo WHERE k IN "
+                    "(SELECT k FROM memo ORDER BY added LIMIT ?)",
+                    (drop,),
+                )
+                _log.debug("digest memo trimmed by %d rows", drop)
+        except sqlite3.Error as exc:
+            self._disable(exc)
+
+    def __len__(self) -> int:
+        """Return the number of remembered digests."""
+        if self._disabled:
+            return 0
+        (rows,) = self._connection().execute("SELECT COUNT(*) FROM memo").fetchone()
+        return int(rows)

@@ -1,0 +1,277 @@
+"""`CachingRunner`: the middleware users install with `set_global_runner`."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from styxdefs import Execution, Metadata, Runner, get_global_runner, set_global_runner
+
+from styxcache.events import CacheEvent, CacheStats, EventLog, publish
+from styxcache.execution import CachingExecution, copy_entry
+from styxcache.hashing import ContentHasher
+from styxcache.manifest import Manifest
+from styxcache.memo import DigestMemo
+from styxcache.modes import CacheMode, current_mode
+from styxcache.policy import CachePolicy
+from styxcache.store import CacheStore
+
+__all__ = ["CacheDirectoryError", "CachingRunner", "use_cache"]
+
+_log = logging.getLogger("styxcache")
+
+
+class CacheDirectoryError(OSError):
+    """The cache directory cannot be created or is not a directory."""
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("styxcache")
+    except Exception:  # noqa: BLE001 - a source checkout has no metadata
+        return "unknown"
+
+
+def _prepare(root: Path) -> bool:
+    """Create the cache directory; return whether it is writable.
+
+    Raises:
+        CacheDirectoryError: If it cannot be created or is not a folder.
+    """
+    if root.exists() and not root.is_dir():
+        raise CacheDirectoryError(f"cache directory {root} exists and is not a directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheDirectoryError(
+            f"cannot create cache directory {root}: {exc.strerror or exc}"
+        ) from exc
+    # os.access is unreliable on NFS and with ACLs: try to write for real.
+    probe = root / CacheStore.STAGING_DIR / f".probe-{uuid.uuid4().hex}"
+    try:
+        probe.parent.mkdir(exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            _log.info("cache directory %s is read-only: serving hits only", root)
+            return False
+        raise CacheDirectoryError(f"cannot write to cache directory {root}: {exc}") from exc
+    return True
+
+
+def _innermost_runner(runner: Any) -> Any:
+    seen = 0
+    while hasattr(runner, "base") and seen < 16:
+        runner = runner.base
+        seen += 1
+    return runner
+
+
+class CachingRunner(Runner):
+    """A `Runner` that stores each tool run's outputs in a content-addressed cache.
+
+    Args:
+        base: The runner that really runs tools (LocalRunner, DockerRunner...).
+        cache_dir: The cache directory (created if needed). An existing
+            read-only directory is served read-only.
+        policy: Keying and storage knobs; `CachePolicy()` by default.
+        read_only_caches: More cache directories searched, in order, after
+            the main one and never written (a restored CI cache, a lab-wide
+            cache). A hit there is copied (hard-linked where possible) into
+            the main cache.
+        on_event: Called with a `CacheEvent` for every hit, miss, bypass and
+            refresh, in the thread that ran the execution.
+
+    Raises:
+        CacheDirectoryError: If the cache directory cannot be created.
+        TypeError: If `base` is not a runner.
+    """
+
+    def __init__(
+        self,
+        base: Runner,
+        cache_dir: str | os.PathLike[str],
+        *,
+        policy: CachePolicy | None = None,
+        read_only_caches: Iterable[str | os.PathLike[str]] = (),
+        on_event: Callable[[CacheEvent], None] | None = None,
+    ) -> None:
+        if not callable(getattr(base, "start_execution", None)):
+            raise TypeError(f"base must be a Styx Runner, got {type(base).__name__}")
+        if policy is not None and not isinstance(policy, CachePolicy):
+            raise TypeError(f"policy must be a CachePolicy, got {type(policy).__name__}")
+        self.base = base
+        self.policy = policy if policy is not None else CachePolicy()
+        self.store = CacheStore(Path(cache_dir).absolute())
+        self.tiers = [CacheStore(Path(p).absolute()) for p in read_only_caches]
+        self.on_event = on_event
+        self.stats = CacheStats()
+        self.version = _version()
+        self.writable = _prepare(self.store.root)
+        memo_dir = self.policy.memo_path()
+        self.memo = DigestMemo(memo_dir) if memo_dir is not None else None
+        self._events = EventLog(self.store.root) if self.writable else None
+        self._stats_lock = threading.Lock()
+        self._default_hasher = ContentHasher()
+
+    def start_execution(self, metadata: Metadata) -> Execution:
+        """Start an execution that is served from, or stored in, the cache.
+
+        Args:
+            metadata: The tool's metadata.
+
+        Returns:
+            A caching execution wrapping the base runner's execution.
+        """
+        mode = current_mode()
+        if self.policy.bypasses(metadata):
+            mode = CacheMode.BYPASS
+        return CachingExecution(self, self.base.start_execution(metadata), metadata, mode)
+
+    # Services for executions --------------------------------------------------
+
+    def verify_args(self) -> dict[str, Any]:
+        """Keyword arguments for `CacheStore.lookup` under this policy."""
+        return {"verify": self.policy.verify, "hash_file": self.policy_hasher().hash_file}
+
+    def policy_hasher(self) -> ContentHasher:
+        """The ContentHasher used for outputs and executables."""
+        hasher = self.policy.hasher
+        return hasher if isinstance(hasher, ContentHasher) else self._default_hasher
+
+    def hash_exclusions(self) -> list[Path]:
+        """Folders never part of an input folder's digest: caches, scratch, memo."""
+        folders = [self.store.root, *(tier.root for tier in self.tiers)]
+        data_dir = getattr(_innermost_runner(self.base), "data_dir", None)
+        if data_dir is not None:
+            folders.append(Path(data_dir))
+        if self.memo is not None:
+            folders.append(self.memo.path.parent)
+        return folders
+
+    def find_in_tiers(self, key: str) -> tuple[CacheStore, Manifest] | None:
+        """Look a key up in the read-only caches, in order.
+
+        Args:
+            key: The cache key.
+
+        Returns:
+            The first tier holding a verified entry, with its manifest.
+        """
+        for tier in self.tiers:
+            found = tier.lookup(key, quarantine=False, **self.verify_args())
+            if found.manifest is not None:
+                return tier, found.manifest
+        return None
+
+    def import_from_tier(self, tier: CacheStore, key: str) -> bool:
+        """Copy a tier's entry into the main cache.
+
+        Args:
+            tier: The read-only cache holding the entry.
+            key: The entry's key.
+
+        Returns:
+            True when the entry is now in the main cache.
+        """
+        staging = self.store.root / self.store.STAGING_DIR / uuid.uuid4().hex
+        try:
+            copy_entry(tier.entry_dir(key), staging)
+            self.store.commit(staging, key)
+        except OSError as exc:
+            _log.warning("cannot copy entry %s from %s: %s", key[:12], tier.root, exc)
+            return False
+        manifest = Manifest.read(self.store.entry_dir(key) / self.store.MANIFEST)
+        self.store.record_tool(manifest.tool, key)
+        return True
+
+    def emit(self, event: CacheEvent) -> None:
+        """Count an event and hand it to the callback, collectors, log and file.
+
+        Args:
+            event: The event.
+        """
+        with self._stats_lock:
+            self.stats.add(event)
+        if event.kind == "hit":
+            _log.info(
+                "styxcache hit %s (%s): saved %.2fs%s",
+                event.tool,
+                event.key[:12],
+                event.saved_s,
+                f", {event.reason}" if event.reason else "",
+            )
+        elif event.kind in ("miss", "refresh"):
+            _log.info(
+                "styxcache %s %s (%s): %s",
+                event.kind,
+                event.tool,
+                event.key[:12],
+                event.reason or "not cached yet",
+            )
+        else:
+            _log.debug("styxcache bypass %s: %s", event.tool, event.reason)
+        publish(event)
+        if self._events is not None:
+            self._events.append(event)
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:
+                _log.exception("on_event callback failed for %s", event.tool)
+
+    def after_commit(self, key: str) -> None:
+        """Trim the cache to `policy.max_size` after a commit, if set.
+
+        Args:
+            key: The entry just committed (never trimmed).
+        """
+        limit = self.policy.max_size_bytes
+        if limit is None:
+            return
+        from styxcache.gc import trim_after_commit
+
+        trim_after_commit(self.store, limit, keep=key)
+
+
+def use_cache(
+    cache_dir: str | os.PathLike[str],
+    *,
+    base: Runner | None = None,
+    read_only_caches: Iterable[str | os.PathLike[str]] = (),
+    on_event: Callable[[CacheEvent], None] | None = None,
+    **policy_fields: Any,
+) -> CachingRunner:
+    """Wrap the current global runner in a `CachingRunner` and make it global.
+
+    Like `styxkit.use_graph()`: call it after choosing a runner
+    (`styxkit.use_docker()`...), or pass `base`.
+
+    Args:
+        cache_dir: The cache directory.
+        base: The runner to wrap; the current global runner by default.
+        read_only_caches: See `CachingRunner`.
+        on_event: See `CachingRunner`.
+        **policy_fields: Fields of `CachePolicy`.
+
+    Returns:
+        The new global runner.
+    """
+    runner = CachingRunner(
+        base if base is not None else get_global_runner(),
+        cache_dir,
+        policy=CachePolicy(**policy_fields),
+        read_only_caches=read_only_caches,
+        on_event=on_event,
+    )
+    set_global_runner(runner)
+    return runner

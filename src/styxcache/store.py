@@ -1,0 +1,432 @@
+"""`CacheStore`: the on-disk layout of a cache directory, and safe moves within it.
+
+```
+<root>/<key[:2]>/<key>/          an entry: the tool's output tree, plus
+    .styxcache.manifest.json     what the entry holds (manifest.py)
+    .styxcache.stdout.gz         the tool's stdout, gzip, one line per line
+    .styxcache.stderr.gz         the tool's stderr
+    .styxcache.done              written last: the entry is complete
+<root>/.incoming/<uuid>/         staging of runs in progress
+<root>/.locks/<key>.lock         leases of running executions (lease.py)
+<root>/.quarantine/<...>/        damaged entries, moved aside with a reason
+<root>/.failed/<...>/            the newest failed runs, for inspection
+<root>/.trash/<uuid>/            replaced entries, about to be deleted
+<root>/.tools/<tool>/<key>       which keys belong to which tool (explanations)
+<root>/.events/*.jsonl           per-process event files (events.py)
+```
+
+Every change to an entry is a rename within one filesystem, so readers see
+either the old entry or the new one, never a half-written tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import stat
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from styxcache.manifest import Manifest, ManifestError
+
+__all__ = ["CacheStore", "Lookup"]
+
+_log = logging.getLogger("styxcache.store")
+
+
+@dataclasses.dataclass(frozen=True)
+class Lookup:
+    """The result of looking a key up.
+
+    Attributes:
+        manifest: The verified manifest, or None for a miss.
+        reason: Why it is a miss (empty for a hit).
+        damaged: The entry existed but was damaged and has been quarantined.
+    """
+
+    manifest: Manifest | None
+    reason: str = ""
+    damaged: bool = False
+
+
+def _make_writable_and_retry(
+    func: Callable[[str], object], path: str, _exc: object
+) -> None:
+    # Cached files and tool-made folders may be read-only; removal needs the
+    # parent folder writable, and the item itself for folders.
+    parent = os.path.dirname(path)
+    try:
+        os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, os.stat(path).st_mode | stat.S_IWUSR | stat.S_IXUSR)
+    except OSError:
+        pass
+    func(path)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder tree, read-only files and folders included.
+
+    Args:
+        path: The folder; a missing one is fine.
+    """
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+        return
+    shutil.rmtree(path, onerror=_make_writable_and_retry)
+
+
+class CacheStore:
+    """The layout of one cache directory.
+
+    Args:
+        root: The cache directory.
+    """
+
+    DONE_MARKER = ".styxcache.done"
+    STAGING_DIR = ".incoming"
+    MANIFEST = ".styxcache.manifest.json"
+    STDOUT_LOG = ".styxcache.stdout.gz"
+    STDERR_LOG = ".styxcache.stderr.gz"
+    UNCOMMITTED = ".styxcache.uncommitted"
+    QUARANTINE_DIR = ".quarantine"
+    FAILED_DIR = ".failed"
+    TRASH_DIR = ".trash"
+    LOCKS_DIR = ".locks"
+    TOOLS_DIR = ".tools"
+    RESERVED = frozenset({DONE_MARKER, MANIFEST, STDOUT_LOG, STDERR_LOG, UNCOMMITTED})
+    """Names inside an entry that belong to styxcache, not to the tool."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    # Layout ----------------------------------------------------------------
+
+    def entry_dir(self, key: str) -> Path:
+        """Return the folder of the entry with this key (which may not exist).
+
+        Args:
+            key: A cache key.
+
+        Returns:
+            `<root>/<key[:2]>/<key>`.
+
+        Raises:
+            ValueError: If the key could escape the cache directory.
+        """
+        if len(key) < 3 or not key.isalnum():
+            raise ValueError(f"not a cache key: {key!r}")
+        return self.root / key[:2] / key
+
+    def is_hit(self, key: str) -> bool:
+        """Return True when a complete entry exists (its done marker is there).
+
+        This is the quick check; `lookup()` also verifies the entry.
+
+        Args:
+            key: A cache key.
+        """
+        return (self.entry_dir(key) / self.DONE_MARKER).exists()
+
+    def iter_keys(self) -> Iterator[str]:
+        """Yield the key of every entry folder, complete or not."""
+        try:
+            shards = sorted(os.scandir(self.root), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        for shard in shards:
+            if len(shard.name) != 2 or shard.name.startswith(".") or not shard.is_dir():
+                continue
+            for entry in sorted(os.scandir(shard.path), key=lambda e: e.name):
+                if entry.name.startswith(shard.name) and entry.is_dir():
+                    yield entry.name
+
+    # Verification ---------------------------------------------------------
+
+    def lookup(
+        self,
+        key: str,
+        *,
+        verify: str = "size",
+        hash_file: Callable[[str, int], str] | None = None,
+        quarantine: bool = True,
+    ) -> Lookup:
+        """Find and verify an entry.
+
+        A damaged entry (done marker or manifest missing, manifest unreadable
+        or for another key, an output missing, resized or, with
+        `verify="full"`, modified) is never served: it is moved to quarantine.
+
+        Args:
+            key: A cache key.
+            verify: `"size"` or `"full"` (also compares content digests).
+            hash_file: `(path, size) -> digest`, needed for `"full"`.
+            quarantine: Move a damaged entry aside (False for read-only tiers).
+
+        Returns:
+            The lookup result.
+        """
+        entry = self.entry_dir(key)
+        try:
+            manifest = Manifest.read(entry / self.MANIFEST)
+        except ManifestError as exc:
+            if not entry.is_dir():
+                return Lookup(None, "no entry")
+            note = entry / self.UNCOMMITTED
+            if note.exists():
+                return Lookup(None, f"previous run was not committed: {_read(note)}")
+            return self._damaged(key, str(exc), quarantine)
+        if not (entry / self.DONE_MARKER).exists():
+            return self._damaged(key, "done marker missing", quarantine)
+        if manifest.key != key:
+            return self._damaged(key, f"manifest is for key {manifest.key}", quarantine)
+        problem = _check_outputs(entry, manifest, verify, hash_file)
+        if problem:
+            return self._damaged(key, problem, quarantine)
+        return Lookup(manifest)
+
+    def _damaged(self, key: str, reason: str, quarantine: bool) -> Lookup:
+        if quarantine:
+            where = self.quarantine(key, reason)
+            _log.warning(
+                "cache entry %s is damaged (%s); moved to %s and recomputing",
+                key[:12],
+                reason,
+                where,
+            )
+        return Lookup(None, f"entry was damaged ({reason})", damaged=True)
+
+    def quarantine(self, key: str, reason: str) -> Path | None:
+        """Move an entry aside, with a note saying why.
+
+        Args:
+            key: The entry's key.
+            reason: Why it was quarantined.
+
+        Returns:
+            Where it went, or None if it was already gone.
+        """
+        folder = self.root / self.QUARANTINE_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{key}-{uuid.uuid4().hex[:6]}"
+        try:
+            os.rename(self.entry_dir(key), target)
+        except FileNotFoundError:
+            return None
+        (target.parent / f"{target.name}.reason").write_text(reason + "\n")
+        return target
+
+    # Writing ---------------------------------------------------------------
+
+    def stage(self) -> Path:
+        """Create and return a fresh staging folder for one run."""
+        path = self.root / self.STAGING_DIR / uuid.uuid4().hex
+        path.mkdir(parents=True)
+        return path
+
+    def discard(self, staging: Path) -> None:
+        """Delete a staging folder.
+
+        Args:
+            staging: A folder returned by `stage()`.
+        """
+        remove_tree(staging)
+
+    def commit(self, staging: Path, key: str, *, replace: bool = False) -> Path:
+        """Move a staged run into place as the entry for `key`.
+
+        The done marker is written into the staging folder (if missing) before
+        the move, so an entry is visible only once complete.
+
+        Args:
+            staging: The staged output tree.
+            key: The key it is the result for.
+            replace: Replace a complete entry already there (refresh, stale
+                tool). Without it, a complete entry that a concurrent twin
+                committed first wins and the staging folder is discarded.
+
+        Returns:
+            The entry folder.
+        """
+        done = staging / self.DONE_MARKER
+        if not done.exists():
+            done.write_text(f"{time.time()}\n")
+        entry = self.entry_dir(key)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):
+            try:
+                os.rename(staging, entry)
+                return entry
+            except OSError as exc:
+                if not entry.exists():
+                    raise OSError(f"cannot commit {staging} to {entry}: {exc}") from exc
+            if not replace and (entry / self.DONE_MARKER).exists():
+                self.discard(staging)
+                return entry
+            self._to_trash(entry)
+        raise OSError(f"cannot commit {staging} to {entry}: replaced concurrently")
+
+    def place_uncommitted(self, staging: Path, key: str, reason: str) -> Path:
+        """Put a run that must not be served where its outputs were promised.
+
+        The caller still gets its files at the paths `output_file()` returned,
+        but the folder carries a note instead of a done marker, so it is a miss
+        for everyone and the next call runs the tool again.
+
+        Args:
+            staging: The staged output tree.
+            key: The key the run was for.
+            reason: Why it is not committed.
+
+        Returns:
+            The entry folder.
+        """
+        (staging / self.UNCOMMITTED).write_text(reason + "\n")
+        entry = self.entry_dir(key)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        if (entry / self.DONE_MARKER).exists():
+            self.discard(staging)  # a twin committed a good result meanwhile
+            return entry
+        self._to_trash(entry)
+        try:
+            os.rename(staging, entry)
+        except OSError:
+            self.discard(staging)
+        return entry
+
+    def _to_trash(self, entry: Path) -> None:
+        trash = self.root / self.TRASH_DIR
+        trash.mkdir(parents=True, exist_ok=True)
+        target = trash / uuid.uuid4().hex
+        try:
+            os.rename(entry, target)
+        except FileNotFoundError:
+            return
+        remove_tree(target)
+
+    def remove(self, key: str) -> bool:
+        """Delete an entry (moved to trash first, so readers never see half of it).
+
+        Args:
+            key: The entry's key.
+
+        Returns:
+            True if there was an entry.
+        """
+        entry = self.entry_dir(key)
+        if not entry.exists():
+            return False
+        self._to_trash(entry)
+        return True
+
+    def keep_failed(self, staging: Path, key: str, reason: str, *, limit: int) -> Path | None:
+        """Keep a failed run's files for inspection, pruning the oldest.
+
+        Args:
+            staging: The failed run's staging folder.
+            key: The key it was for.
+            reason: What failed.
+            limit: How many failed runs to keep; 0 discards at once.
+
+        Returns:
+            Where the files are, or None when not kept.
+        """
+        if limit <= 0:
+            self.discard(staging)
+            return None
+        folder = self.root / self.FAILED_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{key[:16]}-{uuid.uuid4().hex[:6]}"
+        os.rename(staging, target)
+        (target / ".styxcache.failed").write_text(reason + "\n")
+        kept = sorted(
+            (p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime
+        )
+        for old in kept[: max(0, len(kept) - limit)]:
+            remove_tree(old)
+        return target
+
+    def touch(self, key: str) -> None:
+        """Record a use of the entry: bump its folder's modification time.
+
+        Args:
+            key: The entry's key.
+        """
+        try:
+            os.utime(self.entry_dir(key))
+        except OSError as exc:  # a read-only cache still serves its hits
+            _log.debug("cannot record use of %s: %s", key[:12], exc)
+
+    # Per-tool index ---------------------------------------------------------
+
+    def _tool_dir(self, tool: str) -> Path:
+        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in tool)
+        return self.root / self.TOOLS_DIR / slug
+
+    def record_tool(self, tool: str, key: str) -> None:
+        """Note that `key` is an entry of `tool` (for explanations of misses).
+
+        Args:
+            tool: `package/id`.
+            key: The entry's key.
+        """
+        folder = self._tool_dir(tool)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / key).touch()
+
+    def recent_keys(self, tool: str, limit: int = 32) -> list[str]:
+        """Return the newest keys recorded for a tool, newest first.
+
+        Args:
+            tool: `package/id`.
+            limit: At most this many.
+
+        Returns:
+            Keys, newest first.
+        """
+        try:
+            items = list(os.scandir(self._tool_dir(tool)))
+        except FileNotFoundError:
+            return []
+        items.sort(key=lambda e: e.stat().st_mtime_ns, reverse=True)
+        return [e.name for e in items[:limit]]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return "reason unknown"
+
+
+def _check_outputs(
+    entry: Path,
+    manifest: Manifest,
+    verify: str,
+    hash_file: Callable[[str, int], str] | None,
+) -> str:
+    for record in manifest.outputs:
+        full = os.path.join(entry, record.path)
+        try:
+            st = os.lstat(full)
+        except OSError:
+            return f"output {record.path} is missing"
+        if record.link is not None:
+            try:
+                if os.readlink(full) != record.link:
+                    return f"symlink {record.path} changed"
+            except OSError:
+                return f"output {record.path} is not a symlink any more"
+            continue
+        if st.st_size != record.size:
+            return f"output {record.path} has {st.st_size} bytes, expected {record.size}"
+        if verify == "full" and hash_file is not None:
+            if hash_file(full, st.st_size) != record.digest:
+                return f"output {record.path} content changed"
+    return ""
