@@ -16,6 +16,7 @@
 #   STYXCACHE_DOCKERD_PIDFILE pid of the daemon we start (/tmp/styxcache-dockerd.pid)
 #   STYXCACHE_DOCKER_WAIT     seconds to wait for the daemon (60)
 #   STYXCACHE_REBUILD_IMAGE   1 = rebuild the image even if the tag exists
+#   STYXCACHE_DOCKERD_ARGS    extra dockerd arguments for the first attempt
 set -euo pipefail
 
 IMAGE="${STYXCACHE_TEST_IMAGE:-styxcache-test/busybox:1}"
@@ -27,33 +28,49 @@ log() { echo "[docker-test-image] $*" >&2; }
 
 daemon_answers() { docker info >/dev/null 2>&1; }
 
-start_daemon() {
-    if daemon_answers; then
-        log "a Docker daemon already answers; using it"
-        return 0
-    fi
-    command -v dockerd >/dev/null || { log "dockerd not found (apt-get install docker.io)"; exit 1; }
-    log "starting dockerd (log: $LOG)"
+# Launch dockerd with the given extra arguments; succeed once `docker info`
+# answers, fail (return 1) if the daemon dies during start-up.
+launch_daemon() {
+    log "starting dockerd $* (log: $LOG)"
     # setsid: the daemon must not share our process group, so a Ctrl-C in the
     # caller's terminal does not kill it half-way through a test run.
-    setsid dockerd >"$LOG" 2>&1 </dev/null &
+    setsid dockerd "$@" >>"$LOG" 2>&1 </dev/null &
     echo $! >"$PIDFILE"
     local waited=0
     until daemon_answers; do
         if ! kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
             log "dockerd exited during start-up; last log lines:"
-            tail -n 30 "$LOG" >&2 || true
-            exit 1
+            tail -n 20 "$LOG" >&2 || true
+            rm -f "$PIDFILE"
+            return 1
         fi
         if [ "$waited" -ge "$WAIT" ]; then
             log "dockerd did not answer within ${WAIT}s; last log lines:"
             tail -n 30 "$LOG" >&2 || true
+            stop_daemon
             exit 1
         fi
         sleep 1
         waited=$((waited + 1))
     done
     log "dockerd answers after ${waited}s"
+}
+
+start_daemon() {
+    if daemon_answers; then
+        log "a Docker daemon already answers; using it"
+        return 0
+    fi
+    command -v dockerd >/dev/null || { log "dockerd not found (apt-get install docker.io)"; exit 1; }
+    : >"$LOG"
+    # shellcheck disable=SC2086  # STYXCACHE_DOCKERD_ARGS is a word list
+    launch_daemon ${STYXCACHE_DOCKERD_ARGS:-} && return 0
+    # Inside another container overlayfs-on-overlayfs is often refused and
+    # iptables may be unavailable; the tests need neither, so retry plainly.
+    log "retrying with the vfs storage driver and without iptables"
+    launch_daemon --storage-driver=vfs --iptables=false && return 0
+    log "could not start dockerd; see $LOG"
+    exit 1
 }
 
 stop_daemon() {

@@ -439,7 +439,7 @@ class CachingExecution(Execution):
     ) -> None:
         runner, store = self._runner, self._runner.store
         key = plan.key
-        staging = store.stage()
+        staging = store.stage(key)
         self._inner.output_dir = staging
         self._drop_base_dir()
         out_log = LineLog(staging / store.STDOUT_LOG)

@@ -183,7 +183,7 @@ class CachingRunner(Runner):
         Returns:
             True when the entry is now in the main cache.
         """
-        staging = self.store.root / self.store.STAGING_DIR / uuid.uuid4().hex
+        staging = self.store.root / self.store.STAGING_DIR / f"{key}.{uuid.uuid4().hex[:12]}"
         try:
             copy_entry(tier.entry_dir(key), staging)
             self.store.commit(staging, key)

@@ -224,9 +224,19 @@ class CacheStore:
 
     # Writing ---------------------------------------------------------------
 
-    def stage(self) -> Path:
-        """Create and return a fresh staging folder for one run."""
-        path = self.root / self.STAGING_DIR / uuid.uuid4().hex
+    def stage(self, key: str | None = None) -> Path:
+        """Create and return a fresh staging folder for one run.
+
+        Args:
+            key: The key being computed; it prefixes the folder name, so that
+                `gc` can tell a live run's staging (its lease is held) from a
+                crashed one's.
+
+        Returns:
+            `<root>/.incoming/[<key>.]<uuid>`.
+        """
+        name = uuid.uuid4().hex if key is None else f"{key}.{uuid.uuid4().hex[:12]}"
+        path = self.root / self.STAGING_DIR / name
         path.mkdir(parents=True)
         return path
 
