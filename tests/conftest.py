@@ -73,7 +73,9 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_memo(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _isolated_memo(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
     """Keep the digest memo of every test in a private folder."""
     monkeypatch.setenv("STYXCACHE_MEMO_DIR", str(tmp_path_factory.mktemp("memo")))
     yield

@@ -74,11 +74,11 @@ def encode_params(
         replaced = substitute(value, name)
         if replaced is not None:
             return replaced
-    if value is None or isinstance(value, (bool, int, str)):
-        # bool and Enum subclasses of int/str are caught here only when they
-        # are plain; Enum members are handled below.
-        if not isinstance(value, enum.Enum):
-            return value
+    # Enum members that subclass int or str are encoded as enums, below.
+    if (value is None or isinstance(value, (bool, int, str))) and not isinstance(
+        value, enum.Enum
+    ):
+        return value
     if isinstance(value, enum.Enum):
         enum_cls = type(value)
         return {
@@ -133,7 +133,9 @@ def encode_params(
             "$dataclass": f"{cls.__module__}.{cls.__qualname__}",
             "fields": {
                 f.name: encode_params(
-                    getattr(value, f.name), name=_child(name, f.name), substitute=substitute
+                    getattr(value, f.name),
+                    name=_child(name, f.name),
+                    substitute=substitute,
                 )
                 for f in dataclasses.fields(value)
             },
@@ -170,9 +172,9 @@ def _encode_by_repr(value: object, name: str) -> JSON:
     text = repr(value)
     if " at 0x" in text or cls.__repr__ is object.__repr__:
         raise ParamEncodingError(
-            f"param `{name or 'params'}` is a {cls.__module__}.{cls.__qualname__} whose only "
-            f"representation is its memory address ({text}); a cache key cannot "
-            "be built from it. Pass a plain value (str, number, list, dict, path) "
-            "or give the class a deterministic __repr__."
+            f"param `{name or 'params'}` is a {cls.__module__}.{cls.__qualname__}"
+            f" whose only representation is its memory address ({text}); a cache "
+            "key cannot be built from it. Pass a plain value (str, number, list, "
+            "dict, path) or give the class a deterministic __repr__."
         )
     return {"$repr": f"{cls.__module__}.{cls.__qualname__}", "value": text}

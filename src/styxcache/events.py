@@ -223,7 +223,9 @@ class EventLog:
                 _log.warning("cannot write cache events to %s: %s", self._dir, exc)
 
 
-def read_events(cache_root: Path, *, since: float | None = None) -> Iterator[CacheEvent]:
+def read_events(
+    cache_root: Path, *, since: float | None = None
+) -> Iterator[CacheEvent]:
     """Read every event recorded in a cache directory.
 
     Args:

@@ -9,6 +9,7 @@ folder and commits it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -36,13 +37,25 @@ if TYPE_CHECKING:
 
 __all__ = ["CacheReadOnlyError", "CachingExecution"]
 
+_TWIN = "computed by a concurrent identical execution"
+
 _log = logging.getLogger("styxcache")
 
 LineHandler = Callable[[str], None]
 
 
 class CacheReadOnlyError(PermissionError):
-    """A miss needs to write to a read-only cache and the policy forbids running uncached."""
+    """A miss must write to a read-only cache, and the policy forbids running it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """One `run()` call: the command line, the caller's handlers, its start."""
+
+    cargs: list[str]
+    handle_stdout: LineHandler | None
+    handle_stderr: LineHandler | None
+    started: float
 
 
 @dataclasses.dataclass
@@ -61,10 +74,16 @@ class _Plan:
 
 
 def _innermost(execution: Any) -> Any:
-    """Follow `.base` links (GraphRunner, nested middleware) to the execution that
-    owns an `output_dir`, the folder the tool writes into."""
+    """Return the execution that owns `output_dir`, the folder the tool writes into.
+
+    Middleware such as styxgraph's GraphRunner wraps the real execution as `.base`.
+    """
     seen = 0
-    while not hasattr(execution, "output_dir") and hasattr(execution, "base") and seen < 16:
+    while (
+        not hasattr(execution, "output_dir")
+        and hasattr(execution, "base")
+        and seen < 16
+    ):
         execution = execution.base
         seen += 1
     return execution
@@ -110,18 +129,18 @@ class CachingExecution(Execution):
         """Register an input; it must exist before anything runs."""
         if self._plan is not None:
             raise RuntimeError(
-                f"{self._tool}: input_file({host_file!s}) called after output_file() or "
-                "run(); the cache key is already settled"
+                f"{self._tool}: input_file({host_file!s}) called after "
+                "output_file() or run(); the cache key is already settled"
             )
         path = Path(os.path.abspath(os.fspath(host_file)))
         if self.mode is not CacheMode.BYPASS:
             must_exist = path.parent if resolve_parent and not mutable else path
             if not must_exist.exists():
                 what = "input folder" if must_exist != path else "input file"
-                raise FileNotFoundError(
-                    f"{self._tool}: {what} not found: {must_exist}"
-                )
-        local = self.base.input_file(host_file, resolve_parent=resolve_parent, mutable=mutable)
+                raise FileNotFoundError(f"{self._tool}: {what} not found: {must_exist}")
+        local = self.base.input_file(
+            host_file, resolve_parent=resolve_parent, mutable=mutable
+        )
         self._inputs.append(RegisteredInput(path, resolve_parent, mutable, local))
         return local
 
@@ -143,10 +162,8 @@ class CachingExecution(Execution):
             return staged
         name = staged.name
         if self._base_dir is not None:
-            try:
+            with contextlib.suppress(ValueError):
                 name = staged.relative_to(self._base_dir).as_posix()
-            except ValueError:
-                pass
         relative = _checked_relative(name, self._tool)
         assert plan.entry is not None
         return plan.entry / relative
@@ -159,21 +176,23 @@ class CachingExecution(Execution):
         handle_stderr: LineHandler | None = None,
     ) -> None:
         """Serve the stored result, or run the tool and store it."""
-        started = time.perf_counter()
+        call = _Call(cargs, handle_stdout, handle_stderr, time.perf_counter())
         plan = self._settle()
         if plan.where == "base":
-            self._run_uncached(plan, cargs, handle_stdout, handle_stderr, started)
+            self._run_uncached(plan, call)
             return
         fingerprint, parts = self._fingerprint(cargs, plan)
         if plan.manifest is not None and not plan.replace:
             stored = plan.manifest
             if self._runner.policy.check_command and stored.fingerprint != fingerprint:
                 plan.replace, plan.kind = True, "refresh"
-                plan.reason = describe_fingerprint_change(stored.fingerprint_parts, parts)
+                plan.reason = describe_fingerprint_change(
+                    stored.fingerprint_parts, parts
+                )
             else:
-                self._serve(plan, stored, handle_stdout, handle_stderr, started)
+                self._serve(plan, stored, call)
                 return
-        self._run_and_store(plan, cargs, fingerprint, parts, handle_stdout, handle_stderr, started)
+        self._run_and_store(plan, call, fingerprint, parts)
 
     # Settling the key --------------------------------------------------------
 
@@ -193,22 +212,37 @@ class CachingExecution(Execution):
                 self._tool,
                 type(self._inner).__name__,
             )
-            return _Plan("base", kind="bypass", reason="base runner cannot be redirected")
+            return _Plan(
+                "base", kind="bypass", reason="base runner cannot be redirected"
+            )
         payload, signatures = self._payload()
         key = payload.key()
         store = runner.store
         plan = _Plan(
-            "cache", key=key, payload=payload, entry=store.entry_dir(key), signatures=signatures
+            "cache",
+            key=key,
+            payload=payload,
+            entry=store.entry_dir(key),
+            signatures=signatures,
         )
         if self.mode is CacheMode.REFRESH:
-            plan.replace, plan.kind, plan.reason = True, "refresh", "refresh() requested"
+            plan.replace, plan.kind, plan.reason = (
+                True,
+                "refresh",
+                "refresh() requested",
+            )
         else:
-            found = store.lookup(key, **runner.verify_args()) if runner.writable else (
-                store.lookup(key, quarantine=False, **runner.verify_args())
+            found = (
+                store.lookup(key, **runner.verify_args())
+                if runner.writable
+                else (store.lookup(key, quarantine=False, **runner.verify_args()))
             )
             if found.manifest is not None:
                 max_age = runner.policy.max_age_s
-                if max_age is not None and time.time() - found.manifest.created > max_age:
+                if (
+                    max_age is not None
+                    and time.time() - found.manifest.created > max_age
+                ):
                     plan.replace, plan.kind = True, "refresh"
                     plan.reason = f"entry older than max_age ({max_age:.0f}s)"
                 else:
@@ -219,22 +253,32 @@ class CachingExecution(Execution):
                 if tier is not None:
                     tier_store, manifest = tier
                     if runner.writable and runner.import_from_tier(tier_store, key):
-                        plan.manifest = store.lookup(key, **runner.verify_args()).manifest
+                        plan.manifest = store.lookup(
+                            key, **runner.verify_args()
+                        ).manifest
                         if plan.manifest is not None:
                             return plan
-                    plan.where, plan.entry, plan.manifest = "tier", tier_store.entry_dir(key), manifest
+                    plan.where, plan.entry, plan.manifest = (
+                        "tier",
+                        tier_store.entry_dir(key),
+                        manifest,
+                    )
                     return plan
                 plan.reason = found.reason if found.damaged else self._explain(payload)
         if not runner.writable:
             if runner.policy.read_only_miss == "error":
                 raise CacheReadOnlyError(
-                    f"{self._tool}: cache miss, and the cache directory {store.root} is "
-                    "read-only (CachePolicy(read_only_miss='error'))"
+                    f"{self._tool}: cache miss, and the cache directory "
+                    f"{store.root} is read-only (CachePolicy(read_only_miss='error'))"
                 )
             _log.warning(
-                "%s: cache miss and %s is read-only; running uncached", self._tool, store.root
+                "%s: cache miss and %s is read-only; running uncached",
+                self._tool,
+                store.root,
             )
-            return _Plan("base", key=key, payload=payload, kind="miss", reason="read-only cache")
+            return _Plan(
+                "base", key=key, payload=payload, kind="miss", reason="read-only cache"
+            )
         return plan
 
     def _payload(self) -> tuple[KeyPayload, tuple[str, ...]]:
@@ -291,10 +335,14 @@ class CachingExecution(Execution):
         if best is None:
             return "no earlier entry of this tool"
         _, key, differences = best
-        return f"nearest entry {key[:12]}: " + "; ".join(differences or ["identical key"])
+        return f"nearest entry {key[:12]}: " + "; ".join(
+            differences or ["identical key"]
+        )
 
     def _fingerprint(self, cargs: list[str], plan: _Plan) -> tuple[str, dict[str, str]]:
-        replacements = [(item.local, f"<input:{i}>") for i, item in enumerate(self._inputs)]
+        replacements = [
+            (item.local, f"<input:{i}>") for i, item in enumerate(self._inputs)
+        ]
         if plan.entry is not None:
             replacements.append((str(plan.entry), "<entry>"))
         environ = getattr(self._inner, "environ", None) or {}
@@ -320,18 +368,22 @@ class CachingExecution(Execution):
         return None
 
     def _serve(
-        self,
-        plan: _Plan,
-        manifest: Manifest,
-        handle_stdout: LineHandler | None,
-        handle_stderr: LineHandler | None,
-        started: float,
-        reason: str = "",
+        self, plan: _Plan, manifest: Manifest, call: _Call, reason: str = ""
     ) -> None:
         assert plan.entry is not None
         for name, lines, handler, stream in (
-            (CacheStore.STDOUT_LOG, manifest.stdout_lines, handle_stdout, "stdout"),
-            (CacheStore.STDERR_LOG, manifest.stderr_lines, handle_stderr, "stderr"),
+            (
+                CacheStore.STDOUT_LOG,
+                manifest.stdout_lines,
+                call.handle_stdout,
+                "stdout",
+            ),
+            (
+                CacheStore.STDERR_LOG,
+                manifest.stderr_lines,
+                call.handle_stderr,
+                "stderr",
+            ),
         ):
             target = handler or self._default_handler(stream)
             if lines and target is not None:
@@ -344,7 +396,7 @@ class CachingExecution(Execution):
                 kind="hit",
                 tool=self._tool,
                 key=plan.key,
-                duration_s=time.perf_counter() - started,
+                duration_s=time.perf_counter() - call.started,
                 saved_s=manifest.duration_s,
                 bytes_served=manifest.total_size,
                 reason=reason,
@@ -354,46 +406,25 @@ class CachingExecution(Execution):
     def _drop_base_dir(self) -> None:
         """Remove the folder the base runner made eagerly, if the tool never used it."""
         if self._base_dir is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._base_dir.rmdir()
-            except OSError:
-                pass
 
-    def _run_uncached(
-        self,
-        plan: _Plan,
-        cargs: list[str],
-        handle_stdout: LineHandler | None,
-        handle_stderr: LineHandler | None,
-        started: float,
-    ) -> None:
+    def _run_uncached(self, plan: _Plan, call: _Call) -> None:
         ok = False
         try:
-            self.base.run(cargs, handle_stdout=handle_stdout, handle_stderr=handle_stderr)
+            self.base.run(
+                call.cargs,
+                handle_stdout=call.handle_stdout,
+                handle_stderr=call.handle_stderr,
+            )
             ok = True
         finally:
-            self._runner.emit(
-                CacheEvent(
-                    kind="bypass" if plan.kind == "bypass" else "miss",
-                    tool=self._tool,
-                    key=plan.key,
-                    duration_s=time.perf_counter() - started,
-                    reason=plan.reason,
-                    ok=ok,
-                )
-            )
+            self._emit_run(plan, call, ok=ok)
 
     # Running and storing -------------------------------------------------------
 
     def _run_and_store(
-        self,
-        plan: _Plan,
-        cargs: list[str],
-        fingerprint: str,
-        parts: dict[str, str],
-        handle_stdout: LineHandler | None,
-        handle_stderr: LineHandler | None,
-        started: float,
+        self, plan: _Plan, call: _Call, fingerprint: str, parts: dict[str, str]
     ) -> None:
         runner, store = self._runner, self._runner.store
         key = plan.key
@@ -408,34 +439,21 @@ class CachingExecution(Execution):
             timeout=runner.policy.lock_timeout_s,
             done=twin_done,
         ) as held:
-            if held is None and twin_done():
+            # A twin may have committed while we waited, or between our lookup
+            # and taking the lease.
+            if (held is None and twin_done()) or (
+                held is not None and not plan.replace
+            ):
                 found = store.lookup(key, **runner.verify_args())
-                if found.manifest is not None:
-                    self._serve(
-                        plan, found.manifest, handle_stdout, handle_stderr, started,
-                        reason="computed by a concurrent identical execution",
-                    )
+                if found.manifest is not None and (
+                    held is None or found.manifest.fingerprint == fingerprint
+                ):
+                    self._serve(plan, found.manifest, call, reason=_TWIN)
                     return
-            if held is not None and not plan.replace:
-                # A twin may have committed between our lookup and the lease.
-                found = store.lookup(key, **runner.verify_args())
-                if found.manifest is not None and found.manifest.fingerprint == fingerprint:
-                    self._serve(
-                        plan, found.manifest, handle_stdout, handle_stderr, started,
-                        reason="computed by a concurrent identical execution",
-                    )
-                    return
-            self._execute(plan, cargs, fingerprint, parts, handle_stdout, handle_stderr, started)
+            self._execute(plan, call, fingerprint, parts)
 
     def _execute(
-        self,
-        plan: _Plan,
-        cargs: list[str],
-        fingerprint: str,
-        parts: dict[str, str],
-        handle_stdout: LineHandler | None,
-        handle_stderr: LineHandler | None,
-        started: float,
+        self, plan: _Plan, call: _Call, fingerprint: str, parts: dict[str, str]
     ) -> None:
         runner, store = self._runner, self._runner.store
         key = plan.key
@@ -444,12 +462,12 @@ class CachingExecution(Execution):
         self._drop_base_dir()
         out_log = LineLog(staging / store.STDOUT_LOG)
         err_log = LineLog(staging / store.STDERR_LOG)
-        user_out = handle_stdout or self._default_handler("stdout")
-        user_err = handle_stderr or self._default_handler("stderr")
+        user_out = call.handle_stdout or self._default_handler("stdout")
+        user_err = call.handle_stderr or self._default_handler("stderr")
         tool_started = time.perf_counter()
         try:
             self.base.run(
-                cargs,
+                call.cargs,
                 handle_stdout=_tee(out_log, user_out),
                 handle_stderr=_tee(err_log, user_err),
             )
@@ -457,37 +475,49 @@ class CachingExecution(Execution):
             out_log.close()
             err_log.close()
             kept = store.keep_failed(
-                staging, key, f"{type(exc).__name__}: {exc}", limit=runner.policy.keep_failed
+                staging,
+                key,
+                f"{type(exc).__name__}: {exc}",
+                limit=runner.policy.keep_failed,
             )
             if kept is not None:
                 note = f"styxcache: the failed run's files are kept in {kept}"
                 if hasattr(exc, "add_note"):
                     exc.add_note(note)
-                _log.error("%s failed; %s", self._tool, note.removeprefix("styxcache: "))
-            self._emit_run(plan, started, ok=False)
+                _log.error(
+                    "%s failed; %s", self._tool, note.removeprefix("styxcache: ")
+                )
+            self._emit_run(plan, call, ok=False)
             raise
         duration = time.perf_counter() - tool_started
         out_log.close()
         err_log.close()
         problem = self._missing_outputs(staging) or self._changed_inputs(plan)
         if problem:
-            _log.warning("%s: %s; the result is not cached and will run again", self._tool, problem)
+            _log.warning(
+                "%s: %s; the result is not cached and will run again",
+                self._tool,
+                problem,
+            )
             store.place_uncommitted(staging, key, problem)
-            self._emit_run(plan, started, ok=True)
+            self._emit_run(plan, call, ok=True)
             return
         hasher = runner.policy_hasher()
         assert plan.payload is not None
+        now = time.time()
         manifest = Manifest(
             key=key,
             tool=self._tool,
             payload=plan.payload.to_json(),
-            outputs=scan_outputs(staging, skip=store.RESERVED, hash_file=hasher.hash_file),
+            outputs=scan_outputs(
+                staging, skip=store.RESERVED, hash_file=hasher.hash_file
+            ),
             fingerprint=fingerprint,
             fingerprint_parts=parts,
             duration_s=duration,
             exit_status=0,
-            created=time.time(),
-            last_used=time.time(),
+            created=now,
+            last_used=now,
             stdout_lines=out_log.lines,
             stderr_lines=err_log.lines,
             version=runner.version,
@@ -497,16 +527,16 @@ class CachingExecution(Execution):
             _make_read_only(staging)
         store.commit(staging, key, replace=plan.replace)
         store.record_tool(self._tool, key)
-        self._emit_run(plan, started, ok=True)
+        self._emit_run(plan, call, ok=True)
         runner.after_commit(key)
 
-    def _emit_run(self, plan: _Plan, started: float, *, ok: bool) -> None:
+    def _emit_run(self, plan: _Plan, call: _Call, *, ok: bool) -> None:
         self._runner.emit(
             CacheEvent(
                 kind=plan.kind,
                 tool=self._tool,
                 key=plan.key,
-                duration_s=time.perf_counter() - started,
+                duration_s=time.perf_counter() - call.started,
                 reason=plan.reason,
                 ok=ok,
             )
@@ -517,12 +547,16 @@ class CachingExecution(Execution):
             {
                 relative
                 for relative, optional in self._outputs
-                if not optional and relative != "." and not os.path.lexists(staging / relative)
+                if not optional
+                and relative != "."
+                and not os.path.lexists(staging / relative)
             }
         )
         if not missing:
             return ""
-        return "the tool exited 0 but required outputs are missing: " + ", ".join(missing)
+        return "the tool exited 0 but required outputs are missing: " + ", ".join(
+            missing
+        )
 
     def _changed_inputs(self, plan: _Plan) -> str:
         exclude = self._runner.hash_exclusions()

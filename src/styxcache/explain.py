@@ -55,7 +55,9 @@ def _inputs(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[str]:
             out.append(f"input `{new[index].get('param') or new[index]['name']}` added")
             continue
         if index >= len(new):
-            out.append(f"input `{old[index].get('param') or old[index]['name']}` removed")
+            out.append(
+                f"input `{old[index].get('param') or old[index]['name']}` removed"
+            )
             continue
         a, b = old[index], new[index]
         label = b.get("param") or b["name"]
@@ -101,7 +103,9 @@ def describe_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list
     if old.get("format") != new.get("format"):
         out.append("cache key format changed (styxcache upgrade)")
     if old.get("tool") != new.get("tool"):
-        out.append(f"tool metadata {_short(old.get('tool'))} -> {_short(new.get('tool'))}")
+        out.append(
+            f"tool metadata {_short(old.get('tool'))} -> {_short(new.get('tool'))}"
+        )
     if old.get("image") != new.get("image"):
         out.append("image digest changed")
     out += _env(old.get("env") or {}, new.get("env") or {})
@@ -112,7 +116,9 @@ def describe_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list
         if old_paths.get(name) != new_paths.get(name):
             out.append(f"path param `{name}` content changed")
     if old.get("extra") != new.get("extra"):
-        out.append(f"policy extra {_short(old.get('extra'))} -> {_short(new.get('extra'))}")
+        out.append(
+            f"policy extra {_short(old.get('extra'))} -> {_short(new.get('extra'))}"
+        )
     return out
 
 

@@ -19,15 +19,19 @@ from styxcache.canonical import canonical_json
 __all__ = ["command_fingerprint", "describe_fingerprint_change"]
 
 
-def _neutral_args(cargs: Sequence[str], replacements: Sequence[tuple[str, str]]) -> list[str]:
+def _neutral_args(
+    cargs: Sequence[str], replacements: Sequence[tuple[str, str]]
+) -> list[str]:
     # Longest first, so /data/a.nii is not half-replaced by a shorter /data/a.
-    ordered = sorted((r for r in replacements if r[0]), key=lambda r: len(r[0]), reverse=True)
+    ordered = sorted(
+        (r for r in replacements if r[0]), key=lambda r: len(r[0]), reverse=True
+    )
     out = []
     for arg in cargs:
+        neutral = arg
         for text, token in ordered:
-            if text in arg:
-                arg = arg.replace(text, token)
-        out.append(arg)
+            neutral = neutral.replace(text, token)
+        out.append(neutral)
     return out
 
 

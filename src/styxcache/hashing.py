@@ -76,7 +76,9 @@ class ContentHasher:
             (default: the CPU count).
     """
 
-    def __init__(self, chunk_size: int = 1 << 20, *, threads: int | None = None) -> None:
+    def __init__(
+        self, chunk_size: int = 1 << 20, *, threads: int | None = None
+    ) -> None:
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         self.chunk_size = chunk_size
@@ -307,6 +309,8 @@ def stat_signature(path: Path, exclude: Collection[Path] = ()) -> str:
     """
     st = os.stat(path)
     if stat.S_ISDIR(st.st_mode):
-        entries = sorted(_walk(os.fspath(path), "", _identities(exclude)), key=lambda e: e.rel)
+        entries = sorted(
+            _walk(os.fspath(path), "", _identities(exclude)), key=lambda e: e.rel
+        )
         return f"d:{_fingerprint(entries)}"
     return file_memo_key(st)

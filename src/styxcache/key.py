@@ -219,7 +219,9 @@ def build_payload(
         hashed_params[name] = {"name": Path(text).name, "digest": digest}
         return {"$path_param": Path(text).name, "digest": digest}
 
-    encoded = encode_params(dict(params) if params is not None else None, substitute=substitute)
+    encoded = encode_params(
+        dict(params) if params is not None else None, substitute=substitute
+    )
     records = tuple(
         InputRecord(
             name=registered.path.name,

@@ -28,8 +28,10 @@ class LineLog:
         self.lines = 0
         self._lock = threading.Lock()
         # Level 1: logs can be huge and are rarely read; speed beats ratio.
-        self._raw = gzip.open(path, "wb", compresslevel=1)
-        self._handle = io.TextIOWrapper(self._raw, encoding="utf-8", errors="surrogateescape")
+        self._raw = gzip.open(path, "wb", compresslevel=1)  # noqa: SIM115 - closed by close()
+        self._handle = io.TextIOWrapper(
+            self._raw, encoding="utf-8", errors="surrogateescape"
+        )
 
     def write(self, line: str) -> None:
         """Append one line (without its newline).

@@ -179,6 +179,8 @@ def scan_outputs(
                     OutputRecord(rel, len(data), str(blake3(data).hexdigest()), link)
                 )
             else:
-                records.append(OutputRecord(rel, st.st_size, hash_file(full, st.st_size)))
+                records.append(
+                    OutputRecord(rel, st.st_size, hash_file(full, st.st_size))
+                )
     records.sort(key=lambda r: r.path)
     return tuple(records)

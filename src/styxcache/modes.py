@@ -72,7 +72,9 @@ def cache_mode(mode: CacheMode | str) -> Iterator[CacheMode]:
         resolved = CacheMode(mode)
     except ValueError:
         valid = ", ".join(repr(m.value) for m in CacheMode)
-        raise ValueError(f"unknown cache mode {mode!r}; expected one of {valid}") from None
+        raise ValueError(
+            f"unknown cache mode {mode!r}; expected one of {valid}"
+        ) from None
     token = _MODE.set(resolved)
     try:
         yield resolved

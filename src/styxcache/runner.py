@@ -36,7 +36,7 @@ def _version() -> str:
         from importlib.metadata import version
 
         return version("styxcache")
-    except Exception:  # noqa: BLE001 - a source checkout has no metadata
+    except Exception:
         return "unknown"
 
 
@@ -47,7 +47,9 @@ def _prepare(root: Path) -> bool:
         CacheDirectoryError: If it cannot be created or is not a folder.
     """
     if root.exists() and not root.is_dir():
-        raise CacheDirectoryError(f"cache directory {root} exists and is not a directory")
+        raise CacheDirectoryError(
+            f"cache directory {root} exists and is not a directory"
+        )
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -64,7 +66,9 @@ def _prepare(root: Path) -> bool:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             _log.info("cache directory %s is read-only: serving hits only", root)
             return False
-        raise CacheDirectoryError(f"cannot write to cache directory {root}: {exc}") from exc
+        raise CacheDirectoryError(
+            f"cannot write to cache directory {root}: {exc}"
+        ) from exc
     return True
 
 
@@ -108,7 +112,9 @@ class CachingRunner(Runner):
         if not callable(getattr(base, "start_execution", None)):
             raise TypeError(f"base must be a Styx Runner, got {type(base).__name__}")
         if policy is not None and not isinstance(policy, CachePolicy):
-            raise TypeError(f"policy must be a CachePolicy, got {type(policy).__name__}")
+            raise TypeError(
+                f"policy must be a CachePolicy, got {type(policy).__name__}"
+            )
         self.base = base
         self.policy = policy if policy is not None else CachePolicy()
         self.store = CacheStore(Path(cache_dir).absolute())
@@ -135,13 +141,18 @@ class CachingRunner(Runner):
         mode = current_mode()
         if self.policy.bypasses(metadata):
             mode = CacheMode.BYPASS
-        return CachingExecution(self, self.base.start_execution(metadata), metadata, mode)
+        return CachingExecution(
+            self, self.base.start_execution(metadata), metadata, mode
+        )
 
     # Services for executions --------------------------------------------------
 
     def verify_args(self) -> dict[str, Any]:
         """Keyword arguments for `CacheStore.lookup` under this policy."""
-        return {"verify": self.policy.verify, "hash_file": self.policy_hasher().hash_file}
+        return {
+            "verify": self.policy.verify,
+            "hash_file": self.policy_hasher().hash_file,
+        }
 
     def policy_hasher(self) -> ContentHasher:
         """The ContentHasher used for outputs and executables."""
@@ -183,7 +194,9 @@ class CachingRunner(Runner):
         Returns:
             True when the entry is now in the main cache.
         """
-        staging = self.store.root / self.store.STAGING_DIR / f"{key}.{uuid.uuid4().hex[:12]}"
+        staging = (
+            self.store.root / self.store.STAGING_DIR / f"{key}.{uuid.uuid4().hex[:12]}"
+        )
         try:
             copy_entry(tier.entry_dir(key), staging)
             self.store.commit(staging, key)

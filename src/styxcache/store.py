@@ -214,7 +214,9 @@ class CacheStore:
         """
         folder = self.root / self.QUARANTINE_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{key}-{uuid.uuid4().hex[:6]}"
+        target = (
+            folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{key}-{uuid.uuid4().hex[:6]}"
+        )
         try:
             os.rename(self.entry_dir(key), target)
         except FileNotFoundError:
@@ -335,7 +337,9 @@ class CacheStore:
         self._to_trash(entry)
         return True
 
-    def keep_failed(self, staging: Path, key: str, reason: str, *, limit: int) -> Path | None:
+    def keep_failed(
+        self, staging: Path, key: str, reason: str, *, limit: int
+    ) -> Path | None:
         """Keep a failed run's files for inspection, pruning the oldest.
 
         Args:
@@ -352,7 +356,10 @@ class CacheStore:
             return None
         folder = self.root / self.FAILED_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{key[:16]}-{uuid.uuid4().hex[:6]}"
+        target = (
+            folder
+            / f"{time.strftime('%Y%m%dT%H%M%S')}-{key[:16]}-{uuid.uuid4().hex[:6]}"
+        )
         os.rename(staging, target)
         (target / ".styxcache.failed").write_text(reason + "\n")
         kept = sorted(
@@ -435,8 +442,13 @@ def _check_outputs(
                 return f"output {record.path} is not a symlink any more"
             continue
         if st.st_size != record.size:
-            return f"output {record.path} has {st.st_size} bytes, expected {record.size}"
-        if verify == "full" and hash_file is not None:
-            if hash_file(full, st.st_size) != record.digest:
-                return f"output {record.path} content changed"
+            return (
+                f"output {record.path} has {st.st_size} bytes, expected {record.size}"
+            )
+        if (
+            verify == "full"
+            and hash_file is not None
+            and hash_file(full, st.st_size) != record.digest
+        ):
+            return f"output {record.path} content changed"
     return ""

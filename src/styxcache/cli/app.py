@@ -12,7 +12,7 @@ from styxcache.cli import cache_commands, demo, schedule
 )
 @click.version_option(package_name="styxcache")
 def main() -> None:
-    """Content-addressed caching and scheduling for Styx pipelines.
+    r"""Content-addressed caching and scheduling for Styx pipelines.
 
     \b
     Examples:
