@@ -180,6 +180,7 @@ def test_one_info_line_per_hit_or_miss_and_runner_lines_unchanged(
         for line in executed(miss_records)
     )
     assert executed(hit_records) == []
+    assert logging.getLogger("styxcache").handlers == []
 
 
 @pytest.mark.usefixtures("mrtrix")
@@ -231,6 +232,10 @@ def test_example_script_in_real_processes(tmp_path: Path) -> None:
     assert "12 hit(s), 0 ran" in second.stdout
     assert changed.returncode == 0, changed.stderr
     assert "8 hit(s), 4 ran" in changed.stdout
+    # Quiet by default: without logging configured no cache line is shown,
+    # while LocalRunner's own handler still prints its lines as it always has.
+    assert "styxcache" not in first.stderr + second.stderr
+    assert "Executed Compute images statistics" in first.stderr
     # Same subjects, steps and captured stdout; only the outcome column differs.
     assert table_rows(second.stdout) == table_rows(first.stdout)
 
