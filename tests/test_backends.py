@@ -577,3 +577,45 @@ def test_sif_read_error_is_a_clear_error() -> None:
 def test_sif_images_of_wrong_type_are_rejected() -> None:
     with pytest.raises(TypeError, match="mapping or a YAML file path"):
         SingularityDigestResolver(["t:1"])  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------ pickling and repr
+# Policies are shipped to worker processes (process pools, dask), so a
+# resolver must survive pickling; its locks and memo are rebuilt on arrival.
+
+
+def test_pickled_resolver_keeps_settings_and_drops_the_memo() -> None:
+    resolver = CountingResolver({"img:1": "d"}, ttl=30.0, clock=FakeClock())
+    resolver("img:1")
+    copy = pickle.loads(pickle.dumps(resolver))
+    assert copy.ttl == 30.0
+    assert copy("img:1") == "d"
+    assert copy.calls == ["img:1", "img:1"]  # asked again: the memo stayed behind
+
+
+def test_pickled_docker_resolver_keeps_its_daemon_address(tmp_path: Path) -> None:
+    url = f"unix://{tmp_path}/none.sock"
+    copy = pickle.loads(pickle.dumps(DockerDigestResolver(ttl=5.0, base_url=url)))
+    assert (copy.ttl, copy.base_url) == (5.0, url)
+    assert repr(copy) == f"DockerDigestResolver(ttl=5.0, base_url={url!r})"
+    with pytest.raises(ContainerRuntimeUnavailableError, match=re.escape(url)):
+        copy("busybox:1")
+
+
+def test_pickled_podman_resolver_still_resolves(podman_store: list[str]) -> None:
+    image_id = _podman_import(podman_store, "pickled", "localhost/styxcache-t/p:1")
+    resolver = PodmanDigestResolver(ttl=60.0, podman_args=podman_store)
+    resolver("localhost/styxcache-t/p:1")
+    copy = pickle.loads(pickle.dumps(resolver))
+    assert copy("localhost/styxcache-t/p:1") == image_id
+    assert "podman_args=['--root'" in repr(copy)
+
+
+def test_pickled_sif_resolver_still_resolves(tmp_path: Path) -> None:
+    sif = tmp_path / "t.sif"
+    sif.write_bytes(b"sif")
+    resolver = SingularityDigestResolver({"t:1": str(sif)}, ttl=60.0)
+    resolver("t:1")
+    copy = pickle.loads(pickle.dumps(resolver))
+    assert copy("t:1") == _b3(sif)
+    assert repr(copy) == "SingularityDigestResolver(images=mapping, ttl=60.0)"

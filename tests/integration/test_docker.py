@@ -8,9 +8,11 @@ the cache rather than inferred from the runner's own statistics.
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +128,17 @@ def test_resolver_follows_a_moved_tag(
     assert memo(unique_tag) == first  # within the ttl
     clock.now += 60.0
     assert memo(unique_tag) == second
+
+
+def test_resolver_travels_to_worker_processes(
+    docker_client: Any, test_image: str
+) -> None:
+    # Schedulers ship the policy (and so the resolver) to other processes.
+    expected = docker_client.images.get(test_image).id
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(2, mp_context=context) as pool:
+        answers = list(pool.map(docker_digest_resolver, [test_image] * 4))
+    assert answers == [expected] * 4
 
 
 def test_missing_tag_names_the_pull_command(docker_client: Any) -> None:

@@ -69,10 +69,18 @@ class DockerDigestResolver(CachedDigestResolver):
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
         self.base_url = base_url
         self.timeout = timeout
+
+    _process_state = (*CachedDigestResolver._process_state, "_client", "_api_lock")
+
+    def _init_process_state(self) -> None:
+        super()._init_process_state()
         self._client: Any = None
         # One HTTP session per resolver; requests sessions are not documented
         # as thread-safe, and daemon round-trips take milliseconds.
         self._api_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"DockerDigestResolver(ttl={self.ttl!r}, base_url={self.base_url!r})"
 
     def _where(self) -> str:
         return self.base_url or "the daemon from DOCKER_HOST (default unix socket)"

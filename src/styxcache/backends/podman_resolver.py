@@ -61,6 +61,12 @@ class PodmanDigestResolver(CachedDigestResolver):
         self.podman_args = tuple(podman_args)
         self.timeout = timeout
 
+    def __repr__(self) -> str:
+        return (
+            f"PodmanDigestResolver(ttl={self.ttl!r}, executable={self.executable!r}, "
+            f"podman_args={list(self.podman_args)!r})"
+        )
+
     def _resolve(self, tag: str) -> str:
         exe = shutil.which(self.executable)
         if exe is None:

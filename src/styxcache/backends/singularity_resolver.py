@@ -65,8 +65,18 @@ class SingularityDigestResolver(CachedDigestResolver):
             kind = type(images).__name__
             raise TypeError(f"images must be a mapping or a YAML file path, got {kind}")
         self.images = images
+
+    _process_state = (*CachedDigestResolver._process_state, "_hash_lock", "_hashes")
+
+    def _init_process_state(self) -> None:
+        super()._init_process_state()
         self._hash_lock = threading.Lock()
         self._hashes: dict[Path, tuple[_Signature, str]] = {}
+
+    def __repr__(self) -> str:
+        # A live mapping may be large; name only where the images come from.
+        source = "mapping" if isinstance(self.images, Mapping) else repr(self.images)
+        return f"SingularityDigestResolver(images={source}, ttl={self.ttl!r})"
 
     def _mapping(self) -> Mapping[str, str | os.PathLike[str]]:
         source: ImageMap | None = self.images

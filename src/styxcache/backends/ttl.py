@@ -52,9 +52,33 @@ class CachedDigestResolver(ABC):
             )
         self._ttl = float(ttl)
         self._clock = clock
+        self._init_process_state()
+
+    def _init_process_state(self) -> None:
+        """Create the locks and memos, which belong to one process.
+
+        Subclasses with more such state extend this and :attr:`_process_state`.
+        """
         self._lock = threading.Lock()
         self._memo: dict[str, tuple[float, str]] = {}
         self._inflight: dict[str, threading.Lock] = {}
+
+    #: Attributes left out when pickling; :meth:`_init_process_state` makes
+    #: fresh ones. Policies travel to worker processes, and locks cannot.
+    _process_state: tuple[str, ...] = ("_lock", "_memo", "_inflight")
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        for name in self._process_state:
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._init_process_state()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(ttl={self._ttl!r})"
 
     @property
     def ttl(self) -> float:
