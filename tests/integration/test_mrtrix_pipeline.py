@@ -312,3 +312,17 @@ def test_write_image_refuses_gzip(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"written as \.nii"):
         write_image(tmp_path / "t1.nii.gz", seed=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_niwrap_is_named_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # None in sys.modules is how Python itself marks a module as unimportable.
+    monkeypatch.setitem(sys.modules, "niwrap", None)
+    monkeypatch.setitem(sys.modules, "niwrap.mrtrix", None)
+
+    with pytest.raises(MrtrixUnavailableError, match=r"'niwrap\.mrtrix'"):
+        run_pipeline(tmp_path / "cache", tmp_path / "work", 1)
+    with pytest.raises(MrtrixUnavailableError, match="pip install"):
+        run_subjects(LocalRunner(data_dir=tmp_path / "scratch"), {})
+    assert list(tmp_path.iterdir()) == []
