@@ -1,0 +1,85 @@
+"""Rerun pipelines on cron and interval schedules through the cached runner.
+
+Quick start::
+
+    from styxcache.scheduler import Scheduler
+
+    scheduler = Scheduler.from_yaml("schedule.yaml")
+    scheduler.run(handle_signals=True)   # or: styxcache schedule run schedule.yaml
+
+See docs/scheduler.md for the rules (DST, catch-up, overlap, reload, shutdown).
+"""
+
+from __future__ import annotations
+
+from styxcache.scheduler.clock import Clock, FakeClock, SystemClock
+from styxcache.scheduler.config import (
+    ConfigError,
+    ScheduleConfig,
+    ScheduleEntry,
+    build_entry,
+    load_config,
+    parse_config,
+)
+from styxcache.scheduler.executors import (
+    Executor,
+    FuturesExecutor,
+    InlineExecutor,
+    ProcessExecutor,
+    ThreadExecutor,
+    make_executor,
+)
+from styxcache.scheduler.ledger import Ledger, RunRecord, run_key
+from styxcache.scheduler.memo_cache import (
+    Cache,
+    CacheMemory,
+    json_reader,
+    json_saver,
+    pickle_reader,
+    pickle_saver,
+)
+from styxcache.scheduler.runs import RunContext, RunOutcome, RunRequest, execute_run
+from styxcache.scheduler.scheduler import Scheduler, item_key
+from styxcache.scheduler.triggers import (
+    CronTrigger,
+    IntervalTrigger,
+    Trigger,
+    TriggerError,
+)
+
+__all__ = [
+    "Cache",
+    "CacheMemory",
+    "Clock",
+    "ConfigError",
+    "CronTrigger",
+    "Executor",
+    "FakeClock",
+    "FuturesExecutor",
+    "InlineExecutor",
+    "IntervalTrigger",
+    "Ledger",
+    "ProcessExecutor",
+    "RunContext",
+    "RunOutcome",
+    "RunRecord",
+    "RunRequest",
+    "ScheduleConfig",
+    "ScheduleEntry",
+    "Scheduler",
+    "SystemClock",
+    "ThreadExecutor",
+    "Trigger",
+    "TriggerError",
+    "build_entry",
+    "execute_run",
+    "item_key",
+    "json_reader",
+    "json_saver",
+    "load_config",
+    "make_executor",
+    "parse_config",
+    "pickle_reader",
+    "pickle_saver",
+    "run_key",
+]

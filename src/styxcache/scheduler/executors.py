@@ -1,0 +1,285 @@
+"""Executors: where runs execute, behind one small protocol.
+
+The scheduler only ever calls `submit(fn, arg)` and `shutdown(...)`, and
+reads the returned `concurrent.futures.Future`. Anything that can honour
+that (a Dask client, a NATS work queue) can become an executor later.
+
+`ThreadExecutor` uses its own daemon threads rather than
+`concurrent.futures.ThreadPoolExecutor`, whose threads are joined at
+interpreter exit: a hung target would then hang the service's exit, which
+is exactly what a shutdown timeout must prevent.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import multiprocessing
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+__all__ = [
+    "Executor",
+    "FuturesExecutor",
+    "InlineExecutor",
+    "ProcessExecutor",
+    "ThreadExecutor",
+    "make_executor",
+]
+
+_log = logging.getLogger("styxcache.scheduler.executors")
+
+T = TypeVar("T")
+A = TypeVar("A")
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs submitted calls and reports through futures."""
+
+    name: str
+    """Short label for logs (`inline`, `threads`, ...)."""
+
+    def submit(self, fn: Callable[[A], T], arg: A, /) -> cf.Future[T]:
+        """Start `fn(arg)` and return its future.
+
+        Args:
+            fn: A module-level function (process executors pickle it).
+            arg: Its single argument.
+        """
+        ...
+
+    def shutdown(self, *, wait: bool = True, cancel_pending: bool = False) -> None:
+        """Stop accepting work.
+
+        Args:
+            wait: Block until running calls end.
+            cancel_pending: Drop calls that have not started.
+        """
+        ...
+
+
+class InlineExecutor:
+    """Runs each call at once in the submitting thread (deterministic tests)."""
+
+    name = "inline"
+
+    def submit(self, fn: Callable[[A], T], arg: A, /) -> cf.Future[T]:
+        """Run `fn(arg)` now.
+
+        Args:
+            fn: The function.
+            arg: Its argument.
+
+        Returns:
+            A completed future.
+        """
+        future: cf.Future[T] = cf.Future()
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(fn(arg))
+        except BaseException as exc:  # the future carries it to the scheduler
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, *, wait: bool = True, cancel_pending: bool = False) -> None:
+        """Nothing to stop."""
+
+
+class ThreadExecutor:
+    """A fixed pool of daemon threads.
+
+    Example:
+        >>> pool = ThreadExecutor(2)
+        >>> pool.submit(abs, -3).result()
+        3
+        >>> pool.shutdown()
+    """
+
+    name = "threads"
+
+    def __init__(self, max_workers: int = 4) -> None:
+        """Start the pool lazily.
+
+        Args:
+            max_workers: Number of threads.
+
+        Raises:
+            ValueError: If `max_workers` is below 1.
+        """
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+        self.max_workers = max_workers
+        self._queue: queue.SimpleQueue[
+            tuple[cf.Future[Any], Callable[[Any], Any], Any] | None
+        ]
+        self._queue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._outstanding = 0
+
+    def submit(self, fn: Callable[[A], T], arg: A, /) -> cf.Future[T]:
+        """Queue `fn(arg)` for a worker thread.
+
+        Args:
+            fn: The function.
+            arg: Its argument.
+
+        Returns:
+            The call's future.
+
+        Raises:
+            RuntimeError: After `shutdown()`.
+        """
+        future: cf.Future[T] = cf.Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("executor is shut down")
+            self._outstanding += 1
+            if self._outstanding > len(self._threads) < self.max_workers:
+                thread = threading.Thread(
+                    target=self._work,
+                    name=f"styxcache-run-{len(self._threads)}",
+                    daemon=True,
+                )
+                self._threads.append(thread)
+                thread.start()
+        self._queue.put((future, fn, arg))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            future, fn, arg = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(arg))
+                except BaseException as exc:
+                    future.set_exception(exc)
+            with self._lock:
+                self._outstanding -= 1
+
+    def shutdown(self, *, wait: bool = True, cancel_pending: bool = False) -> None:
+        """Stop the workers once the queue drains.
+
+        Args:
+            wait: Join the threads (they are daemons, so not waiting is safe).
+            cancel_pending: Cancel queued calls that have not started.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            threads = list(self._threads)
+        if cancel_pending:
+            pending = []
+            while True:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    pending.append(job)
+            for future, _, _ in pending:
+                future.cancel()
+        for _ in threads:
+            self._queue.put(None)
+        if wait:
+            for thread in threads:
+                thread.join()
+
+
+class FuturesExecutor:
+    """Adapts any `concurrent.futures.Executor` (for example a Dask client's)."""
+
+    def __init__(self, executor: cf.Executor, name: str = "futures") -> None:
+        """Wrap an executor.
+
+        Args:
+            executor: The executor to submit to.
+            name: Label for logs.
+        """
+        self._executor = executor
+        self.name = name
+
+    def submit(self, fn: Callable[[A], T], arg: A, /) -> cf.Future[T]:
+        """Submit to the wrapped executor.
+
+        Args:
+            fn: The function.
+            arg: Its argument.
+
+        Returns:
+            The wrapped executor's future.
+        """
+        return self._executor.submit(fn, arg)
+
+    def shutdown(self, *, wait: bool = True, cancel_pending: bool = False) -> None:
+        """Shut the wrapped executor down.
+
+        Args:
+            wait: Wait for running calls.
+            cancel_pending: Cancel queued calls.
+        """
+        self._executor.shutdown(wait=wait, cancel_futures=cancel_pending)
+
+
+class ProcessExecutor(FuturesExecutor):
+    """A process pool; targets must be importable (`module:function`)."""
+
+    def __init__(self, max_workers: int = 2, start_method: str = "spawn") -> None:
+        """Create the pool.
+
+        Args:
+            max_workers: Number of processes.
+            start_method: multiprocessing start method; `spawn` avoids
+                forking a process that holds the scheduler's threads.
+        """
+        context = multiprocessing.get_context(start_method)
+        super().__init__(
+            cf.ProcessPoolExecutor(max_workers=max_workers, mp_context=context),
+            "processes",
+        )
+
+    def shutdown(self, *, wait: bool = True, cancel_pending: bool = False) -> None:
+        """Shut down; when not waiting, terminate the worker processes.
+
+        Args:
+            wait: Wait for running calls.
+            cancel_pending: Cancel queued calls.
+        """
+        pool = self._executor
+        processes = list(getattr(pool, "_processes", {}).values()) if not wait else []
+        pool.shutdown(wait=wait, cancel_futures=cancel_pending)
+        for process in processes:
+            # A run past the shutdown timeout must not keep the service alive.
+            process.terminate()
+
+
+def make_executor(kind: str, max_workers: int = 4) -> Executor:
+    """Build an executor by name.
+
+    Args:
+        kind: `inline`, `threads` or `processes`.
+        max_workers: Pool size.
+
+    Returns:
+        The executor.
+
+    Raises:
+        ValueError: For an unknown kind.
+    """
+    if kind == "inline":
+        return InlineExecutor()
+    if kind == "threads":
+        return ThreadExecutor(max_workers)
+    if kind == "processes":
+        return ProcessExecutor(max_workers)
+    raise ValueError(
+        f"unknown executor kind {kind!r}; expected inline, threads or processes"
+    )

@@ -1,0 +1,442 @@
+"""The run ledger: one SQLite row per fire, shared safely between processes.
+
+The primary key of `runs` is the run key, and a fire is dispatched only by
+the process whose `INSERT` created that row, so a key runs at most once
+across restarts and across schedulers sharing the file. WAL mode lets
+readers (`schedule history`) work while a scheduler writes.
+
+The `entries` table holds, per schedule, the trigger signature it last ran
+with, when it was first seen enabled, and the watermark: the newest nominal
+fire already handled. After a restart the scheduler resumes from the
+watermark, so downtime shows up as late fires instead of vanishing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["RUN_STATES", "EntryState", "Ledger", "RunRecord", "RunState", "run_key"]
+
+_log = logging.getLogger("styxcache.scheduler.ledger")
+
+RunState = Literal[
+    "planned",
+    "running",
+    "ok",
+    "failed",
+    "skipped",
+    "coalesced",
+    "missed",
+    "interrupted",
+]
+RUN_STATES: tuple[str, ...] = (
+    "planned",
+    "running",
+    "ok",
+    "failed",
+    "skipped",
+    "coalesced",
+    "missed",
+    "interrupted",
+)
+FINAL_STATES = frozenset(
+    {"ok", "failed", "skipped", "coalesced", "missed", "interrupted"}
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    key TEXT PRIMARY KEY,
+    entry TEXT NOT NULL,
+    nominal REAL NOT NULL,
+    item TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    due REAL,
+    started REAL,
+    ended REAL,
+    lateness REAL,
+    error TEXT NOT NULL DEFAULT '',
+    hits INTEGER,
+    misses INTEGER,
+    owner TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS runs_by_entry ON runs (entry, nominal);
+CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state);
+CREATE TABLE IF NOT EXISTS entries (
+    name TEXT PRIMARY KEY,
+    signature TEXT NOT NULL,
+    since REAL NOT NULL,
+    watermark REAL NOT NULL,
+    enabled INTEGER NOT NULL
+);
+"""
+
+
+def run_key(entry: str, nominal: float, item: str = "") -> str:
+    """Build the identity of one fire (or one fan-out item of it).
+
+    Args:
+        entry: Schedule name.
+        nominal: Nominal fire instant, Unix seconds.
+        item: Fan-out item key; `""` for a plain run, `"*"` for the fire
+            that expands into items.
+
+    Returns:
+        `entry@<nominal with microseconds>` plus `#item` when given.
+    """
+    base = f"{entry}@{nominal:.6f}"
+    return f"{base}#{item}" if item else base
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """One row of the ledger.
+
+    Attributes:
+        key: Run key (see `run_key`).
+        entry: Schedule name.
+        nominal: Nominal fire instant (Unix seconds).
+        item: Fan-out item key (`""` if none, `"*"` for the expanding fire).
+        state: One of `RUN_STATES`.
+        reason: Why it was skipped, coalesced, missed or interrupted.
+        due: Nominal time plus jitter: when it was meant to start.
+        started: When it started (Unix seconds).
+        ended: When it ended.
+        lateness: `started - due`, seconds.
+        error: The exception text of a failed run.
+        hits: Cache hits the run made.
+        misses: Cache misses the run made.
+        owner: Which scheduler process claimed it.
+    """
+
+    key: str
+    entry: str
+    nominal: float
+    item: str = ""
+    state: str = "planned"
+    reason: str = ""
+    due: float | None = None
+    started: float | None = None
+    ended: float | None = None
+    lateness: float | None = None
+    error: str = ""
+    hits: int | None = None
+    misses: int | None = None
+    owner: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the record as a plain dictionary."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryState:
+    """What the ledger remembers of one schedule.
+
+    Attributes:
+        name: Schedule name.
+        signature: Trigger signature last used.
+        since: When it was first seen enabled (no catch-up before this).
+        watermark: Newest nominal instant already handled.
+        enabled: Whether it was enabled when last synced.
+    """
+
+    name: str
+    signature: str
+    since: float
+    watermark: float
+    enabled: bool
+
+
+_FIELDS = [f.name for f in dataclasses.fields(RunRecord)]
+
+
+class Ledger:
+    """SQLite store of runs and schedule watermarks.
+
+    Safe to share between threads (one connection behind a lock) and between
+    processes (SQLite locking; claims use `BEGIN IMMEDIATE`).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        """Open (and create) the ledger.
+
+        Args:
+            path: The SQLite file, or `":memory:"`.
+
+        Raises:
+            OSError: If the folder cannot be created.
+        """
+        self.path = Path(path) if str(path) != ":memory:" else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            str(path), timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        self._conn.row_factory = sqlite3.Row
+        if self.path is not None:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        # WAL + NORMAL survives a process crash; only an OS crash can lose
+        # the last commits, which then show up as late fires, not duplicates.
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_SCHEMA)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def sync_entries(
+        self,
+        entries: Iterable[tuple[str, str, bool, float]],
+        restart: Iterable[str] = (),
+    ) -> dict[str, EntryState]:
+        """Record schedules and return their stored state.
+
+        A new schedule, a schedule whose trigger signature changed, and a
+        schedule that was disabled and is now enabled all get their
+        watermark moved to `now`: none of them catches up on the past.
+
+        Args:
+            entries: `(name, signature, enabled, now)`: `now` is when the
+                scheduler learned of this version of the entry.
+            restart: Names to start from `now` even if stored (entries
+                added by a reload that existed once before).
+
+        Returns:
+            The state of each named schedule after the update.
+        """
+        fresh = set(restart)
+        result: dict[str, EntryState] = {}
+        with self._transaction() as conn:
+            for name, signature, enabled, now in entries:
+                row = conn.execute(
+                    "SELECT * FROM entries WHERE name = ?", (name,)
+                ).fetchone()
+                if row is None:
+                    state = EntryState(name, signature, now, now, enabled)
+                    conn.execute(
+                        "INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
+                        (name, signature, now, now, int(enabled)),
+                    )
+                else:
+                    watermark = float(row["watermark"])
+                    since = float(row["since"])
+                    again = name in fresh or (enabled and not row["enabled"])
+                    if again or row["signature"] != signature:
+                        watermark = max(watermark, now)
+                        since = max(since, now) if again else since
+                    state = EntryState(name, signature, since, watermark, enabled)
+                    conn.execute(
+                        "UPDATE entries SET signature = ?, since = ?, watermark = ?, enabled = ?"
+                        " WHERE name = ?",
+                        (signature, since, watermark, int(enabled), name),
+                    )
+                result[name] = state
+        return result
+
+    def entry_states(self) -> dict[str, EntryState]:
+        """Return every stored schedule state."""
+        with self._lock:
+            rows = self._conn.execute("SELECT * FROM entries").fetchall()
+        return {
+            r["name"]: EntryState(
+                r["name"],
+                r["signature"],
+                r["since"],
+                r["watermark"],
+                bool(r["enabled"]),
+            )
+            for r in rows
+        }
+
+    def claim(
+        self, records: Sequence[RunRecord], watermarks: dict[str, float] | None = None
+    ) -> list[bool]:
+        """Insert new runs; a key that already exists is not claimed.
+
+        Args:
+            records: Rows to insert (their `owner` is set to this ledger's).
+            watermarks: Schedules whose watermark to raise in the same
+                transaction.
+
+        Returns:
+            For each record, whether this call created it (and so owns it).
+        """
+        placeholders = ", ".join("?" for _ in _FIELDS)
+        sql = (
+            f"INSERT OR IGNORE INTO runs ({', '.join(_FIELDS)}) VALUES ({placeholders})"
+        )
+        claimed: list[bool] = []
+        with self._transaction() as conn:
+            for record in records:
+                record.owner = self.owner
+                cursor = conn.execute(sql, [getattr(record, f) for f in _FIELDS])
+                claimed.append(cursor.rowcount == 1)
+            for name, mark in (watermarks or {}).items():
+                conn.execute(
+                    "UPDATE entries SET watermark = MAX(watermark, ?) WHERE name = ?",
+                    (mark, name),
+                )
+        return claimed
+
+    def update(self, records: Sequence[RunRecord]) -> None:
+        """Write the mutable fields of runs this process owns.
+
+        Args:
+            records: Rows to update, matched by key.
+        """
+        if not records:
+            return
+        with self._transaction() as conn:
+            conn.executemany(
+                "UPDATE runs SET state = ?, reason = ?, started = ?, ended = ?, lateness = ?,"
+                " error = ?, hits = ?, misses = ? WHERE key = ?",
+                [
+                    (
+                        r.state,
+                        r.reason,
+                        r.started,
+                        r.ended,
+                        r.lateness,
+                        r.error,
+                        r.hits,
+                        r.misses,
+                        r.key,
+                    )
+                    for r in records
+                ],
+            )
+
+    def get(self, key: str) -> RunRecord | None:
+        """Return one run by key.
+
+        Args:
+            key: Run key.
+
+        Returns:
+            The record, or None.
+        """
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT * FROM runs WHERE key = ?", (key,)
+            ).fetchone()
+        return RunRecord(**dict(row)) if row is not None else None
+
+    def history(
+        self,
+        *,
+        entry: str | None = None,
+        state: str | None = None,
+        limit: int | None = 100,
+    ) -> list[RunRecord]:
+        """Return runs, newest nominal time first.
+
+        Args:
+            entry: Only this schedule.
+            state: Only this state.
+            limit: At most this many rows (None for all).
+
+        Returns:
+            The records.
+        """
+        clauses, params = [], []
+        if entry is not None:
+            clauses.append("entry = ?")
+            params.append(entry)
+        if state is not None:
+            clauses.append("state = ?")
+            params.append(state)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT * FROM runs {where} ORDER BY nominal DESC, key DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        return [RunRecord(**dict(r)) for r in rows]
+
+    def count_by_state(self, entry: str | None = None) -> dict[str, int]:
+        """Return how many runs are in each state.
+
+        Args:
+            entry: Only this schedule.
+
+        Returns:
+            State to count (states with no rows are left out).
+        """
+        sql = "SELECT state, COUNT(*) AS n FROM runs"
+        params: list[str] = []
+        if entry is not None:
+            sql += " WHERE entry = ?"
+            params.append(entry)
+        with self._lock:
+            rows = self._conn.execute(sql + " GROUP BY state", params).fetchall()
+        return {r["state"]: int(r["n"]) for r in rows}
+
+    def recover_orphans(self, now: float) -> int:
+        """Mark running/planned runs of dead processes on this host interrupted.
+
+        Args:
+            now: Current Unix time, stored as the end time.
+
+        Returns:
+            How many runs were marked.
+        """
+        host = socket.gethostname()
+        marked = 0
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT key, owner FROM runs WHERE state IN ('running', 'planned')"
+            ).fetchall()
+            for row in rows:
+                owner_host, _, rest = str(row["owner"]).partition(":")
+                pid_text = rest.partition(":")[0]
+                if owner_host != host or not pid_text.isdigit():
+                    continue
+                if _pid_alive(int(pid_text)) and int(pid_text) != os.getpid():
+                    continue
+                if str(row["owner"]) == self.owner:
+                    continue
+                conn.execute(
+                    "UPDATE runs SET state = 'interrupted', ended = ?, reason = ? WHERE key = ?",
+                    (now, "the scheduler process that ran it ended first", row["key"]),
+                )
+                marked += 1
+        if marked:
+            _log.warning(
+                "marked %d run(s) of ended scheduler processes as interrupted", marked
+            )
+        return marked
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

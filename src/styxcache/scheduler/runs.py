@@ -1,0 +1,140 @@
+"""What one scheduled run receives and reports, and the function that runs it.
+
+`execute_run` is a plain module-level function over picklable dataclasses, so
+every executor (inline, threads, processes, and later Dask or NATS workers)
+can call it. It sets the run's cache mode and counts the cache events of the
+run *inside* the worker, because thread pools do not copy context variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import time
+import traceback
+from typing import Any
+
+from styxcache.events import collect_events
+from styxcache.modes import CacheMode, cache_mode
+from styxcache.scheduler.config import Target, resolve_callable
+
+__all__ = ["RunContext", "RunOutcome", "RunRequest", "execute_run"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """Handed to a schedule's target.
+
+    Attributes:
+        schedule: Schedule name.
+        key: Run key (unique per schedule, nominal time and item).
+        nominal_time: The fire instant the run belongs to (aware, UTC).
+        item: The fan-out context dict (empty without `expand_from`).
+        item_key: The item's stable key (`""` without fan-out).
+        cache: The cache mode in force inside the run.
+    """
+
+    schedule: str
+    key: str
+    nominal_time: dt.datetime
+    item: dict[str, Any] = dataclasses.field(default_factory=dict)
+    item_key: str = ""
+    cache: str = CacheMode.NORMAL.value
+
+    def __getitem__(self, name: str) -> Any:
+        """Read a key of the fan-out item, so `ctx["subject"]` works.
+
+        Args:
+            name: Item key.
+
+        Returns:
+            The value.
+        """
+        return self.item[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """Read a key of the fan-out item with a default.
+
+        Args:
+            name: Item key.
+            default: Returned when the key is absent.
+
+        Returns:
+            The value or the default.
+        """
+        return self.item.get(name, default)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRequest:
+    """Everything a worker needs to perform one run.
+
+    Attributes:
+        target: Callable or `module:function`.
+        context: The run's context.
+        pass_context: Whether to call `target(context)` or `target()`.
+    """
+
+    target: str | Target
+    context: RunContext
+    pass_context: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOutcome:
+    """What a worker reports back.
+
+    Attributes:
+        ok: False if the target raised.
+        error: `Type: message` of the exception.
+        traceback: Formatted traceback of the exception.
+        hits: Cache hits made by executions inside the run.
+        misses: Cache misses (refreshes count as misses: the tool ran).
+        bypassed: Executions that bypassed the cache.
+        duration_s: Monotonic duration of the run in the worker.
+    """
+
+    ok: bool
+    error: str = ""
+    traceback: str = ""
+    hits: int = 0
+    misses: int = 0
+    bypassed: int = 0
+    duration_s: float = 0.0
+
+
+def execute_run(request: RunRequest) -> RunOutcome:
+    """Run a target under its cache mode and count its cache events.
+
+    Never raises for a failing target: the failure is part of the outcome.
+
+    Args:
+        request: The run.
+
+    Returns:
+        The outcome.
+    """
+    started = time.monotonic()
+    error, trace = "", ""
+    with cache_mode(request.context.cache), collect_events() as events:
+        try:
+            target = resolve_callable(request.target)
+            if request.pass_context:
+                target(request.context)
+            else:
+                target()
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            trace = traceback.format_exc()
+    hits = sum(1 for e in events if e.kind == "hit")
+    misses = sum(1 for e in events if e.kind in ("miss", "refresh"))
+    bypassed = sum(1 for e in events if e.kind == "bypass")
+    return RunOutcome(
+        ok=not error,
+        error=error,
+        traceback=trace,
+        hits=hits,
+        misses=misses,
+        bypassed=bypassed,
+        duration_s=time.monotonic() - started,
+    )

@@ -1,0 +1,1161 @@
+"""`Scheduler`: a routine loop and a cron/interval job scheduler in one class.
+
+Two ways in, one engine:
+
+* Seed-000 style: `Scheduler(routine=f, wait_ms=5_000, logger=log,
+  max_cycles=3).run()` calls `f(scheduler)` every `wait_ms` and keeps a
+  session ledger in `records`.
+* Job style: `register_task(name, "0 2 * * *", callback, **options)` or
+  `Scheduler.from_yaml(path)`, then `run_pending()` from your own loop, or
+  `run()` / `start()` to let the scheduler wait for the next fire itself.
+
+Every fire goes through the same steps on each wake: list the fires since the
+entry's watermark, sort them into on-time and late (`grace_seconds`), apply
+the entry's `catchup` and `overlap` rules, claim the survivors in the SQLite
+ledger (a key that is already there is somebody else's), then hand them to
+the executor outside the lock.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import dataclasses
+import datetime as dt
+import functools
+import hashlib
+import heapq
+import itertools
+import json
+import logging
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from styxcache.scheduler.clock import Clock, SystemClock, utc_from_timestamp
+from styxcache.scheduler.config import (
+    ConfigError,
+    ScheduleConfig,
+    ScheduleEntry,
+    Target,
+    build_entry,
+    load_config,
+    resolve_callable,
+)
+from styxcache.scheduler.executors import Executor, ThreadExecutor, make_executor
+from styxcache.scheduler.ledger import Ledger, RunRecord, run_key
+from styxcache.scheduler.runs import RunContext, RunOutcome, RunRequest, execute_run
+from styxcache.scheduler.triggers import load_zone
+
+__all__ = ["Scheduler", "item_key"]
+
+# Fires listed one by one per wake and entry; older ones are summarised.
+_MAX_ENUMERATED = 10_000
+# Item keys longer than this are replaced by a digest of the item.
+_MAX_ITEM_KEY = 80
+
+ExceptionHandler = Callable[[BaseException, str, "Scheduler"], Any]
+
+
+@dataclasses.dataclass
+class _Fire:
+    """One claimed run on its way to (or back from) the executor."""
+
+    record: RunRecord
+    entry: ScheduleEntry
+    item: dict[str, Any] = dataclasses.field(default_factory=dict)
+    expand: bool = False
+    future: cf.Future[RunOutcome] | None = None
+    action: str = "start"
+
+
+@dataclasses.dataclass
+class _Job:
+    """Runtime state of one registered entry."""
+
+    entry: ScheduleEntry
+    learned: float
+    watermark: float = 0.0
+    synced: bool = False
+    fresh: bool = True
+    version: int = 0
+    next_nominal: float | None = None
+    running: int = 0
+    queued: deque[_Fire] = dataclasses.field(default_factory=deque)
+
+
+class Scheduler:
+    """Runs a routine in a loop and/or fires registered schedules.
+
+    Example:
+        >>> import logging
+        >>> from styxcache.scheduler import FakeClock, InlineExecutor
+        >>> seen = []
+        >>> s = Scheduler(clock=FakeClock(), executor=InlineExecutor())
+        >>> _ = s.register_task("tick", 60, lambda: seen.append(1))
+        >>> s.run(max_cycles=3)
+        >>> len(seen)
+        2
+    """
+
+    def __init__(
+        self,
+        routine: Callable[[Scheduler], Any] | None = None,
+        wait_ms: int = 5_000,
+        logger: logging.Logger | None = None,
+        sess_stats: Callable[[Scheduler], Mapping[str, Any]] | None = None,
+        exception_handler: ExceptionHandler | None = None,
+        max_cycles: int | None = None,
+        until_ms: int | None = None,
+        records: list[dict[str, Any]] | None = None,
+        *,
+        clock: Clock | None = None,
+        executor: Executor | None = None,
+        ledger: Ledger | None = None,
+        state_dir: str | Path | None = None,
+        max_sleep_seconds: float = 30.0,
+        shutdown_timeout_seconds: float = 30.0,
+        jump_threshold_seconds: float = 2.0,
+    ) -> None:
+        """Create a scheduler; nothing runs until `run()`, `start()` or `run_pending()`.
+
+        Args:
+            routine: Called as `routine(scheduler)` once per cycle.
+            wait_ms: Milliseconds between routine cycles (anchored to the
+                start, so slow cycles do not accumulate drift).
+            logger: Where lifecycle and run lines go.
+            sess_stats: Extra columns for each session record.
+            exception_handler: `handler(exc, where, scheduler)` for routine
+                errors; the default records the session end, logs, re-raises.
+            max_cycles: Stop `run()` after this many cycles.
+            until_ms: Stop `run()` at this Unix time in milliseconds.
+            records: Session records list to append to.
+            clock: Time source (`FakeClock` in tests).
+            executor: Where runs execute (default: 4 daemon threads).
+            ledger: Run ledger (default: in `state_dir`, else in memory).
+            state_dir: Folder for `ledger.sqlite3`.
+            max_sleep_seconds: Longest single wait, so a suspend or a clock
+                jump is noticed promptly.
+            shutdown_timeout_seconds: Default grace for running work.
+            jump_threshold_seconds: Wall-vs-monotonic gap that counts as a
+                clock jump.
+
+        Raises:
+            TypeError: If `routine` is given but not callable.
+            ValueError: If a numeric setting is out of range.
+        """
+        if routine is not None and not callable(routine):
+            raise TypeError(f"routine must be callable, got {type(routine).__name__}")
+        if wait_ms < 0:
+            raise ValueError(f"wait_ms must not be negative, got {wait_ms}")
+        if max_cycles is not None and max_cycles < 0:
+            raise ValueError(f"max_cycles must not be negative, got {max_cycles}")
+        if max_sleep_seconds <= 0:
+            raise ValueError(
+                f"max_sleep_seconds must be positive, got {max_sleep_seconds}"
+            )
+        self.routine = routine
+        self.wait_ms = wait_ms
+        self.logger = logger or logging.getLogger("styxcache.scheduler")
+        self.sess_stats = sess_stats or (lambda _s: {})
+        self.exception_handler: ExceptionHandler = (
+            exception_handler or _default_exception_handler
+        )
+        self.max_cycles = max_cycles
+        self.until_ms = until_ms
+        self.records: list[dict[str, Any]] = records if records is not None else []
+        self.cycle = 0
+        self.clock: Clock = clock or SystemClock()
+        self.executor: Executor = executor or ThreadExecutor(4)
+        if ledger is None:
+            path = (
+                Path(state_dir) / "ledger.sqlite3"
+                if state_dir is not None
+                else ":memory:"
+            )
+            ledger = Ledger(path)
+        self.ledger = ledger
+        self.max_sleep_seconds = max_sleep_seconds
+        self.shutdown_timeout_seconds = shutdown_timeout_seconds
+        self.jump_threshold_seconds = jump_threshold_seconds
+        self.config_path: Path | None = None
+        self.stopping = threading.Event()
+        """Set once shutdown has begun (no new fires are claimed after it)."""
+
+        self._lock = threading.RLock()
+        self._jobs: dict[str, _Job] = {}
+        self._heap: list[tuple[float, int, str, int]] = []
+        self._seq = itertools.count()
+        self._completions: queue.SimpleQueue[_Fire] = queue.SimpleQueue()
+        self._inflight: dict[str, _Fire] = {}
+        self._reload_requested = False
+        self._thread: threading.Thread | None = None
+        self._session_start: float | None = None
+        self._session_recorded = False
+        self._recovered = False
+        self._ready: list[_Fire] = []
+        self._loop_ident: int | None = None
+
+    # ------------------------------------------------------------------ setup
+
+    @classmethod
+    def from_yaml(
+        cls,
+        path: str | Path,
+        *,
+        clock: Clock | None = None,
+        executor: Executor | None = None,
+        logger: logging.Logger | None = None,
+        state_dir: str | Path | None = None,
+    ) -> Scheduler:
+        """Build a scheduler from a YAML schedule file.
+
+        Args:
+            path: The file (see `styxcache.scheduler.config`).
+            clock: Time source.
+            executor: Overrides the file's `executor` setting.
+            logger: Where run lines go.
+            state_dir: Overrides the file's `state_dir`.
+
+        Returns:
+            A scheduler with every entry registered.
+
+        Raises:
+            ConfigError: If the file is invalid (nothing is written then).
+        """
+        config = load_config(path)
+        scheduler = cls(
+            logger=logger,
+            clock=clock,
+            executor=executor
+            or make_executor(config.executor.kind, config.executor.max_workers),
+            state_dir=state_dir if state_dir is not None else config.state_dir,
+            max_sleep_seconds=config.max_sleep_seconds,
+            shutdown_timeout_seconds=config.shutdown_timeout_seconds,
+        )
+        scheduler.config_path = Path(path)
+        scheduler._apply_config(config, initial=True)
+        return scheduler
+
+    def register_task(
+        self,
+        name: str,
+        cron_or_interval: str | float | dt.timedelta,
+        callback: Target | str,
+        **options: Any,
+    ) -> ScheduleEntry:
+        """Register a schedule; safe while other threads run `run_pending()`.
+
+        Args:
+            name: Unique schedule name.
+            cron_or_interval: A cron string, or seconds / a `timedelta`.
+            callback: Callable or `module:function`. A callable is called
+                with no arguments unless `pass_context=True`; a string
+                target receives the `RunContext` unless `pass_context=False`.
+            **options: Entry settings (`timezone`, `catchup`, `overlap`,
+                `jitter_seconds`, `cache`, `expand_from`, `max_catchup`,
+                `grace_seconds`, `max_fanout`, `enabled`, `anchor`), plus
+                `pass_context` and `replace` (allow re-registering a name).
+
+        Returns:
+            The validated entry.
+
+        Raises:
+            ConfigError: For an invalid expression or option, or a name
+                already registered without `replace=True`.
+        """
+        # Seed-001 callbacks take no arguments; `module:function` targets are
+        # YAML-style and take the run context.
+        pass_context = bool(options.pop("pass_context", isinstance(callback, str)))
+        replace = bool(options.pop("replace", False))
+        raw: dict[str, Any] = {"name": name, "target": callback, **options}
+        if isinstance(cron_or_interval, str):
+            raw["cron"] = cron_or_interval
+        elif isinstance(cron_or_interval, dt.timedelta):
+            raw["interval_seconds"] = cron_or_interval.total_seconds()
+        else:
+            raw["interval_seconds"] = cron_or_interval
+        entry = build_entry(raw, pass_context=pass_context)
+        with self._lock:
+            if name in self._jobs and not replace:
+                raise ConfigError(
+                    "already registered (pass replace=True)", entry=name, field="name"
+                )
+            self._install(entry)
+        if self._loop_ident is not None:
+            self.clock.wake()
+        return entry
+
+    def unregister_task(self, name: str) -> None:
+        """Remove a schedule; its running work finishes and is recorded.
+
+        Args:
+            name: Schedule name.
+
+        Raises:
+            KeyError: If no such schedule is registered.
+        """
+        with self._lock:
+            if name not in self._jobs:
+                raise KeyError(name)
+            del self._jobs[name]
+
+    def _install(self, entry: ScheduleEntry, *, fresh: bool = False) -> None:
+        old = self._jobs.get(entry.name)
+        if old is None:
+            self._jobs[entry.name] = _Job(
+                entry=entry, learned=self.clock.time(), fresh=fresh
+            )
+            return
+        trigger_changed = old.entry.trigger.signature != entry.trigger.signature
+        enabled_now = entry.enabled and not old.entry.enabled
+        old.entry = entry
+        old.version += 1
+        if trigger_changed or enabled_now or not old.synced:
+            old.synced = False
+            old.learned = self.clock.time()
+        else:
+            self._schedule_next(old)
+
+    @property
+    def jobs(self) -> dict[str, ScheduleEntry]:
+        """The registered entries by name."""
+        with self._lock:
+            return {name: job.entry for name, job in self._jobs.items()}
+
+    def next_fire_times(self, n: int = 1) -> dict[str, list[dt.datetime]]:
+        """Return the next `n` nominal fire times of every enabled entry.
+
+        Args:
+            n: How many per entry.
+
+        Returns:
+            Entry name to aware datetimes (in the entry's zone for cron).
+        """
+        now = self.clock.time()
+        result: dict[str, list[dt.datetime]] = {}
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            entry = job.entry
+            if not entry.enabled:
+                result[entry.name] = []
+                continue
+            start = max(now, job.watermark) if job.synced else now
+            zone = getattr(entry.trigger, "timezone", "UTC")
+            fires = itertools.islice(entry.trigger.iter_after(start), n)
+            result[entry.name] = [
+                dt.datetime.fromtimestamp(t, load_zone(zone)) for t in fires
+            ]
+        return result
+
+    # ------------------------------------------------------------ the engine
+
+    def _jitter(self, entry: ScheduleEntry, nominal: float) -> float:
+        if entry.jitter_seconds <= 0:
+            return 0.0
+        nxt = entry.trigger.next_after(nominal)
+        period = (nxt - nominal) if nxt is not None else entry.jitter_seconds
+        digest = hashlib.blake2b(
+            f"{entry.name}|{nominal!r}".encode(), digest_size=8
+        ).digest()
+        fraction = int.from_bytes(digest, "big") / 2**64
+        # fraction < 1, so the delay stays strictly below the period.
+        return fraction * min(entry.jitter_seconds, period)
+
+    def _schedule_next(self, job: _Job) -> None:
+        job.version += 1
+        if not job.entry.enabled:
+            job.next_nominal = None
+            return
+        nominal = job.entry.trigger.next_after(job.watermark)
+        job.next_nominal = nominal
+        if nominal is not None:
+            due = nominal + self._jitter(job.entry, nominal)
+            heapq.heappush(
+                self._heap, (due, next(self._seq), job.entry.name, job.version)
+            )
+
+    def _sync(self, now: float) -> None:
+        pending = [job for job in self._jobs.values() if not job.synced]
+        if not pending:
+            return
+        if not self._recovered:
+            self._recovered = True
+            self.ledger.recover_orphans(now)
+        states = self.ledger.sync_entries(
+            (
+                (j.entry.name, j.entry.trigger.signature, j.entry.enabled, j.learned)
+                for j in pending
+            ),
+            restart=[j.entry.name for j in pending if j.fresh],
+        )
+        for job in pending:
+            job.watermark = states[job.entry.name].watermark
+            job.synced = True
+            job.fresh = False
+            self._schedule_next(job)
+
+    def _collect_due(
+        self, now: float
+    ) -> tuple[list[RunRecord], list[_Fire], dict[str, float]]:
+        """Pop due entries and decide the fate of each of their fires."""
+        records: list[RunRecord] = []
+        fires: list[_Fire] = []
+        watermarks: dict[str, float] = {}
+        while self._heap and self._heap[0][0] <= now:
+            _, _, name, version = heapq.heappop(self._heap)
+            job = self._jobs.get(name)
+            if job is None or job.version != version or not job.entry.enabled:
+                continue
+            self._plan_job(job, now, records, fires)
+            watermarks[name] = job.watermark
+            self._schedule_next(job)
+        return records, fires, watermarks
+
+    def _enumerate(
+        self, job: _Job, now: float, records: list[RunRecord]
+    ) -> list[tuple[float, float]]:
+        entry = job.entry
+        due_fires: list[tuple[float, float]] = []
+        cursor = job.watermark
+        skipped_from: float | None = None
+        skipped = 0
+        while True:
+            # next_after is memoised per trigger and instant, so a herd of
+            # entries sharing one expression costs one computation.
+            nominal = entry.trigger.next_after(cursor)
+            if nominal is None:
+                break
+            cursor = nominal
+            due = nominal + self._jitter(entry, nominal)
+            if due > now:
+                break
+            due_fires.append((nominal, due))
+            if len(due_fires) >= _MAX_ENUMERATED:
+                # A very long outage: keep one summary row, then resume an
+                # hour before the grace window so the newest fires are exact.
+                if skipped_from is None:
+                    skipped_from = due_fires[0][0]
+                skipped += len(due_fires)
+                cursor = max(due_fires[-1][0], now - entry.grace_seconds - 3600)
+                due_fires.clear()
+        if skipped_from is not None:
+            state = "missed" if entry.catchup == "none" else "coalesced"
+            records.append(
+                RunRecord(
+                    key=run_key(entry.name, skipped_from, "older"),
+                    entry=entry.name,
+                    nominal=skipped_from,
+                    item="older",
+                    state=state,
+                    reason=f"{skipped}+ fires from an outage, summarised in one row",
+                    ended=now,
+                )
+            )
+        return due_fires
+
+    def _plan_job(
+        self, job: _Job, now: float, records: list[RunRecord], fires: list[_Fire]
+    ) -> None:
+        entry = job.entry
+        due_fires = self._enumerate(job, now, records)
+        if not due_fires:
+            return
+        job.watermark = due_fires[-1][0]
+        late = [f for f in due_fires if now - f[1] > entry.grace_seconds]
+        on_time = [f for f in due_fires if now - f[1] <= entry.grace_seconds]
+        if late:
+            self.logger.warning(
+                "%s: %d fire(s) are late (newest due %s, %.0fs ago); catchup=%s",
+                entry.name,
+                len(late),
+                utc_from_timestamp(late[-1][1]).isoformat(),
+                now - late[-1][1],
+                entry.catchup,
+            )
+        to_run: list[tuple[float, float]]
+        if entry.catchup == "latest":
+            to_run = due_fires[-1:]
+            newest = utc_from_timestamp(due_fires[-1][0]).isoformat()
+            for nominal, due in due_fires[:-1]:
+                records.append(
+                    self._record(
+                        entry, nominal, due, "coalesced", f"coalesced into {newest}", now
+                    )
+                )
+        elif entry.catchup == "all":
+            # The newest max_catchup fires run oldest first; older ones are missed.
+            to_run = due_fires[-entry.max_catchup :]
+            for nominal, due in due_fires[: -entry.max_catchup]:
+                reason = f"beyond max_catchup={entry.max_catchup}"
+                records.append(self._record(entry, nominal, due, "missed", reason, now))
+        else:
+            to_run = on_time[-1:]
+            for nominal, due in late:
+                records.append(
+                    self._record(entry, nominal, due, "missed", "late and catchup=none", now)
+                )
+            for nominal, due in on_time[:-1]:
+                records.append(
+                    self._record(
+                        entry, nominal, due, "coalesced", "a newer on-time fire ran", now
+                    )
+                )
+        prior_busy = job.running > 0 or bool(job.queued)
+        busy = prior_busy
+        queue_room = max(entry.max_catchup, 1) - len(job.queued)
+        for nominal, due in to_run:
+            if entry.overlap == "allow":
+                action = "start"
+            elif entry.overlap == "forbid" and prior_busy:
+                records.append(
+                    self._record(
+                        entry, nominal, due, "skipped", "previous run still running", now
+                    )
+                )
+                continue
+            elif busy:
+                if queue_room <= 0:
+                    reason = f"overlap queue full ({max(entry.max_catchup, 1)} waiting)"
+                    records.append(
+                        self._record(entry, nominal, due, "skipped", reason, now)
+                    )
+                    continue
+                queue_room -= 1
+                action = "queue"
+            else:
+                action = "start"
+            # Later fires of the same batch wait for this one (catch-up in order).
+            busy = busy or entry.overlap != "allow"
+            record = self._record(entry, nominal, due, "planned", "", None)
+            if action == "start":
+                record.state, record.started, record.lateness = (
+                    "running",
+                    now,
+                    now - due,
+                )
+            fire = _Fire(
+                record=record, entry=entry, expand=entry.expand_from is not None
+            )
+            fire.action = action
+            if entry.expand_from is not None:
+                record.key = run_key(entry.name, nominal, "*")
+                record.item = "*"
+            records.append(record)
+            fires.append(fire)
+
+    @staticmethod
+    def _record(
+        entry: ScheduleEntry,
+        nominal: float,
+        due: float,
+        state: str,
+        reason: str,
+        ended: float | None,
+    ) -> RunRecord:
+        return RunRecord(
+            key=run_key(entry.name, nominal),
+            entry=entry.name,
+            nominal=nominal,
+            state=state,
+            reason=reason,
+            due=due,
+            ended=ended,
+        )
+
+    def run_pending(self) -> int:
+        """Handle everything that is due now, then return.
+
+        Safe to call from several threads at once and while other threads
+        register tasks: state is read and claimed under a lock, targets run
+        outside it (inline executors run them in the calling thread).
+
+        Returns:
+            How many runs were started by this call.
+        """
+        started = self._drain_completions()
+        if self.stopping.is_set():
+            return started
+        with self._lock:
+            now = self.clock.time()
+            self._sync(now)
+            records, fires, watermarks = self._collect_due(now)
+            if not records:
+                return started
+            claimed = self.ledger.claim(records, watermarks)
+            won = {r.key for r, ok in zip(records, claimed, strict=True) if ok}
+            to_start: list[_Fire] = []
+            for fire in fires:
+                if fire.record.key not in won:
+                    continue  # another scheduler sharing the ledger owns it
+                job = self._jobs[fire.entry.name]
+                if fire.action == "queue":
+                    job.queued.append(fire)
+                else:
+                    job.running += 1
+                    to_start.append(fire)
+        for fire in to_start:
+            started += self._start(fire, persisted=True)
+        return started + self._drain_completions()
+
+    def _start(self, fire: _Fire, *, persisted: bool = False) -> int:
+        """Start one claimed fire (outside the lock); return runs started."""
+        record = fire.record
+        if not persisted:
+            now = self.clock.time()
+            record.state = "running"
+            record.started = now
+            record.lateness = now - (
+                record.due if record.due is not None else record.nominal
+            )
+            if not fire.expand:
+                self.ledger.update([record])
+        now = record.started if record.started is not None else self.clock.time()
+        if fire.expand:
+            return self._expand(fire, now)
+        context = RunContext(
+            schedule=fire.entry.name,
+            key=record.key,
+            nominal_time=utc_from_timestamp(record.nominal),
+            item=fire.item,
+            item_key=record.item,
+            cache=fire.entry.cache.value,
+        )
+        request = RunRequest(fire.entry.target, context, fire.entry.pass_context)  # type: ignore[arg-type]
+        with self._lock:
+            self._inflight[record.key] = fire
+        try:
+            future = self.executor.submit(execute_run, request)
+        except Exception as exc:
+            future = cf.Future()
+            future.set_exception(exc)
+        fire.future = future
+        future.add_done_callback(functools.partial(self._on_done_future, fire))
+        return 1
+
+    def _on_done_future(self, fire: _Fire, _future: cf.Future[RunOutcome]) -> None:
+        self._on_done(fire)
+
+    def _on_done(self, fire: _Fire) -> None:
+        self._completions.put(fire)
+        # The loop thread drains its own completions before it next waits;
+        # waking it from inside would only cost an empty cycle.
+        if self._loop_ident is not None and threading.get_ident() != self._loop_ident:
+            self.clock.wake()
+
+    def _expand(self, fire: _Fire, now: float) -> int:
+        entry = fire.entry
+        parent = fire.record
+        try:
+            expander = resolve_callable(entry.expand_from)  # type: ignore[arg-type]
+            items = expander()
+            children = self._items(entry, items)
+        except Exception as exc:
+            parent.state, parent.ended = "failed", self.clock.time()
+            parent.error = f"{type(exc).__name__}: {exc}"
+            self.ledger.update([parent])
+            self.logger.error("%s: expand_from failed: %s", parent.key, parent.error)
+            with self._lock:
+                self._finish_slot(entry.name)
+            return 0
+        records: list[RunRecord] = []
+        for item_key, _item in children:
+            records.append(
+                RunRecord(
+                    key=run_key(entry.name, parent.nominal, item_key),
+                    entry=entry.name,
+                    nominal=parent.nominal,
+                    item=item_key,
+                    state="running",
+                    due=parent.due,
+                    started=now,
+                    lateness=parent.lateness,
+                )
+            )
+        claimed = self.ledger.claim(records) if records else []
+        parent.state, parent.ended = "ok", self.clock.time()
+        parent.reason = f"expanded into {len(children)} item(s)"
+        self.ledger.update([parent])
+        started = 0
+        mine = [
+            (rec, item)
+            for rec, (_k, item), ok in zip(records, children, claimed, strict=True)
+            if ok
+        ]
+        with self._lock:
+            job = self._jobs.get(entry.name)
+            if job is not None:
+                job.running += len(mine)
+            self._finish_slot(entry.name, start_queued=not mine)
+        for rec, item in mine:
+            child = _Fire(record=rec, entry=entry, item=item)
+            started += self._start(child, persisted=True)
+        return started
+
+    def _items(
+        self, entry: ScheduleEntry, items: Any
+    ) -> list[tuple[str, dict[str, Any]]]:
+        if not isinstance(items, Sequence) or isinstance(items, (str, bytes)):
+            raise TypeError(
+                f"expand_from must return a list of dicts, got {type(items).__name__}"
+            )
+        if len(items) > entry.max_fanout:
+            raise ValueError(
+                f"expand_from returned {len(items)} items;"
+                f" max_fanout is {entry.max_fanout}"
+            )
+        seen: set[str] = set()
+        result: list[tuple[str, dict[str, Any]]] = []
+        for item in items:
+            if not isinstance(item, Mapping):
+                raise TypeError(
+                    f"expand_from returned a {type(item).__name__}, not a dict"
+                )
+            key = item_key(item)
+            if key in seen:
+                self.logger.info(
+                    "%s: dropping duplicate fan-out item %s", entry.name, key
+                )
+                continue
+            seen.add(key)
+            result.append((key, dict(item)))
+        return result
+
+    def _finish_slot(self, name: str, *, start_queued: bool = True) -> None:
+        job = self._jobs.get(name)
+        if job is None:
+            return
+        job.running = max(0, job.running - 1)
+        if start_queued:
+            self._kick_queue(name)
+
+    def _kick_queue(self, name: str) -> None:
+        job = self._jobs.get(name)
+        if job is None or job.running > 0 or not job.queued or self.stopping.is_set():
+            return
+        fire = job.queued.popleft()
+        job.running += 1
+        self._ready.append(fire)
+
+    def _drain_completions(self) -> int:
+        """Record finished runs and start queued fires they released."""
+        started = 0
+        while True:
+            done: list[_Fire] = []
+            while True:
+                try:
+                    done.append(self._completions.get_nowait())
+                except queue.Empty:
+                    break
+            if done:
+                now = self.clock.time()
+                for fire in done:
+                    self._complete(fire, now)
+                self.ledger.update([f.record for f in done])
+            with self._lock:
+                # Fires released from overlap queues while the lock was held.
+                ready, self._ready = self._ready, []
+            for fire in ready:
+                started += self._start(fire)
+            if not done and not ready:
+                return started
+
+    def _complete(self, fire: _Fire, now: float) -> None:
+        record = fire.record
+        record.ended = now
+        assert fire.future is not None
+        try:
+            outcome = fire.future.result(timeout=0)
+        except BaseException as exc:  # the executor itself failed
+            outcome = RunOutcome(ok=False, error=f"{type(exc).__name__}: {exc}")
+        record.state = "ok" if outcome.ok else "failed"
+        record.error = outcome.error
+        record.hits, record.misses = outcome.hits, outcome.misses
+        with self._lock:
+            self._inflight.pop(record.key, None)
+            self._finish_slot(fire.entry.name)
+        took = now - (record.started or now)
+        if outcome.ok:
+            self.logger.info(
+                "run %s ok in %.2fs (late %.3fs): %d cache hits, %d misses",
+                record.key,
+                took,
+                record.lateness or 0.0,
+                outcome.hits,
+                outcome.misses,
+            )
+        else:
+            self.logger.error(
+                "run %s failed in %.2fs: %s (%d cache hits, %d misses)\n%s",
+                record.key,
+                took,
+                outcome.error,
+                outcome.hits,
+                outcome.misses,
+                outcome.traceback.rstrip(),
+            )
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait (real time) until no run is in flight, recording each as it ends.
+
+        Args:
+            timeout: Longest wait in seconds; None waits indefinitely.
+
+        Returns:
+            True if nothing is in flight any more.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._drain_completions()
+            with self._lock:
+                futures = [
+                    f.future for f in self._inflight.values() if f.future is not None
+                ]
+                ready = bool(self._ready)
+            if not futures and not ready and self._completions.empty():
+                return True
+            if not futures:
+                continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            cf.wait(futures, timeout=remaining, return_when=cf.FIRST_COMPLETED)
+
+    # -------------------------------------------------------------- the loop
+
+    def _seconds_to_next_due(self, now: float) -> float:
+        with self._lock:
+            while self._heap:
+                _, _, name, version = self._heap[0]
+                job = self._jobs.get(name)
+                if job is not None and job.version == version:
+                    break
+                heapq.heappop(self._heap)  # stale: superseded by a reload
+            unsynced = any(not j.synced for j in self._jobs.values())
+            if unsynced:
+                return 0.0
+            return self._heap[0][0] - now if self._heap else float("inf")
+
+    def run(
+        self,
+        max_cycles: int | None = None,
+        until_ms: int | None = None,
+        *,
+        handle_signals: bool = False,
+    ) -> None:
+        """Loop until `max_cycles`, `until_ms` or `shutdown()`.
+
+        Each cycle runs what is due and, when a routine is set and its turn
+        has come, calls `routine(self)`; then it waits for the next fire or
+        routine turn (at most `max_sleep_seconds`).
+
+        Args:
+            max_cycles: Overrides the constructor's value.
+            until_ms: Overrides the constructor's value.
+            handle_signals: Install SIGTERM/SIGINT (shutdown) and SIGHUP
+                (reload) handlers; only from the main thread.
+        """
+        if max_cycles is not None:
+            self.max_cycles = max_cycles
+        if until_ms is not None:
+            self.until_ms = until_ms
+        restore = self._install_signals() if handle_signals else None
+        self._session_start = self.clock.time()
+        self._session_recorded = False
+        self._loop_ident = threading.get_ident()
+        self.logger.info("scheduler started with %d schedule(s)", len(self._jobs))
+        next_routine = self.clock.monotonic()
+        reason = "shutdown requested"
+        try:
+            while True:
+                if self.stopping.is_set():
+                    break
+                if self.max_cycles is not None and self.cycle >= self.max_cycles:
+                    reason = f"max_cycles={self.max_cycles} reached"
+                    break
+                if (
+                    self.until_ms is not None
+                    and self.clock.time() * 1000 >= self.until_ms
+                ):
+                    reason = "until_ms reached"
+                    break
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self.reload()
+                self.run_pending()
+                if self.routine is not None:
+                    if self.clock.monotonic() >= next_routine:
+                        self._run_routine()
+                        next_routine += self.wait_ms / 1000
+                        # A cycle longer than wait_ms does not queue up extra cycles.
+                        next_routine = max(next_routine, self.clock.monotonic())
+                else:
+                    self.cycle += 1
+                self._sleep(next_routine)
+        finally:
+            self._loop_ident = None
+            if restore is not None:
+                restore()
+        if self.stopping.is_set():
+            self._finish_shutdown(self.shutdown_timeout_seconds)
+        else:
+            self.drain(self.shutdown_timeout_seconds)
+        self.record_session_end(reason)
+
+    def _run_routine(self) -> None:
+        assert self.routine is not None
+        self.logger.info("cycle %d: starting", self.cycle)
+        try:
+            self.routine(self)
+        except Exception as exc:
+            self.exception_handler(exc, "routine", self)
+        self.cycle += 1
+        self.logger.info("cycle %d: finished", self.cycle - 1)
+
+    def _sleep(self, next_routine: float) -> None:
+        now = self.clock.time()
+        timeout = min(self._seconds_to_next_due(now), self.max_sleep_seconds)
+        if self.routine is not None:
+            timeout = min(timeout, next_routine - self.clock.monotonic())
+        if self.max_cycles is not None and self.cycle >= self.max_cycles:
+            return
+        if timeout <= 0 or self.stopping.is_set():
+            return
+        wall0, mono0 = self.clock.time(), self.clock.monotonic()
+        self.clock.wait(timeout)
+        drift = (self.clock.time() - wall0) - (self.clock.monotonic() - mono0)
+        if abs(drift) > self.jump_threshold_seconds:
+            self.logger.warning(
+                "wall clock jumped by %+.1fs while waiting (suspend or clock change);"
+                " fires in between are handled by the catch-up rules",
+                drift,
+            )
+
+    def start(self) -> threading.Thread:
+        """Run the loop in a daemon thread.
+
+        Returns:
+            The thread.
+
+        Raises:
+            RuntimeError: If the loop is already running.
+        """
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("scheduler already started")
+        self._thread = threading.Thread(
+            target=self.run, name="styxcache-scheduler", daemon=True
+        )
+        self._thread.start()
+        return self._thread
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Stop claiming fires, let running work finish, then give up on it.
+
+        Never blocks much longer than `timeout` (real seconds): runs still
+        going then are recorded as interrupted, queued ones as skipped.
+
+        Args:
+            timeout: Grace for running work (default: the configured one).
+
+        Returns:
+            True if every run finished within the timeout.
+        """
+        grace = self.shutdown_timeout_seconds if timeout is None else timeout
+        deadline = time.monotonic() + grace
+        self.stopping.set()
+        self.clock.wake()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return self._finish_shutdown(max(0.0, deadline - time.monotonic()))
+
+    def _finish_shutdown(self, timeout: float) -> bool:
+        self.stopping.set()
+        clean = self.drain(timeout)
+        now = self.clock.time()
+        leftovers: list[RunRecord] = []
+        with self._lock:
+            for fire in self._inflight.values():
+                fire.record.state = "interrupted"
+                fire.record.ended = now
+                fire.record.reason = (
+                    f"still running when shutdown gave up after {timeout:.1f}s"
+                )
+                leftovers.append(fire.record)
+            self._inflight.clear()
+            for job in self._jobs.values():
+                while job.queued:
+                    record = job.queued.popleft().record
+                    record.state, record.ended = "skipped", now
+                    record.reason = "scheduler shut down before it could start"
+                    leftovers.append(record)
+        with contextlib.suppress(Exception):
+            self.ledger.update(leftovers)
+        for record in leftovers:
+            self.logger.warning(
+                "run %s %s: %s", record.key, record.state, record.reason
+            )
+        self.executor.shutdown(wait=False, cancel_pending=True)
+        return clean and not leftovers
+
+    def _install_signals(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError(
+                "signal handlers can only be installed from the main thread"
+            )
+
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            self.logger.info("received %s: shutting down", signal.Signals(signum).name)
+            self.stopping.set()
+            self.clock.wake()
+
+        def hup(_signum: int, _frame: FrameType | None) -> None:
+            self._reload_requested = True
+            self.clock.wake()
+
+        previous = {
+            sig: signal.signal(sig, handler)
+            for sig, handler in ((signal.SIGTERM, stop), (signal.SIGINT, stop))
+        }
+        if hasattr(signal, "SIGHUP"):
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, hup)
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    # ---------------------------------------------------------------- reload
+
+    def reload(self) -> bool:
+        """Re-read the YAML file and apply the differences.
+
+        Unchanged entries keep their state; a changed trigger keeps its
+        history but does not rerun fires before now; removed entries let
+        running work finish; new entries start from now. An invalid file
+        keeps the old configuration.
+
+        Returns:
+            True if the new file was applied.
+
+        Raises:
+            RuntimeError: If the scheduler was not built from a file.
+        """
+        if self.config_path is None:
+            raise RuntimeError(
+                "reload() needs a scheduler built with Scheduler.from_yaml"
+            )
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            self.logger.error(
+                "reload of %s rejected, keeping the old schedules: %s",
+                self.config_path,
+                exc,
+            )
+            return False
+        self._apply_config(config, initial=False)
+        return True
+
+    def _apply_config(self, config: ScheduleConfig, *, initial: bool) -> None:
+        with self._lock:
+            new = {e.name: e for e in config.entries}
+            removed = [name for name in self._jobs if name not in new]
+            added = changed = kept = 0
+            for name in removed:
+                del self._jobs[name]
+            for entry in config.entries:
+                old = self._jobs.get(entry.name)
+                if old is None:
+                    added += 1
+                    self._install(entry, fresh=not initial)
+                elif old.entry.fingerprint == entry.fingerprint:
+                    kept += 1
+                else:
+                    changed += 1
+                    self._install(entry)
+        if not initial:
+            self.logger.info(
+                "reloaded %s: %d added, %d changed, %d removed, %d unchanged",
+                config.path,
+                added,
+                changed,
+                len(removed),
+                kept,
+            )
+        if self._loop_ident is not None:
+            self.clock.wake()
+
+    # -------------------------------------------------------- session ledger
+
+    def record_session_end(self, reason: str = "not given") -> dict[str, Any]:
+        """Append this session's summary to `records` and log the history.
+
+        Args:
+            reason: Why the session ended.
+
+        Returns:
+            The new record.
+        """
+        now = self.clock.time()
+        start = self._session_start if self._session_start is not None else now
+        counts = self.ledger.count_by_state()
+        record: dict[str, Any] = {
+            "start": utc_from_timestamp(start).isoformat(),
+            "finish": utc_from_timestamp(now).isoformat(),
+            "duration_s": round(now - start, 3),
+            "cycles": self.cycle,
+            "termination reason": reason,
+            "runs": counts,
+            **dict(self.sess_stats(self)),
+        }
+        self.records.append(record)
+        self._session_recorded = True
+        self.logger.info("session ended (%s) after %d cycle(s)", reason, self.cycle)
+        for index, row in enumerate(self.records):
+            self.logger.info("session %d: %s", index, json.dumps(row, default=str))
+        return record
+
+    def get_records_df(self) -> list[dict[str, Any]]:
+        """Return the session records (a list of dicts, ready for a DataFrame)."""
+        return [dict(r) for r in self.records]
+
+    def close(self) -> None:
+        """Shut down without grace (if running) and close the ledger."""
+        if not self.stopping.is_set():
+            self.shutdown(timeout=0)
+        self.ledger.close()
+
+
+def item_key(item: Mapping[str, Any]) -> str:
+    """Return a fan-out item's stable key.
+
+    Args:
+        item: The context dict; an explicit `key` entry wins.
+
+    Returns:
+        The key: `key`, or canonical JSON of the item, or a digest of it
+        when long.
+    """
+    if "key" in item:
+        return str(item["key"])
+    text = json.dumps(item, sort_keys=True, separators=(",", ":"), default=str)
+    if len(text) <= _MAX_ITEM_KEY:
+        return text
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _default_exception_handler(
+    exc: BaseException, where: str, scheduler: Scheduler
+) -> None:
+    scheduler.record_session_end(reason=f"{where} raised {type(exc).__name__}: {exc}")
+    scheduler.logger.exception("%s raised; stopping", where, exc_info=exc)
+    raise exc

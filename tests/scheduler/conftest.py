@@ -1,0 +1,52 @@
+"""Fixtures for the scheduler tests: a fake clock, an inline scheduler, YAML files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from styxcache.scheduler import FakeClock, InlineExecutor, Scheduler
+
+UTC = dt.timezone.utc
+T0 = dt.datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def make_scheduler(
+    clock: FakeClock, tmp_path: Path
+) -> Iterator[Callable[..., Scheduler]]:
+    made: list[Scheduler] = []
+
+    def make(**kwargs: object) -> Scheduler:
+        kwargs.setdefault("clock", clock)
+        kwargs.setdefault("executor", InlineExecutor())
+        kwargs.setdefault("state_dir", tmp_path / "state")
+        kwargs.setdefault("logger", logging.getLogger("test.scheduler"))
+        scheduler = Scheduler(**kwargs)  # type: ignore[arg-type]
+        made.append(scheduler)
+        return scheduler
+
+    yield make
+    for scheduler in made:
+        scheduler.close()
+
+
+@pytest.fixture
+def write_yaml(tmp_path: Path) -> Callable[[str], Path]:
+    path = tmp_path / "schedule.yaml"
+
+    def write(text: str) -> Path:
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return path
+
+    return write
