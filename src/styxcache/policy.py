@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import fnmatch
+import math
 import os
 import re
 from pathlib import Path
@@ -83,6 +84,8 @@ def parse_size(value: int | str) -> int:
         if value < 0:
             raise ValueError(f"size must not be negative: {value}")
         return value
+    if not isinstance(value, str):
+        raise TypeError(f"not a size: {value!r} (an int, or a string like 50G)")
     match = _SIZE_RE.match(value)
     if match is None:
         raise ValueError(f"not a size: {value!r} (examples: 500M, 50G, 2T, 1048576)")
@@ -96,6 +99,8 @@ def _seconds(value: float | dt.timedelta | None, field: str) -> float | None:
     seconds = value.total_seconds() if isinstance(value, dt.timedelta) else value
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
         raise TypeError(f"CachePolicy.{field} must be seconds or a timedelta")
+    if math.isnan(seconds):
+        raise ValueError(f"CachePolicy.{field} must be a number of seconds, got nan")
     if seconds < 0:
         raise ValueError(f"CachePolicy.{field} must not be negative, got {seconds}")
     return float(seconds)
@@ -188,12 +193,26 @@ class CachePolicy:
                 f"not the string {self.env_allowlist!r}"
             )
         self.env_allowlist = tuple(self.env_allowlist)
+        for name in self.env_allowlist:
+            if not isinstance(name, str) or not name:
+                raise TypeError(
+                    f"CachePolicy.env_allowlist must hold variable names; got {name!r}"
+                )
         if isinstance(self.bypass_tools, str):
             raise TypeError(
                 "CachePolicy.bypass_tools must be a set of patterns, "
                 f"not the string {self.bypass_tools!r}"
             )
         self.bypass_tools = frozenset(self.bypass_tools)
+        for pattern in self.bypass_tools:
+            if not isinstance(pattern, str):
+                raise TypeError(
+                    f"CachePolicy.bypass_tools must hold str patterns; got {pattern!r}"
+                )
+        if not isinstance(self.extra, dict):
+            raise TypeError(
+                f"CachePolicy.extra must be a dict of str to str, got {self.extra!r}"
+            )
         for name, value in self.extra.items():
             if not isinstance(name, str) or not isinstance(value, str):
                 raise TypeError(
@@ -203,14 +222,40 @@ class CachePolicy:
             raise TypeError("CachePolicy.image_digest must be callable (tag -> str)")
         if not callable(getattr(self.hasher, "hash_path", None)):
             raise TypeError("CachePolicy.hasher must have a hash_path(path) method")
-        if self.lease_seconds <= 0:
+        for flag in ("read_only_outputs", "memo", "check_command"):
+            given = getattr(self, flag)
+            if not isinstance(given, bool):
+                raise TypeError(
+                    f"CachePolicy.{flag} must be True or False, got {given!r}"
+                )
+        memo_dir = self.memo_dir
+        if memo_dir is not None and not isinstance(memo_dir, (str, os.PathLike)):
+            raise TypeError(
+                f"CachePolicy.memo_dir must be a path or None, got {self.memo_dir!r}"
+            )
+        if isinstance(self.lease_seconds, bool) or not isinstance(
+            self.lease_seconds, (int, float)
+        ):
+            raise TypeError(
+                f"CachePolicy.lease_seconds must be a number of seconds, "
+                f"got {self.lease_seconds!r}"
+            )
+        if not self.lease_seconds > 0 or math.isinf(self.lease_seconds):
             raise ValueError(
-                f"CachePolicy.lease_seconds must be positive, got {self.lease_seconds}"
+                "CachePolicy.lease_seconds must be positive and finite, "
+                f"got {self.lease_seconds}"
             )
         _seconds(self.lock_timeout, "lock_timeout")
         _seconds(self.max_age, "max_age")
         if self.max_size is not None:
-            parse_size(self.max_size)
+            try:
+                parse_size(self.max_size)
+            except (ValueError, TypeError) as exc:
+                raise type(exc)(f"CachePolicy.max_size: {exc}") from None
+        if isinstance(self.keep_failed, bool) or not isinstance(self.keep_failed, int):
+            raise TypeError(
+                f"CachePolicy.keep_failed must be an int, got {self.keep_failed!r}"
+            )
         if self.keep_failed < 0:
             raise ValueError(
                 f"CachePolicy.keep_failed must not be negative, got {self.keep_failed}"
