@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 __all__ = [
     "EVENTS_DIR",
@@ -38,6 +38,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger("styxcache.events")
+
+_HOST = socket.gethostname()
 
 EVENTS_DIR = ".events"
 """Folder of the cache directory that holds the per-process event files."""
@@ -71,13 +73,13 @@ class CacheEvent:
     bytes_served: int = 0
     reason: str = ""
     time: float = dataclasses.field(default_factory=time.time)
-    host: str = dataclasses.field(default_factory=socket.gethostname)
+    host: str = _HOST
     pid: int = dataclasses.field(default_factory=os.getpid)
     ok: bool = True
 
     def to_json(self) -> str:
         """Return the event as one line of JSON."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return json.dumps(vars(self), sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CacheEvent:
@@ -191,17 +193,18 @@ class EventLog:
         """
         self._dir = cache_root / EVENTS_DIR
         self._lock = threading.Lock()
-        self._path: Path | None = None
+        self._handle: TextIO | None = None
         self._pid = -1
         self._broken = False
 
-    def _file_for_this_process(self) -> Path:
-        # A forked child must not share its parent's file name.
-        if self._path is None or self._pid != os.getpid():
+    def _file_for_this_process(self) -> TextIO:
+        # A forked child must not share its parent's file (nor its handle).
+        if self._handle is None or self._pid != os.getpid():
             self._pid = os.getpid()
-            name = f"{socket.gethostname()}-{self._pid}-{uuid.uuid4().hex[:8]}.jsonl"
-            self._path = self._dir / name
-        return self._path
+            name = f"{_HOST}-{self._pid}-{uuid.uuid4().hex[:8]}.jsonl"
+            self._dir.mkdir(exist_ok=True)
+            self._handle = (self._dir / name).open("a", encoding="utf-8")
+        return self._handle
 
     def append(self, event: CacheEvent) -> None:
         """Append one event.
@@ -214,10 +217,9 @@ class EventLog:
         line = event.to_json() + "\n"
         with self._lock:
             try:
-                path = self._file_for_this_process()
-                self._dir.mkdir(exist_ok=True)
-                with path.open("a", encoding="utf-8") as handle:
-                    handle.write(line)
+                handle = self._file_for_this_process()
+                handle.write(line)
+                handle.flush()  # one write(2) per event: readers see whole lines
             except OSError as exc:
                 self._broken = True
                 _log.warning("cannot write cache events to %s: %s", self._dir, exc)

@@ -90,34 +90,91 @@ def _innermost(execution: Any) -> Any:
 
 
 class CachingExecution(Execution):
-    """An `Execution` that serves results from the cache or stores new ones."""
+    """An `Execution` that serves results from the cache or stores new ones.
+
+    Args:
+        runner: The caching runner.
+        metadata: The tool's metadata.
+        mode: The cache mode in force when the execution started.
+        base: The base runner's execution, when started eagerly.
+        start_base: Starts the base execution when first needed. Used for
+            `styxdefs.LocalRunner`, whose executions create their output folder
+            at once: a hit then never creates (and removes) a folder. Its
+            `input_file()` is a pure function of the path, so the command line
+            built before the base exists is the one it would have built.
+    """
 
     def __init__(
         self,
         runner: CachingRunner,
-        base: Execution,
         metadata: Metadata,
         mode: CacheMode,
+        *,
+        base: Execution | None = None,
+        start_base: Callable[[], Execution] | None = None,
     ) -> None:
-        self.base = base
+        if (base is None) == (start_base is None):
+            raise ValueError("give exactly one of base and start_base")
         self.metadata = metadata
         self.mode = mode
         self._runner = runner
         self._tool = tool_id(metadata)
-        self._inner = _innermost(base)
-        original = getattr(self._inner, "output_dir", None)
+        self._base = base
+        self._start_base = start_base
+        # Until a lazy base exists, the base runner answers attribute look-ups
+        # (environ, logger) that the execution would answer.
+        self._inner: Any = _innermost(base) if base is not None else runner.base
+        original = (
+            getattr(self._inner, "output_dir", None) if base is not None else None
+        )
         self._base_dir: Path | None = Path(original) if original is not None else None
+        self._redirectable = base is None or original is not None
+        self._replacements: list[tuple[str, str]] = []
         self._inputs: list[RegisteredInput] = []
         self._params: dict[str, Any] | None = None
         self._outputs: list[tuple[str, bool]] = []
         self._plan: _Plan | None = None
+
+    @property
+    def base(self) -> Execution:
+        """The base runner's execution (started now if it was deferred)."""
+        if self._base is None:
+            self._start()
+        assert self._base is not None
+        return self._base
+
+    @property
+    def started(self) -> bool:
+        """True once the base execution exists."""
+        return self._base is not None
+
+    def _start(self) -> None:
+        assert self._start_base is not None
+        base = self._start_base()
+        self._base = base
+        self._inner = _innermost(base)
+        original = getattr(self._inner, "output_dir", None)
+        self._base_dir = Path(original) if original is not None else None
+        self._redirectable = original is not None
+        if self._params is not None:
+            base.params(self._params)
+        for registered in self._inputs:
+            real = base.input_file(
+                registered.local,
+                resolve_parent=registered.resolve_parent,
+                mutable=registered.mutable,
+            )
+            if real != registered.local:
+                self._replacements.append((registered.local, real))
 
     # The Execution protocol ------------------------------------------------
 
     def params(self, params: dict[str, Any]) -> dict[str, Any]:
         """Record the params (for the key) and pass them to the base execution."""
         self._params = params
-        return self.base.params(params)
+        if self._base is None:
+            return params
+        return self._base.params(params)
 
     def input_file(
         self,
@@ -138,9 +195,12 @@ class CachingExecution(Execution):
             if not must_exist.exists():
                 what = "input folder" if must_exist != path else "input file"
                 raise FileNotFoundError(f"{self._tool}: {what} not found: {must_exist}")
-        local = self.base.input_file(
-            host_file, resolve_parent=resolve_parent, mutable=mutable
-        )
+        if self._base is None and not mutable:
+            local = str(Path(host_file).absolute())  # what LocalRunner returns
+        else:
+            local = self.base.input_file(
+                host_file, resolve_parent=resolve_parent, mutable=mutable
+            )
         self._inputs.append(RegisteredInput(path, resolve_parent, mutable, local))
         return local
 
@@ -205,7 +265,7 @@ class CachingExecution(Execution):
         runner = self._runner
         if self.mode is CacheMode.BYPASS:
             return _Plan("base", kind="bypass", reason="bypassed")
-        if self._base_dir is None:
+        if not self._redirectable:
             _log.warning(
                 "%s: the base execution (%s) has no output_dir to redirect; "
                 "running uncached",
@@ -345,16 +405,14 @@ class CachingExecution(Execution):
         ]
         if plan.entry is not None:
             replacements.append((str(plan.entry), "<entry>"))
-        environ = getattr(self._inner, "environ", None) or {}
-        runner = self._runner
+        executable = None
+        if cargs and not hasattr(self._inner, "container_tag"):
+            environ = getattr(self._inner, "environ", None) or {}
+            executable = self._runner.executable_digest(
+                cargs[0], environ.get("PATH", os.environ.get("PATH"))
+            )
         return command_fingerprint(
-            cargs,
-            replacements=replacements,
-            local=not hasattr(self._inner, "container_tag"),
-            search_path=environ.get("PATH", os.environ.get("PATH")),
-            hash_executable=lambda path: runner.policy_hasher().hash_path(
-                Path(path), memo=runner.memo
-            ),
+            cargs, replacements=replacements, executable=executable
         )
 
     # Serving -----------------------------------------------------------------
@@ -405,7 +463,7 @@ class CachingExecution(Execution):
 
     def _drop_base_dir(self) -> None:
         """Remove the folder the base runner made eagerly, if the tool never used it."""
-        if self._base_dir is not None:
+        if self._base is not None and self._base_dir is not None:
             with contextlib.suppress(OSError):
                 self._base_dir.rmdir()
 
@@ -413,7 +471,7 @@ class CachingExecution(Execution):
         ok = False
         try:
             self.base.run(
-                call.cargs,
+                self._real_cargs(call.cargs),
                 handle_stdout=call.handle_stdout,
                 handle_stderr=call.handle_stderr,
             )
@@ -458,6 +516,7 @@ class CachingExecution(Execution):
         runner, store = self._runner, self._runner.store
         key = plan.key
         staging = store.stage(key)
+        base = self.base
         self._inner.output_dir = staging
         self._drop_base_dir()
         out_log = LineLog(staging / store.STDOUT_LOG)
@@ -466,8 +525,8 @@ class CachingExecution(Execution):
         user_err = call.handle_stderr or self._default_handler("stderr")
         tool_started = time.perf_counter()
         try:
-            self.base.run(
-                call.cargs,
+            base.run(
+                self._real_cargs(call.cargs),
                 handle_stdout=_tee(out_log, user_out),
                 handle_stderr=_tee(err_log, user_err),
             )
@@ -529,6 +588,17 @@ class CachingExecution(Execution):
         store.record_tool(self._tool, key)
         self._emit_run(plan, call, ok=True)
         runner.after_commit(key)
+
+    def _real_cargs(self, cargs: list[str]) -> list[str]:
+        """Swap provisional input paths for the ones the base execution returned."""
+        if not self._replacements:
+            return cargs
+        out = []
+        for arg in cargs:
+            for provisional, real in self._replacements:
+                arg = arg.replace(provisional, real)  # noqa: PLW2901
+            out.append(arg)
+        return out
 
     def _emit_run(self, plan: _Plan, call: _Call, *, ok: bool) -> None:
         self._runner.emit(

@@ -10,9 +10,7 @@ are fingerprinted. A hit whose stored fingerprint differs is rerun.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from styxcache.canonical import canonical_json
 
@@ -39,9 +37,7 @@ def command_fingerprint(
     cargs: Sequence[str],
     *,
     replacements: Sequence[tuple[str, str]],
-    local: bool,
-    search_path: str | None,
-    hash_executable: Callable[[str], str],
+    executable: str | None,
 ) -> tuple[str, dict[str, str]]:
     """Fingerprint a command line and, for a local runner, its executable.
 
@@ -50,13 +46,11 @@ def command_fingerprint(
         replacements: `(text, token)` pairs: machine-specific strings in the
             command line (input paths, the output folder) and what stands for
             them.
-        local: The tool runs on this host (not in a container), so the
-            executable on PATH is what runs.
-        search_path: The PATH the tool runs with.
-        hash_executable: Digest of an executable file (memoised).
+        executable: Digest of the executable `cargs[0]` resolves to on PATH,
+            when the tool runs on this host; None in a container.
 
     Returns:
-        `(fingerprint, parts)`: the parts are `command` and, when found,
+        `(fingerprint, parts)`: the parts are `command` and, when given,
         `executable` digests.
     """
     parts = {
@@ -64,10 +58,8 @@ def command_fingerprint(
             canonical_json(_neutral_args(cargs, replacements)).encode()
         ).hexdigest()
     }
-    if local and cargs:
-        found = shutil.which(cargs[0], path=search_path)
-        if found is not None:
-            parts["executable"] = hash_executable(os.path.realpath(found))
+    if executable is not None:
+        parts["executable"] = executable
     return hashlib.sha256(canonical_json(parts).encode()).hexdigest(), parts
 
 

@@ -5,19 +5,28 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from styxdefs import Execution, Metadata, Runner, get_global_runner, set_global_runner
+from styxdefs import (
+    Execution,
+    LocalRunner,
+    Metadata,
+    Runner,
+    get_global_runner,
+    set_global_runner,
+)
 
 from styxcache.events import CacheEvent, CacheStats, EventLog, publish
 from styxcache.execution import CachingExecution, copy_entry
 from styxcache.hashing import ContentHasher
 from styxcache.manifest import Manifest
-from styxcache.memo import DigestMemo
+from styxcache.memo import DigestMemo, file_memo_key
 from styxcache.modes import CacheMode, current_mode
 from styxcache.policy import CachePolicy
 from styxcache.store import CacheStore
@@ -25,6 +34,9 @@ from styxcache.store import CacheStore
 __all__ = ["CacheDirectoryError", "CachingRunner", "use_cache"]
 
 _log = logging.getLogger("styxcache")
+
+_EXECUTABLE_TTL = 5.0
+"""Seconds a PATH look-up is trusted before it is repeated."""
 
 
 class CacheDirectoryError(OSError):
@@ -128,6 +140,15 @@ class CachingRunner(Runner):
         self._events = EventLog(self.store.root) if self.writable else None
         self._stats_lock = threading.Lock()
         self._default_hasher = ContentHasher()
+        self._executables: dict[
+            tuple[str, str | None], tuple[float, str, str, str]
+        ] = {}
+        self._exclusions = [self.store.root, *(tier.root for tier in self.tiers)]
+        data_dir = getattr(_innermost_runner(base), "data_dir", None)
+        if data_dir is not None:
+            self._exclusions.append(Path(data_dir).absolute())
+        if self.memo is not None:
+            self._exclusions.append(self.memo.path.parent)
 
     def start_execution(self, metadata: Metadata) -> Execution:
         """Start an execution that is served from, or stored in, the cache.
@@ -141,8 +162,15 @@ class CachingRunner(Runner):
         mode = current_mode()
         if self.policy.bypasses(metadata):
             mode = CacheMode.BYPASS
+        if mode is not CacheMode.BYPASS and type(self.base) is LocalRunner:
+            return CachingExecution(
+                self,
+                metadata,
+                mode,
+                start_base=lambda: self.base.start_execution(metadata),
+            )
         return CachingExecution(
-            self, self.base.start_execution(metadata), metadata, mode
+            self, metadata, mode, base=self.base.start_execution(metadata)
         )
 
     # Services for executions --------------------------------------------------
@@ -161,13 +189,42 @@ class CachingRunner(Runner):
 
     def hash_exclusions(self) -> list[Path]:
         """Folders never part of an input folder's digest: caches, scratch, memo."""
-        folders = [self.store.root, *(tier.root for tier in self.tiers)]
-        data_dir = getattr(_innermost_runner(self.base), "data_dir", None)
-        if data_dir is not None:
-            folders.append(Path(data_dir))
-        if self.memo is not None:
-            folders.append(self.memo.path.parent)
-        return folders
+        return self._exclusions
+
+    def executable_digest(self, name: str, search_path: str | None) -> str | None:
+        """Digest of the executable a command name resolves to on PATH.
+
+        The resolution is remembered for a few seconds and re-validated with
+        one `stat`, so a hit does not walk PATH and resolve symlinks every time,
+        while a binary replaced in place is noticed at once.
+
+        Args:
+            name: `cargs[0]`.
+            search_path: The PATH the tool runs with.
+
+        Returns:
+            The digest, or None when nothing on PATH matches.
+        """
+        now = time.monotonic()
+        cached = self._executables.get((name, search_path))
+        if cached is not None and now - cached[0] < _EXECUTABLE_TTL:
+            _, real, stamp, digest = cached
+            try:
+                if file_memo_key(os.stat(real)) == stamp:
+                    return digest
+            except OSError:
+                pass
+        found = shutil.which(name, path=search_path)
+        if found is None:
+            return None
+        real = os.path.realpath(found)
+        try:
+            stamp = file_memo_key(os.stat(real))
+            digest = self.policy_hasher().hash_path(Path(real), memo=self.memo)
+        except OSError:
+            return None
+        self._executables[(name, search_path)] = (now, real, stamp, digest)
+        return digest
 
     def find_in_tiers(self, key: str) -> tuple[CacheStore, Manifest] | None:
         """Look a key up in the read-only caches, in order.
