@@ -148,7 +148,9 @@ def _encode_mapping(
     name: str,
     substitute: Callable[[Any, str], JSON | None] | None,
 ) -> JSON:
-    if all(type(key) is str for key in value):
+    # A str key starting with "$" could make a plain dict read as a tagged
+    # value ({"$set": [1, 2]} vs {1, 2}); such dicts take the pairs form.
+    if all(type(key) is str and not key.startswith("$") for key in value):
         return {
             key: encode_params(item, name=_child(name, key), substitute=substitute)
             for key, item in value.items()
