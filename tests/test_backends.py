@@ -245,6 +245,10 @@ def test_image_not_found_is_a_lookup_error_naming_tag_and_fetch_command() -> Non
         "docker",
         "docker pull repo/img:2",
     )
+    assert str(copy) == str(err)
+    detailed = ImageNotFoundError("t:1", "apptainer", "apptainer pull ...", "no SIF")
+    assert "(no SIF)" in str(detailed)
+    assert str(pickle.loads(pickle.dumps(detailed))) == str(detailed)
 
 
 # ------------------------------------------------------- docker (no daemon needed)
