@@ -452,7 +452,9 @@ def _build_trigger(raw: Mapping[str, Any], entry: str) -> Trigger:
     except TriggerError as exc:
         raise ConfigError(str(exc), entry=entry, field="timezone") from None
     if "anchor" in raw and interval is None:
-        raise ConfigError("only applies to interval_seconds entries", entry=entry, field="anchor")
+        raise ConfigError(
+            "only applies to interval_seconds entries", entry=entry, field="anchor"
+        )
     if given is not None:
         if not isinstance(given, Trigger):
             raise ConfigError(f"not a Trigger: {given!r}", entry=entry, field="trigger")

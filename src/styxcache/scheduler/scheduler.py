@@ -122,6 +122,7 @@ class Scheduler:
         max_sleep_seconds: float = 30.0,
         shutdown_timeout_seconds: float = 30.0,
         jump_threshold_seconds: float = 2.0,
+        on_run: Callable[[RunRecord], Any] | None = None,
     ) -> None:
         """Create a scheduler; nothing runs until `run()`, `start()` or `run_pending()`.
 
@@ -145,6 +146,8 @@ class Scheduler:
             shutdown_timeout_seconds: Default grace for running work.
             jump_threshold_seconds: Wall-vs-monotonic gap that counts as a
                 clock jump.
+            on_run: Called with each finished run's ledger record (metrics,
+                notifications); its exceptions are logged and ignored.
 
         Raises:
             TypeError: If `routine` is given but not callable.
@@ -184,6 +187,7 @@ class Scheduler:
         self.max_sleep_seconds = max_sleep_seconds
         self.shutdown_timeout_seconds = shutdown_timeout_seconds
         self.jump_threshold_seconds = jump_threshold_seconds
+        self.on_run = on_run
         self.config_path: Path | None = None
         self.stopping = threading.Event()
         """Set once shutdown has begun (no new fires are claimed after it)."""
@@ -282,15 +286,27 @@ class Scheduler:
         else:
             raw["interval_seconds"] = cron_or_interval
         entry = build_entry(raw, pass_context=pass_context)
+        self.add_entry(entry, replace=replace)
+        return entry
+
+    def add_entry(self, entry: ScheduleEntry, *, replace: bool = False) -> None:
+        """Register an already validated entry.
+
+        Args:
+            entry: The entry (see `build_entry`).
+            replace: Allow replacing an entry of the same name.
+
+        Raises:
+            ConfigError: If the name is taken and `replace` is False.
+        """
         with self._lock:
-            if name in self._jobs and not replace:
+            if entry.name in self._jobs and not replace:
                 raise ConfigError(
-                    "already registered (pass replace=True)", entry=name, field="name"
+                    "already registered (pass replace=True)", entry=entry.name, field="name"
                 )
             self._install(entry)
         if self._loop_ident is not None:
             self.clock.wake()
-        return entry
 
     def unregister_task(self, name: str) -> None:
         """Remove a schedule; its running work finishes and is recorded.
@@ -487,7 +503,12 @@ class Scheduler:
             for nominal, due in due_fires[:-1]:
                 records.append(
                     self._record(
-                        entry, nominal, due, "coalesced", f"coalesced into {newest}", now
+                        entry,
+                        nominal,
+                        due,
+                        "coalesced",
+                        f"coalesced into {newest}",
+                        now,
                     )
                 )
         elif entry.catchup == "all":
@@ -500,12 +521,19 @@ class Scheduler:
             to_run = on_time[-1:]
             for nominal, due in late:
                 records.append(
-                    self._record(entry, nominal, due, "missed", "late and catchup=none", now)
+                    self._record(
+                        entry, nominal, due, "missed", "late and catchup=none", now
+                    )
                 )
             for nominal, due in on_time[:-1]:
                 records.append(
                     self._record(
-                        entry, nominal, due, "coalesced", "a newer on-time fire ran", now
+                        entry,
+                        nominal,
+                        due,
+                        "coalesced",
+                        "a newer on-time fire ran",
+                        now,
                     )
                 )
         prior_busy = job.running > 0 or bool(job.queued)
@@ -517,7 +545,12 @@ class Scheduler:
             elif entry.overlap == "forbid" and prior_busy:
                 records.append(
                     self._record(
-                        entry, nominal, due, "skipped", "previous run still running", now
+                        entry,
+                        nominal,
+                        due,
+                        "skipped",
+                        "previous run still running",
+                        now,
                     )
                 )
                 continue
@@ -801,6 +834,11 @@ class Scheduler:
                 outcome.misses,
                 outcome.traceback.rstrip(),
             )
+        if self.on_run is not None:
+            try:
+                self.on_run(record)
+            except Exception:
+                self.logger.exception("on_run hook failed for %s", record.key)
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait (real time) until no run is in flight, recording each as it ends.

@@ -1,0 +1,84 @@
+"""`styxcache schedule validate | list | history | run`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from styxcache.cli import main
+from styxcache.scheduler import FakeClock, InlineExecutor, Scheduler
+
+CONFIG = """
+state_dir: state
+executor: inline
+schedules:
+  - name: nightly
+    cron: "30 2 * * *"
+    timezone: Europe/Berlin
+    target: sched_jobs:fake_pipeline
+  - name: paused
+    interval_seconds: 60
+    target: sched_jobs:record
+    enabled: false
+"""
+
+
+def test_validate_ok_and_error(write_yaml: Callable[[str], Path]) -> None:
+    runner = CliRunner()
+    path = write_yaml(CONFIG)
+    result = runner.invoke(main, ["schedule", "validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "OK, 2 schedule(s)" in result.output
+    write_yaml(CONFIG.replace("30 2 * * *", "30 2 * *"))
+    result = runner.invoke(main, ["schedule", "validate", str(path)])
+    assert result.exit_code == 1
+    assert "schedule 'nightly', field 'cron'" in result.output
+
+
+def test_list_json_shows_next_fires(write_yaml: Callable[[str], Path], tmp_path: Path) -> None:
+    path = write_yaml(CONFIG)
+    result = CliRunner().invoke(main, ["schedule", "list", str(path), "-n", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert len(rows["nightly"]["next"]) == 2
+    assert all(t.endswith(("+01:00", "+02:00")) for t in rows["nightly"]["next"])
+    assert rows["paused"]["next"] == [] and rows["paused"]["enabled"] is False
+    assert not (tmp_path / "state").exists()  # list writes nothing
+    table = CliRunner().invoke(main, ["schedule", "list", str(path)])
+    assert table.exit_code == 0 and "nightly" in table.output
+
+
+def test_history_reads_the_ledger(write_yaml: Callable[[str], Path]) -> None:
+    path = write_yaml(CONFIG)
+    runner = CliRunner()
+    missing = runner.invoke(main, ["schedule", "history", str(path)])
+    assert missing.exit_code == 1 and "no ledger" in missing.output
+    clock = FakeClock()
+    scheduler = Scheduler.from_yaml(path, clock=clock, executor=InlineExecutor())
+    scheduler.run_pending()
+    clock.advance(86400)
+    scheduler.run_pending()
+    scheduler.close()
+    result = runner.invoke(main, ["schedule", "history", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = [json.loads(line) for line in result.output.splitlines()]
+    assert (row["entry"], row["state"], row["hits"], row["misses"]) == ("nightly", "ok", 1, 2)
+    table = runner.invoke(main, ["schedule", "history", str(path), "--entry", "nightly"])
+    assert table.exit_code == 0 and "nightly" in table.output
+
+
+def test_run_starts_and_stops(write_yaml: Callable[[str], Path], tmp_path: Path) -> None:
+    path = write_yaml(CONFIG)
+    result = CliRunner().invoke(main, ["schedule", "run", str(path), "--max-cycles", "1"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "state" / "ledger.sqlite3").exists()
+
+
+def test_run_rejects_invalid_config(write_yaml: Callable[[str], Path], tmp_path: Path) -> None:
+    path = write_yaml(CONFIG.replace("catchup", "x") + "    overlap: never\n")
+    result = CliRunner().invoke(main, ["schedule", "run", str(path)])
+    assert result.exit_code == 1 and "field 'overlap'" in result.output
+    assert not (tmp_path / "state").exists()
