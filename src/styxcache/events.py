@@ -242,13 +242,30 @@ def read_events(
         return
     for path in sorted(folder.glob("*.jsonl")):
         try:
-            text = path.read_text(encoding="utf-8")
+            # A damaged byte spoils one line, not the whole file.
+            text = path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             continue
         for line in text.splitlines():
             try:
-                event = CacheEvent.from_dict(json.loads(line))
+                data = json.loads(line)
+                event = CacheEvent.from_dict(data) if isinstance(data, dict) else None
             except (ValueError, TypeError):
+                continue
+            if event is None or not _well_formed(event):
                 continue
             if since is None or event.time >= since:
                 yield event
+
+
+def _well_formed(event: CacheEvent) -> bool:
+    """Return True when a decoded event has the field types totals rely on."""
+    numbers = (event.duration_s, event.saved_s, event.bytes_served, event.time)
+    return (
+        event.kind in ("hit", "miss", "bypass", "refresh")
+        and isinstance(event.tool, str)
+        and isinstance(event.key, str)
+        and all(
+            isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers
+        )
+    )
