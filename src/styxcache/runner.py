@@ -121,6 +121,11 @@ class CachingRunner(Runner):
         read_only_caches: Iterable[str | os.PathLike[str]] = (),
         on_event: Callable[[CacheEvent], None] | None = None,
     ) -> None:
+        if isinstance(base, type):
+            raise TypeError(
+                f"base must be a Styx Runner instance, got the class {base.__name__} "
+                f"(did you mean {base.__name__}()?)"
+            )
         if not callable(getattr(base, "start_execution", None)):
             raise TypeError(f"base must be a Styx Runner, got {type(base).__name__}")
         if policy is not None and not isinstance(policy, CachePolicy):
