@@ -275,15 +275,17 @@ def _step(
     *,
     metadata: Metadata,
     params: Any,
+    validate: Callable[[Any], None],
     cargs: Callable[[Any, Execution], list[str]],
     outputs: Callable[[Any, Execution], _Out],
 ) -> _Out:
+    validate(params)
     stdout: list[str] = []
     started = time.perf_counter()
     with collect_events() as events:
-        # The call order of a wrapper's generated `*_execute` function, which
-        # passes no output handlers: spelling it out is how a caller captures
-        # a tool's stdout.
+        # The steps of a wrapper's generated `*_execute` function, which passes
+        # no output handlers to run(): spelling them out is how a caller
+        # captures a tool's stdout.
         execution = runner.start_execution(metadata)
         execution.params(params)
         args = cargs(params, execution)
@@ -352,6 +354,7 @@ def run_subjects(runner: Runner, images: Mapping[str, Path]) -> list[StepReport]
                 datatype="float32",
                 quiet=True,
             ),
+            validate=mrtrix.mrconvert_validate,
             cargs=mrtrix.mrconvert_cargs,
             outputs=mrtrix.mrconvert_outputs,
         ).output
@@ -366,6 +369,7 @@ def run_subjects(runner: Runner, images: Mapping[str, Path]) -> list[StepReport]
                 config=[],
                 quiet=True,
             ),
+            validate=mrtrix.mrthreshold_validate,
             cargs=mrtrix.mrthreshold_cargs,
             outputs=mrtrix.mrthreshold_outputs,
         ).output
@@ -383,6 +387,7 @@ def run_subjects(runner: Runner, images: Mapping[str, Path]) -> list[StepReport]
                 mask=mask,
                 quiet=True,
             ),
+            validate=mrtrix.mrstats_validate,
             cargs=mrtrix.mrstats_cargs,
             outputs=mrtrix.mrstats_outputs,
         )
@@ -399,6 +404,7 @@ def run_subjects(runner: Runner, images: Mapping[str, Path]) -> list[StepReport]
                 datatype=True,
                 quiet=True,
             ),
+            validate=mrtrix.mrinfo_validate,
             cargs=mrtrix.mrinfo_cargs,
             outputs=mrtrix.mrinfo_outputs,
         )
