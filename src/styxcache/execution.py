@@ -89,6 +89,25 @@ def _innermost(execution: Any) -> Any:
     return execution
 
 
+def _recording_layers(execution: Any) -> list[Any]:
+    """Middleware executions between us and the runner that record their calls.
+
+    styxgraph's execution keeps `input_files`/`output_files` lists and reports
+    them to its `graph_runner` in `run()`. A hit never reaches that `run()`, so
+    the caching execution reports for it, with the paths the caller really got.
+    """
+    layers = []
+    seen = 0
+    while hasattr(execution, "base") and seen < 16:
+        if isinstance(getattr(execution, "output_files", None), list) and hasattr(
+            getattr(execution, "graph_runner", None), "record_execution"
+        ):
+            layers.append(execution)
+        execution = execution.base
+        seen += 1
+    return layers
+
+
 class CachingExecution(Execution):
     """An `Execution` that serves results from the cache or stores new ones.
 
@@ -129,6 +148,7 @@ class CachingExecution(Execution):
         )
         self._base_dir: Path | None = Path(original) if original is not None else None
         self._redirectable = base is None or original is not None
+        self._recorders = _recording_layers(base) if base is not None else []
         self._replacements: list[tuple[str, str]] = []
         self._inputs: list[RegisteredInput] = []
         self._params: dict[str, Any] | None = None
@@ -212,7 +232,14 @@ class CachingExecution(Execution):
         if plan.where == "base":
             return self.base.output_file(local_file, optional=optional)
         assert plan.entry is not None
-        return plan.entry if relative == "." else plan.entry / relative
+        path = plan.entry if relative == "." else plan.entry / relative
+        if self._recorders:
+            # Middleware in the base chain sees the call, and the path it
+            # records is the one the caller gets.
+            self.base.output_file(local_file, optional=optional)
+            for layer in self._recorders:
+                layer.output_files[-1] = path
+        return path
 
     def mutable_copy(self, host_file: InputPathType) -> OutputPathType:
         """Return where the edited copy of a mutable input will be."""
@@ -226,7 +253,11 @@ class CachingExecution(Execution):
                 name = staged.relative_to(self._base_dir).as_posix()
         relative = _checked_relative(name, self._tool)
         assert plan.entry is not None
-        return plan.entry / relative
+        path = plan.entry / relative
+        for layer in self._recorders:
+            if layer.output_files and layer.output_files[-1] == staged:
+                layer.output_files[-1] = path
+        return path
 
     def run(
         self,
@@ -448,6 +479,10 @@ class CachingExecution(Execution):
                 replay(plan.entry / name, target)
         if plan.where == "cache":
             self._runner.store.touch(plan.key)
+        for layer in self._recorders:
+            layer.graph_runner.record_execution(
+                layer.metadata, layer.input_files, layer.output_files
+            )
         self._drop_base_dir()
         self._runner.emit(
             CacheEvent(
