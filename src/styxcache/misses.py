@@ -1,0 +1,141 @@
+"""Why did it run again: explanations of recent misses from the event files.
+
+A miss's event records, at the time, the nearest earlier entry of its tool
+and the key fields that differed. When the missed execution's own entry is
+still in the cache, the comparison is made again from the manifests, against
+the nearest entry of the same tool created before it, so the answer stays
+right after later runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+
+from styxcache.events import CacheEvent, read_events
+from styxcache.explain import describe_differences
+from styxcache.manifest import Manifest, ManifestError
+from styxcache.store import CacheStore
+
+__all__ = ["MissExplanation", "explain_misses"]
+
+_log = logging.getLogger("styxcache.misses")
+
+_CANDIDATES = 256
+"""How many recent entries of a tool are compared with a miss."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MissExplanation:
+    """One miss (or refresh) and what differed from the nearest earlier entry.
+
+    Attributes:
+        time: When the miss happened (Unix time).
+        kind: `"miss"` or `"refresh"`.
+        tool: `package/id`.
+        key: The missed key.
+        recorded: The reason recorded in the event at the time.
+        nearest: Key of the nearest earlier entry of the tool ("" for none).
+        differences: Key fields that differ from it, as short sentences.
+        recomputed: True when `nearest`/`differences` come from the manifests
+            now in the cache; False when taken from the recorded reason.
+    """
+
+    time: float
+    kind: str
+    tool: str
+    key: str
+    recorded: str
+    nearest: str
+    differences: tuple[str, ...]
+    recomputed: bool
+
+    def as_dict(self) -> dict[str, object]:
+        """Return the explanation as a JSON-ready dictionary."""
+        return {**dataclasses.asdict(self), "differences": list(self.differences)}
+
+
+def _matches(tool: str, pattern: str | None) -> bool:
+    return pattern is None or tool == pattern or fnmatch.fnmatchcase(tool, pattern)
+
+
+def _read(store: CacheStore, key: str) -> Manifest | None:
+    try:
+        return Manifest.read(store.entry_dir(key) / store.MANIFEST)
+    except (ManifestError, ValueError):
+        return None
+
+
+def _from_reason(event: CacheEvent) -> tuple[str, tuple[str, ...]]:
+    """Split a recorded "nearest entry abc: x; y" reason into key prefix and fields."""
+    prefix = "nearest entry "
+    if event.reason.startswith(prefix) and ": " in event.reason:
+        head, _, rest = event.reason.partition(": ")
+        return head.removeprefix(prefix), tuple(p for p in rest.split("; ") if p)
+    return "", ()
+
+
+def _explain_one(store: CacheStore, event: CacheEvent) -> MissExplanation:
+    new = _read(store, event.key)
+    if new is not None:
+        best: tuple[tuple[int, float], str, list[str]] | None = None
+        for key in store.recent_keys(event.tool, limit=_CANDIDATES):
+            old = _read(store, key) if key != event.key else None
+            if old is None or old.created >= new.created:
+                continue
+            differences = describe_differences(old.payload, new.payload)
+            # Fewest differences first; among equals, the newest entry.
+            rank = (len(differences), -old.created)
+            if best is None or rank < best[0]:
+                best = (rank, key, differences)
+        if best is not None:
+            _, nearest_key, found = best
+            return MissExplanation(
+                event.time,
+                event.kind,
+                event.tool,
+                event.key,
+                event.reason,
+                nearest_key,
+                tuple(found),
+                True,
+            )
+    nearest, recorded = _from_reason(event)
+    return MissExplanation(
+        event.time,
+        event.kind,
+        event.tool,
+        event.key,
+        event.reason,
+        nearest,
+        recorded,
+        False,
+    )
+
+
+def explain_misses(
+    store: CacheStore,
+    *,
+    last: int = 10,
+    tool: str | None = None,
+    since: float | None = None,
+) -> list[MissExplanation]:
+    """Explain the most recent misses and refreshes, newest first.
+
+    Args:
+        store: The cache.
+        last: At most this many.
+        tool: Only this tool (`package/id`, or a shell-style glob).
+        since: Only misses at or after this Unix time.
+
+    Returns:
+        The explanations.
+    """
+    events = [
+        e
+        for e in read_events(store.root, since=since)
+        if e.kind in ("miss", "refresh") and e.key and _matches(e.tool, tool)
+    ]
+    events.sort(key=lambda e: e.time, reverse=True)
+    return [_explain_one(store, e) for e in events[: max(0, last)]]

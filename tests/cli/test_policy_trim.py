@@ -1,0 +1,61 @@
+"""`CachePolicy(max_size=...)`: trimming after each commit, with hysteresis."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from clihelpers import key_of, make_runner, set_last_use, write_block
+
+from styxcache.gc import trim_after_commit
+from styxcache.inventory import scan_entries
+from styxcache.store import CacheStore
+
+KIB = 1024
+
+
+def sizes(cache: Path) -> dict[str, int]:
+    return {e.key: e.size for e in scan_entries(CacheStore(cache))}
+
+
+def test_commit_over_the_cap_trims_to_ninety_percent(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    source = tmp_path / "in.txt"
+    source.write_text("x\n")
+    plain = make_runner(cache, tmp_path / "s1")
+    keys = [
+        key_of(write_block(plain, source, size=8 * KIB, n=n)["out"], cache)
+        for n in range(5)
+    ]
+    old = time.time() - 86400
+    for age, key in enumerate(keys):
+        set_last_use(cache, key, old + age)  # keys[0] least recently used
+    one = sizes(cache)[keys[0]]
+    cap = 5 * one + one // 2  # five entries fit, six do not
+    capped = make_runner(cache, tmp_path / "s2", max_size=cap)
+    new = key_of(write_block(capped, source, size=8 * KIB, n=99)["out"], cache)
+    left = sizes(cache)
+    assert new in left, "the entry just committed is never trimmed"
+    assert sum(left.values()) <= 0.9 * cap
+    # Least recently used went first: keys[0] and keys[1] (hysteresis: two, not one).
+    assert keys[0] not in left and keys[1] not in left
+    assert {keys[2], keys[3], keys[4]} <= set(left)
+    # Under the cap, a hit or a commit trims nothing.
+    write_block(capped, source, size=8 * KIB, n=4)
+    assert sizes(cache) == left
+
+
+def test_recent_entries_and_the_new_one_survive_a_tiny_cap(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    source = tmp_path / "in.txt"
+    source.write_text("x\n")
+    runner = make_runner(cache, tmp_path / "s", max_size="1K")
+    first = key_of(write_block(runner, source, size=4 * KIB, n=1)["out"], cache)
+    second = key_of(write_block(runner, source, size=4 * KIB, n=2)["out"], cache)
+    # Both are over the cap alone, but used within the last minutes by this run.
+    assert set(sizes(cache)) == {first, second}
+    report = trim_after_commit(
+        CacheStore(cache), 1024, keep=second, keep_used_after=time.time() + 1
+    )
+    assert report is not None and report.removed[0].entry.key == first
+    assert set(sizes(cache)) == {second}

@@ -1,0 +1,232 @@
+"""`styxcache export` / `import`: moving entries between real caches."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from clihelpers import (
+    cli,
+    cli_json,
+    count_lines,
+    key_of,
+    make_runner,
+    set_last_use,
+    tree_snapshot,
+    write_block,
+)
+
+from styxcache.store import CacheStore
+from styxcache.transfer import TransferError, import_entries
+
+
+@pytest.fixture
+def source_cache(tmp_path: Path) -> tuple[Path, list[str], Path]:
+    """Three entries; the first was last used two days ago."""
+    cache = tmp_path / "site-a"
+    runner = make_runner(cache, tmp_path / "scratch-a")
+    source = tmp_path / "in.txt"
+    source.write_text("one\ntwo\n")
+    keys = [
+        key_of(write_block(runner, source, size=3000, n=1)["out"], cache),
+        key_of(write_block(runner, source, size=5000, n=2)["out"], cache),
+        key_of(count_lines(runner, source)["count"], cache),
+    ]
+    set_last_use(cache, keys[0], time.time() - 2 * 86400)
+    return cache, keys, source
+
+
+def test_export_used_since_then_import_serves_hits(
+    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+) -> None:
+    cache, keys, source = source_cache
+    archive = tmp_path / "used.tar.gz"
+    report = cli_json(
+        "export", "--cache-dir", str(cache), "--used-since", "1d", str(archive)
+    )
+    assert sorted(e["key"] for e in report["entries"]) == sorted(keys[1:])
+    target = tmp_path / "site-b"
+    result = cli("import", "--cache-dir", str(target), str(archive))
+    assert result.exit_code == 0, result.output
+    assert "Imported 2 entries" in result.stdout
+    assert sorted(CacheStore(target).iter_keys()) == sorted(keys[1:])
+    # The imported entries are served as hits, without running the tool.
+    events = []
+    runner = make_runner(target, tmp_path / "scratch-b")
+    runner.on_event = events.append
+    out = write_block(runner, source, size=5000, n=2)
+    assert out["out"].read_bytes() == bytes(5000)
+    count_lines(runner, source)
+    assert [e.kind for e in events] == ["hit", "hit"]
+    # Importing again changes nothing and says so.
+    again = cli_json("import", "--cache-dir", str(target), str(archive))
+    assert again["imported"] == [] and sorted(again["present"]) == sorted(keys[1:])
+
+
+def test_import_keeps_last_use_and_tool_index(
+    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+) -> None:
+    cache, keys, _ = source_cache
+    archive = tmp_path / "all.tar.gz"
+    cli("export", "--cache-dir", str(cache), str(archive))
+    target = tmp_path / "site-b"
+    cli("import", "--cache-dir", str(target), str(archive))
+    store = CacheStore(target)
+    assert store.entry_dir(keys[0]).stat().st_mtime < time.time() - 86400
+    assert keys[2] in store.recent_keys("demo/count")
+
+
+def test_import_never_replaces_a_good_entry(
+    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+) -> None:
+    cache, keys, _ = source_cache
+    archive = tmp_path / "all.tar.gz"
+    cli("export", "--cache-dir", str(cache), str(archive))
+    inode = CacheStore(cache).entry_dir(keys[1]).stat().st_ino
+    report = cli_json("import", "--cache-dir", str(cache), str(archive))
+    assert sorted(report["present"]) == sorted(keys)
+    assert CacheStore(cache).entry_dir(keys[1]).stat().st_ino == inode
+
+
+def _rewrite(archive: Path, out: Path, change: dict[str, bytes]) -> None:
+    """Copy an export, replacing the content of some members."""
+    with tarfile.open(archive) as src, tarfile.open(out, "w:gz") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read() if member.isfile() else None  # type: ignore[union-attr]
+            for suffix, new in change.items():
+                if member.name.endswith(suffix):
+                    data = new
+                    member.size = len(new)
+            dst.addfile(member, io.BytesIO(data) if data is not None else None)
+
+
+def test_damaged_entry_rejects_the_whole_import(
+    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+) -> None:
+    cache, keys, _ = source_cache
+    archive = tmp_path / "all.tar.gz"
+    cli("export", "--cache-dir", str(cache), str(archive))
+    bad = tmp_path / "bad.tar.gz"
+    # Same size, other content: only a content check notices.
+    _rewrite(archive, bad, {f"{keys[1]}/out.bin": b"\x01" * 5000})
+    target = tmp_path / "site-b"
+    target.mkdir()
+    result = cli("import", "--cache-dir", str(target), str(bad))
+    assert result.exit_code == 1
+    assert "failed verification" in result.output
+    assert "content changed" in result.output
+    assert list(CacheStore(target).iter_keys()) == []
+    assert os.listdir(target / ".incoming") == []
+
+
+def _evil(
+    tmp_path: Path, name: str, member: tarfile.TarInfo, data: bytes = b""
+) -> Path:
+    path = tmp_path / name
+    with tarfile.open(path, "w:gz") as tar:
+        index = json.dumps(
+            {"format": 1, "entries": [{"key": "ab" + "c" * 62}]}
+        ).encode()
+        info = tarfile.TarInfo("styxcache-export.json")
+        info.size = len(index)
+        tar.addfile(info, io.BytesIO(index))
+        member.size = len(data) if member.isfile() else 0
+        tar.addfile(member, io.BytesIO(data) if member.isfile() else None)
+    return path
+
+
+def _symlink(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    return info
+
+
+KEY = "ab" + "c" * 62
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (tarfile.TarInfo("../escape.txt"), "leaves the extraction folder"),
+        (
+            tarfile.TarInfo(f"entries/ab/{KEY}/../../../x"),
+            "leaves the extraction folder",
+        ),
+        (tarfile.TarInfo("/etc/evil"), "absolute path"),
+        (_symlink(f"entries/ab/{KEY}/link", "/etc/passwd"), "outside its entry"),
+        (_symlink(f"entries/ab/{KEY}/sub/link", "../../other"), "outside its entry"),
+        (tarfile.TarInfo("notes.txt"), "not part of a styxcache export"),
+        (tarfile.TarInfo("entries/ab/not-a-key/x"), "is not a cache key"),
+    ],
+)
+def test_unsafe_archives_are_rejected_before_writing(
+    tmp_path: Path, member: tarfile.TarInfo, message: str
+) -> None:
+    target = tmp_path / "cache"
+    make_runner(target, tmp_path / "scratch")  # an existing, empty cache
+    before = tree_snapshot(target)
+    archive = _evil(tmp_path, "evil.tar.gz", member, b"boo")
+    result = cli("import", "--cache-dir", str(target), str(archive))
+    assert result.exit_code == 1
+    assert message in result.output
+    assert tree_snapshot(target) == before
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_device_members_are_rejected(tmp_path: Path) -> None:
+    member = tarfile.TarInfo(f"entries/ab/{KEY}/dev")
+    member.type = tarfile.CHRTYPE
+    archive = _evil(tmp_path, "dev.tar.gz", member)
+    with pytest.raises(TransferError, match="not a file, folder or link"):
+        import_entries(CacheStore(tmp_path / "cache"), archive)
+
+
+def test_not_an_archive_or_not_an_export(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"this is not gzip")
+    result = cli("import", "--cache-dir", str(cache), str(junk))
+    assert result.exit_code == 1
+    assert "not a readable tar archive" in result.output
+    plain = tmp_path / "plain.tar.gz"
+    with tarfile.open(plain, "w:gz") as tar:
+        folder = tarfile.TarInfo("entries")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder, None)
+    result = cli("import", "--cache-dir", str(cache), str(plain))
+    assert result.exit_code == 1
+    assert "is not a styxcache export" in result.output
+    missing = cli("import", "--cache-dir", str(cache), str(tmp_path / "nope.tar.gz"))
+    assert missing.exit_code == 1
+    assert "does not exist" in missing.output
+    assert not cache.exists(), "a rejected import must not even create the cache"
+
+
+def test_export_to_a_missing_folder_writes_nothing(
+    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+) -> None:
+    cache, _, _ = source_cache
+    result = cli("export", "--cache-dir", str(cache), str(tmp_path / "no" / "x.tar.gz"))
+    assert result.exit_code == 1
+    assert "does not exist" in result.output
+    assert list((cache / ".incoming").iterdir()) == []
+
+
+def test_export_by_tool(
+    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+) -> None:
+    cache, keys, _ = source_cache
+    report = cli_json(
+        "export",
+        "--cache-dir",
+        str(cache),
+        "--tool",
+        "demo/co*",
+        str(tmp_path / "c.tar.gz"),
+    )
+    assert [e["key"] for e in report["entries"]] == [keys[2]]
