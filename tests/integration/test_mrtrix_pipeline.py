@@ -240,6 +240,27 @@ def test_example_script_in_real_processes(tmp_path: Path) -> None:
     assert table_rows(second.stdout) == table_rows(first.stdout)
 
 
+@pytest.mark.usefixtures("mrtrix")
+def test_example_script_log_flag_shows_one_cache_line_per_step(tmp_path: Path) -> None:
+    cache = str(tmp_path / "cache")
+
+    first = run_example("--cache-dir", cache, "--subjects", "2", "--log")
+    second = run_example("--cache-dir", cache, "--subjects", "2", "--log")
+
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+
+    def lines(text: str, marker: str) -> list[str]:
+        return [line for line in text.splitlines() if marker in line]
+
+    assert len(lines(first.stderr, "styxcache miss mrtrix/")) == 8
+    assert len(lines(first.stderr, "] Executed ")) == 8
+    assert len(lines(second.stderr, "styxcache hit mrtrix/")) == 8
+    assert lines(second.stderr, "] Executed ") == []
+    # With logging configured, LocalRunner adds no DEBUG handler of its own.
+    assert "Running command" not in first.stderr
+
+
 def table_rows(text: str) -> list[tuple[str, ...]]:
     rows = [line.split(None, 4) for line in text.splitlines()[1:-1]]
     return [(row[0], row[1], *row[4:]) for row in rows]
