@@ -558,12 +558,13 @@ class CachingExecution(Execution):
         err_log = LineLog(staging / store.STDERR_LOG)
         user_out = call.handle_stdout or self._default_handler("stdout")
         user_err = call.handle_stderr or self._default_handler("stderr")
+        tees = (_Tee(out_log, user_out), _Tee(err_log, user_err))
         tool_started = time.perf_counter()
         try:
             base.run(
                 self._real_cargs(call.cargs),
-                handle_stdout=_tee(out_log, user_out),
-                handle_stderr=_tee(err_log, user_err),
+                handle_stdout=tees[0],
+                handle_stderr=tees[1],
             )
         except BaseException as exc:
             out_log.close()
@@ -595,6 +596,7 @@ class CachingExecution(Execution):
             )
             store.place_uncommitted(staging, key, problem)
             self._emit_run(plan, call, ok=True)
+            _raise_handler_error(*tees)
             return
         hasher = runner.policy_hasher()
         assert plan.payload is not None
@@ -623,6 +625,7 @@ class CachingExecution(Execution):
         store.record_tool(self._tool, key)
         self._emit_run(plan, call, ok=True)
         runner.after_commit(key)
+        _raise_handler_error(*tees)
 
     def _real_cargs(self, cargs: list[str]) -> list[str]:
         """Swap provisional input paths for the ones the base execution returned."""
@@ -675,15 +678,34 @@ class CachingExecution(Execution):
         return ""
 
 
-def _tee(log: LineLog, handler: LineHandler | None) -> LineHandler:
-    if handler is None:
-        return log.write
+class _Tee:
+    """Writes each line to the entry's log, then hands it to the caller's handler.
 
-    def both(line: str) -> None:
-        log.write(line)
-        handler(line)
+    A handler that raises must not cut the log short: the base runner may stop
+    reading the stream (LocalRunner does, silently), and the entry would then
+    replay truncated output forever. The handler's first error is kept, the
+    handler gets no more lines, and the error is raised once the run is stored.
+    """
 
-    return both
+    def __init__(self, log: LineLog, handler: LineHandler | None) -> None:
+        self.log = log
+        self.handler = handler
+        self.error: Exception | None = None
+
+    def __call__(self, line: str) -> None:
+        self.log.write(line)
+        if self.handler is None or self.error is not None:
+            return
+        try:
+            self.handler(line)
+        except Exception as exc:  # raised once the run is stored
+            self.error = exc
+
+
+def _raise_handler_error(*tees: _Tee) -> None:
+    for tee in tees:
+        if tee.error is not None:
+            raise tee.error
 
 
 def _checked_relative(local_file: str, tool: str) -> str:
