@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
+import gzip
 import json
 import logging
 import os
@@ -464,8 +465,14 @@ def test_large_stdout_streams_with_flat_memory(tmp_cache: Path, data_dir: Path) 
     line_length = 1000  # 50 MB in all
     count = [0]
 
+    live_logs: list[Path] = []
+
     def counting(line: str) -> None:
         count[0] += 1
+        if count[0] == 1:  # the tool is still running: where do lines go?
+            live_logs.extend(
+                (tmp_cache / CacheStore.STAGING_DIR).glob(f"*/{CacheStore.STDOUT_LOG}")
+            )
 
     def call() -> None:
         execution = runner.start_execution(TOOL)
@@ -487,6 +494,7 @@ def test_large_stdout_streams_with_flat_memory(tmp_cache: Path, data_dir: Path) 
     finally:
         tracemalloc.stop()
     assert count[0] == line_count
+    assert len(live_logs) == 1  # streamed to the staged entry's log during the run
     assert peak < line_count * line_length / 10
     [key] = list(runner.store.iter_keys())
     log = runner.store.entry_dir(key) / CacheStore.STDOUT_LOG
@@ -507,7 +515,11 @@ def fail_tool(runner: Runner, token: str) -> None:
         TOOL,
         {"token": token},
         outputs={"out": "out.txt"},
-        cargs=lambda _: ["sh", "-c", f"echo partial-{token} > partial.txt; exit 3"],
+        cargs=lambda _: [
+            "sh",
+            "-c",
+            f"echo working on {token}; echo partial-{token} > partial.txt; exit 3",
+        ],
     )
 
 
@@ -523,6 +535,8 @@ def test_failed_run_is_kept_for_inspection(tmp_cache: Path, data_dir: Path) -> N
         assert str(folder) in notes
         assert (folder / "partial.txt").read_text() == f"partial-{token}\n"
         assert "StyxRuntimeError" in (folder / ".styxcache.failed").read_text()
+        with gzip.open(folder / CacheStore.STDOUT_LOG, "rt") as log:
+            assert log.read() == f"working on {token}\n"
         kept.append(folder)
         # Make the order unambiguous whatever the clock's resolution.
         stamp = time.time() - 1000 + i * 100

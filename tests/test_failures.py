@@ -312,3 +312,30 @@ def test_handler_error_on_a_hit_leaves_the_entry_intact(
     assert runs(counter) == 1
     manifest = json.loads((out.parent / CacheStore.MANIFEST).read_text())
     assert manifest["stdout_lines"] == 1
+
+
+def test_handler_error_on_a_miss_does_not_truncate_the_stored_output(
+    runner: CachingRunner, counter: Path
+) -> None:
+    script = f'for i in 1 2 3 4 5; do echo line $i; done; echo run >> "{counter}"'
+    received: list[str] = []
+
+    def exploding(line: str) -> None:
+        received.append(line)
+        raise RuntimeError("handler bug")
+
+    execution = runner.start_execution(TOOL)
+    execution.params({"lines": 5})
+    entry = execution.output_file(".")
+    with pytest.raises(RuntimeError, match="handler bug"):
+        execution.run(["sh", "-c", script], handle_stdout=exploding)
+    assert received == ["line 1"]  # no more lines after its error
+    # The tool succeeded: its result is stored with all its output.
+    assert runner.store.is_hit(entry.name)
+    lines: list[str] = []
+    execution = runner.start_execution(TOOL)
+    execution.params({"lines": 5})
+    execution.output_file(".")
+    execution.run(["sh", "-c", script], handle_stdout=lines.append)
+    assert runs(counter) == 1
+    assert lines == [f"line {i}" for i in range(1, 6)]
