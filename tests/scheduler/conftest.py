@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import logging
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from styxcache.scheduler import FakeClock, InlineExecutor, Scheduler
+
+
+
+def _root_conftest() -> Any:
+    # Every conftest here is imported as the module "conftest", so tests that
+    # do `from conftest import require` may get this file: re-export the
+    # shared helpers of tests/conftest.py.
+    path = Path(__file__).resolve().parent.parent / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_styxcache_tests_root_sched", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_root = _root_conftest()
+require: Callable[[bool, str], None] = _root.require
+run_tool = _root.run_tool
+IN_CI: bool = _root.IN_CI
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2024, 1, 1, tzinfo=UTC)
