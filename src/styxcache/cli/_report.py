@@ -100,9 +100,9 @@ def print_entries(console: Console, entries: Sequence[EntryInfo], total: int) ->
         console.print(table)
     shown = sum(e.size for e in entries)
     console.print(
-        f"{len(entries)} of {total} entries, {human_size(shown)}."
+        f"{len(entries)} of {_count(total, 'entry', 'entries')}, {human_size(shown)}."
         if len(entries) != total
-        else f"{total} entries, {human_size(shown)}."
+        else f"{_count(total, 'entry', 'entries')}, {human_size(shown)}."
     )
 
 
@@ -119,7 +119,7 @@ def print_manifest(
         ("Created", human_time(manifest.created, now=now)),
         ("Last used", human_time(entry.last_used, now=now)),
         ("Tool ran for", human_duration(manifest.duration_s)),
-        ("Size", f"{human_size(entry.size)} in {len(manifest.outputs)} files"),
+        ("Size", f"{human_size(entry.size)} in {_files(len(manifest.outputs))}"),
         (
             "Log lines",
             f"{manifest.stdout_lines} stdout, {manifest.stderr_lines} stderr",
@@ -141,6 +141,14 @@ def print_manifest(
         table.add_row(record.path + target, human_size(record.size), record.digest[:16])
     console.print("\nOutputs:")
     console.print(table)
+
+
+def _files(count: int) -> str:
+    return _count(count, "file", "files")
+
+
+def _count(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
 
 
 def print_explanations(console: Console, items: Sequence[MissExplanation]) -> None:
@@ -186,9 +194,11 @@ def print_gc(console: Console, report: GcReport) -> None:
         if len(report.removed) > _MAX_ROWS:
             console.print(f"... and {len(report.removed) - _MAX_ROWS} more.")
     console.print(
-        f"{verb} {len(report.removed)} of {report.entries_before} entries "
+        f"{verb} {len(report.removed)} of "
+        f"{_count(report.entries_before, 'entry', 'entries')} "
         f"({human_size(report.bytes_freed)}); "
-        f"{report.entries_after} entries, {human_size(report.bytes_after)} left."
+        f"{_count(report.entries_after, 'entry', 'entries')}, "
+        f"{human_size(report.bytes_after)} left."
     )
     if report.skipped:
         reasons: dict[str, int] = {}

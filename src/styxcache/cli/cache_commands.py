@@ -7,6 +7,7 @@ no cache directory, an unknown key prefix).
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import time
@@ -46,7 +47,7 @@ _SORT_KEYS = {
 }
 
 
-def _progress(total: int, what: str) -> Progress:
+def _progress(what: str) -> Progress:
     return Progress(
         TextColumn(what),
         BarColumn(),
@@ -76,7 +77,7 @@ def _progress(total: int, what: str) -> Progress:
 def stats(
     *, cache_dir: Path | None, since: float | None, zero: bool, as_json: bool
 ) -> None:
-    r"""Show hits, misses, hit rate, time saved and bytes served, per tool.
+    """Show hits, misses, hit rate, time saved and bytes served, per tool.
 
     \b
     Examples:
@@ -84,7 +85,7 @@ def stats(
       styxcache stats --since 24h
       styxcache stats --json | jq .total.hit_rate
       styxcache stats --zero
-    """
+    """  # noqa: D301 - click's \b keeps the examples unwrapped
     store = open_store(cache_dir)
     if zero:
         mark = zero_stats(store.root)
@@ -138,14 +139,14 @@ def ls(
     limit: int | None,
     as_json: bool,
 ) -> None:
-    r"""List entries with their tool, size, creation and last use.
+    """List entries with their tool, size, creation and last use.
 
     \b
     Examples:
       styxcache ls --sort size --limit 10
       styxcache ls --tool 'mrtrix/*' --unused-for 30d
       styxcache ls --larger-than 1G --json
-    """
+    """  # noqa: D301 - click's \b keeps the examples unwrapped
     store = open_store(cache_dir)
     now = time.time()
     everything = list(scan_entries(store))
@@ -192,7 +193,7 @@ def ls(
 @click.argument("key")
 @json_option
 def show(*, cache_dir: Path | None, key: str, as_json: bool) -> None:
-    r"""Show one entry: its manifest, key payload and outputs.
+    """Show one entry: its manifest, key payload and outputs.
 
     KEY is a full key or a unique prefix (at least 2 characters).
 
@@ -200,7 +201,7 @@ def show(*, cache_dir: Path | None, key: str, as_json: bool) -> None:
     Examples:
       styxcache show 8fdb097e
       styxcache show 8fdb097e --json | jq .payload.params
-    """
+    """  # noqa: D301 - click's \b keeps the examples unwrapped
     store = open_store(cache_dir)
     try:
         full = resolve_key(store, key)
@@ -258,7 +259,7 @@ def explain(
     since: float | None,
     as_json: bool,
 ) -> None:
-    r"""Say why tools ran again: which key fields differed from the nearest entry.
+    """Say why tools ran again: which key fields differed from the nearest entry.
 
     For each recent miss, the nearest earlier entry of the same tool is found
     and the differing parameters, input contents, environment variables and
@@ -268,7 +269,7 @@ def explain(
     Examples:
       styxcache explain
       styxcache explain --tool mrtrix/mrconvert --last 3
-    """
+    """  # noqa: D301 - click's \b keeps the examples unwrapped
     store = open_store(cache_dir)
     items = explain_misses(store, last=last, tool=tool, since=since)
     if as_json:
@@ -287,7 +288,7 @@ def explain(
 @click.option("--full", is_flag=True, help="Also compare content digests (reads all).")
 @json_option
 def verify(*, cache_dir: Path | None, full: bool, as_json: bool) -> None:
-    r"""Check every entry; quarantine damaged ones. Exit code 1 if any were found.
+    """Check every entry; quarantine damaged ones. Exit code 1 if any were found.
 
     Checks that each output is present with its recorded size, or with
     --full its recorded blake3 digest. Damaged entries are moved to
@@ -297,14 +298,14 @@ def verify(*, cache_dir: Path | None, full: bool, as_json: bool) -> None:
     Examples:
       styxcache verify
       styxcache verify --full --json
-    """
+    """  # noqa: D301 - click's \b keeps the examples unwrapped
     store = open_store(cache_dir)
     hasher = ContentHasher()
     keys = list(store.iter_keys())
     damaged: list[dict[str, str]] = []
     uncommitted = 0
     checked = 0
-    with _progress(len(keys), "verifying") as progress:
+    with _progress("verifying") as progress:
         task = progress.add_task("verify", total=len(keys))
         for key in keys:
             progress.advance(task)
@@ -416,7 +417,7 @@ def gc(
     quarantine_age: float,
     as_json: bool,
 ) -> None:
-    r"""Trim the cache, least recently used first; sweep leftovers.
+    """Trim the cache, least recently used first; sweep leftovers.
 
     Last use is recorded by the cache on every hit (not atime). Safe to run
     from cron while pipelines run: entries held by running executions, used
@@ -429,7 +430,7 @@ def gc(
       styxcache gc --max-size 50G
       styxcache gc --older-than 30d --dry-run
       styxcache gc --max-entries 1000 --json
-    """
+    """  # noqa: D301 - click's \b keeps the examples unwrapped
     store = open_store(cache_dir)
     limits = GcLimits(
         max_size=max_size, max_entries=max_entries, older_than_s=older_than
@@ -457,7 +458,7 @@ def gc(
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @json_option
 def clear(*, cache_dir: Path | None, yes: bool, as_json: bool) -> None:
-    r"""Remove every entry (asks first), keeping those in use right now.
+    """Remove every entry (asks first), keeping those in use right now.
 
     Statistics are kept; use `styxcache stats --zero` to reset them.
 
@@ -465,7 +466,7 @@ def clear(*, cache_dir: Path | None, yes: bool, as_json: bool) -> None:
     Examples:
       styxcache clear
       styxcache clear --yes
-    """
+    """  # noqa: D301 - click's \b keeps the examples unwrapped
     store = open_store(cache_dir)
     if not yes:
         entries = list(scan_entries(store))
@@ -477,6 +478,7 @@ def clear(*, cache_dir: Path | None, yes: bool, as_json: bool) -> None:
         )
     ages = SweepAges(failed_s=0.0, quarantine_s=0.0)
     report = collect_garbage(store, GcLimits(max_entries=0), ages=ages)
+    report.removed = [dataclasses.replace(r, why="clear") for r in report.removed]
     if as_json:
         emit_json({"cache_dir": str(store.root), **report.as_dict()})
     else:
@@ -504,14 +506,14 @@ def export_command(
     tool: str | None,
     as_json: bool,
 ) -> None:
-    r"""Write entries to OUT.tar.gz, e.g. just those a CI run used.
+    """Write entries to OUT.tar.gz, e.g. just those a CI run used.
 
     \b
     Examples:
       START=$(date -u +%Y-%m-%dT%H:%M:%SZ); run-pipeline
       styxcache export --used-since "$START" used.tar.gz
       styxcache export --tool 'fsl/*' fsl.tar.gz
-    """
+    """  # noqa: D301 - click's \b keeps the examples unwrapped
     store = open_store(cache_dir)
 
     def select(entry: EntryInfo) -> bool:
@@ -539,7 +541,7 @@ def export_command(
 @click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
 @json_option
 def import_command(*, cache_dir: Path | None, source: Path, as_json: bool) -> None:
-    r"""Import the entries of an export, after verifying every one of them.
+    """Import the entries of an export, after verifying every one of them.
 
     Nothing is written unless the archive is a safe styxcache export whose
     entries all match their manifests. Entries already cached are kept.
@@ -548,9 +550,9 @@ def import_command(*, cache_dir: Path | None, source: Path, as_json: bool) -> No
     Examples:
       styxcache import used.tar.gz
       STYXCACHE_DIR=/scratch/cache styxcache import site-a.tar.gz --json
-    """
+    """  # noqa: D301 - click's \b keeps the examples unwrapped
     store = open_store(cache_dir, allow_missing=True)
-    with _progress(0, "verifying") as progress:
+    with _progress("verifying") as progress:
         task = progress.add_task("verify", total=None)
         try:
             report = import_entries(
