@@ -22,12 +22,14 @@ either the old entry or the new one, never a half-written tree.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import logging
 import os
 import shutil
 import stat
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -428,6 +430,18 @@ def _check_outputs(
     verify: str,
     hash_file: Callable[[str, int], str] | None,
 ) -> str:
+    # A hit replays the captured output: a missing or truncated log would make
+    # every hit fail, so it is checked like an output (its line count).
+    for name, lines in (
+        (CacheStore.STDOUT_LOG, manifest.stdout_lines),
+        (CacheStore.STDERR_LOG, manifest.stderr_lines),
+    ):
+        if lines:
+            found = _count_lines(os.path.join(entry, name))
+            if found < 0:
+                return f"log {name} is missing or unreadable"
+            if found != lines:
+                return f"log {name} has {found} lines, expected {lines}"
     for record in manifest.outputs:
         full = os.path.join(entry, record.path)
         try:
@@ -452,3 +466,15 @@ def _check_outputs(
         ):
             return f"output {record.path} content changed"
     return ""
+
+
+def _count_lines(path: str) -> int:
+    """Count the lines of a gzip log; -1 if it is missing or unreadable."""
+    count = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                count += chunk.count(b"\n")
+    except (OSError, EOFError, zlib.error):
+        return -1
+    return count
