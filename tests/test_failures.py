@@ -6,6 +6,7 @@ never loses or corrupts what is already cached.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 from pathlib import Path
@@ -339,3 +340,54 @@ def test_handler_error_on_a_miss_does_not_truncate_the_stored_output(
     execution.run(["sh", "-c", script], handle_stdout=lines.append)
     assert runs(counter) == 1
     assert lines == [f"line {i}" for i in range(1, 6)]
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "garbage", "fewer lines"])
+def test_damaged_output_log_is_quarantined_and_recomputed(
+    runner: CachingRunner,
+    counter: Path,
+    tmp_cache: Path,
+    damage: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def call() -> tuple[Path, list[str]]:
+        lines: list[str] = []
+        out = run_tool(
+            runner,
+            TOOL,
+            {"lines": 3},
+            outputs={"out": "out.txt"},
+            cargs=lambda _: [
+                "sh",
+                "-c",
+                f'echo a; echo b; echo c; echo 1 > out.txt; echo run >> "{counter}"',
+            ],
+            stdout=lines,
+        )
+        return out["out"], lines
+
+    out, first = call()
+    log = out.parent / CacheStore.STDOUT_LOG
+    data = log.read_bytes()
+    log.chmod(0o644)
+    if damage == "delete":
+        log.unlink()
+    elif damage == "truncate":
+        log.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        log.write_bytes(b"not gzip at all\n")
+    else:
+        with gzip.open(log, "wt") as handle:
+            handle.write("a\n")
+    with caplog.at_level(logging.WARNING, logger="styxcache"):
+        again, second = call()
+    assert "is damaged" in caplog.text
+    assert CacheStore.STDOUT_LOG in caplog.text
+    assert again == out
+    assert second == first == ["a", "b", "c"]
+    assert runs(counter) == 2
+    assert len(list((tmp_cache / CacheStore.QUARANTINE_DIR).glob("*.reason"))) == 1
+    # Repaired: the next call is a hit again.
+    _, third = call()
+    assert third == first
+    assert runs(counter) == 2
