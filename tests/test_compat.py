@@ -451,3 +451,17 @@ def test_readme_usage_shape_with_local_runner(
         assert manifest["tool"] == "test/cat-tool"
     finally:
         set_global_runner(saved)
+
+
+def test_relative_cache_dir_is_fixed_at_construction(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    runner = CachingRunner(LocalRunner(data_dir=tmp_path / "data"), "rel-cache")
+    assert runner.store.root == tmp_path / "rel-cache"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = copy_tool(runner, source)
+    assert (tmp_path / "rel-cache") in out["out"].parents
+    assert not (elsewhere / "rel-cache").exists()
