@@ -211,19 +211,18 @@ def lease_is_live(
     """
     path = store.root / store.LOCKS_DIR / f"{key}.lock"
     try:
-        age = time.time() - path.stat().st_mtime
-        owner = LeaseOwner(**json.loads(path.read_text(encoding="utf-8")))
+        modified = path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    try:
+        owner: LeaseOwner | None = LeaseOwner(**json.loads(path.read_text("utf-8")))
     except FileNotFoundError:
         return False
     except (OSError, ValueError, TypeError):
-        owner = None  # being written, or unreadable: trust its age only
-        try:
-            age = time.time() - path.stat().st_mtime
-        except FileNotFoundError:
-            return False
+        owner = None  # being written, or unreadable: its age still tells
     if owner is not None and owner_is_dead(owner):
         return False
-    return age <= stale_after
+    return time.time() - modified <= stale_after
 
 
 # Choosing ----------------------------------------------------------------------

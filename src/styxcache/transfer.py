@@ -226,6 +226,9 @@ def _write_entries(
             report.skipped[info.key] = "changed during export"
             continue
         name = f"{ENTRIES_DIR}/{info.key[:2]}/{info.key}"
+        # Hard links may join files of one entry, never two entries: an
+        # import rejects a link that leaves its entry.
+        getattr(archive, "inodes", {}).clear()
         archive.add(snapshot, arcname=name, recursive=True)
         remove_tree(snapshot)
         written.append(info)
@@ -384,8 +387,13 @@ def import_entries(
         temp = store.root / store.STAGING_DIR / f"import-{uuid.uuid4().hex[:12]}"
         temp.mkdir(parents=True)
         try:
+            # Our own checks above already reject what the "data" filter
+            # would; it is a second line where Python has it (3.10.12+).
+            safety: dict[str, Any] = (
+                {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            )
             try:
-                archive.extractall(temp, filter="data")
+                archive.extractall(temp, **safety)
             except (tarfile.TarError, OSError, EOFError) as exc:
                 raise TransferError(f"{source} cannot be extracted: {exc}") from exc
             staged = CacheStore(temp / ENTRIES_DIR)

@@ -106,3 +106,33 @@ def test_bad_values_are_usage_errors(tmp_path: Path) -> None:
         assert "Invalid value" in result.output, args
     assert tree_snapshot(cache) == before
     assert not (tmp_path / "x.tar.gz").exists()
+
+
+def test_entries_sharing_an_inode_export_separately(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    runner = make_runner(cache, tmp_path / "scratch")
+    source = tmp_path / "in.txt"
+    source.write_text("data\n")
+    shared = tmp_path / "shared.bin"
+    shared.write_bytes(b"shared" * 100)
+    outs = [
+        # Each run hard-links the same outside file as its output.
+        run_tool(
+            runner,
+            COUNT,
+            {"@type": "demo/count", "infile": str(source), "n": n},
+            inputs={"infile": {}},
+            outputs={"count": "count.txt"},
+            cargs=lambda p: ["ln", str(shared), "count.txt"],
+        )["count"]
+        for n in range(2)
+    ]
+    assert outs[0].stat().st_ino == outs[1].stat().st_ino
+    archive = tmp_path / "both.tar.gz"
+    assert (
+        len(cli_json("export", "--cache-dir", str(cache), str(archive))["entries"]) == 2
+    )
+    target = tmp_path / "other"
+    result = cli("import", "--cache-dir", str(target), str(archive))
+    assert result.exit_code == 0, result.output
+    assert cli("verify", "--full", "--cache-dir", str(target)).exit_code == 0
