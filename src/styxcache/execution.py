@@ -616,6 +616,8 @@ class CachingExecution(Execution):
             last_used=now,
             stdout_lines=out_log.lines,
             stderr_lines=err_log.lines,
+            stdout_size=out_log.path.stat().st_size,
+            stderr_size=err_log.path.stat().st_size,
             version=runner.version,
         )
         (staging / store.MANIFEST).write_text(manifest.to_json(), encoding="utf-8")

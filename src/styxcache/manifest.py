@@ -66,6 +66,8 @@ class Manifest:
             folder's mtime instead of rewriting this file.
         stdout_lines: Lines captured on stdout.
         stderr_lines: Lines captured on stderr.
+        stdout_size: Size of the compressed stdout log in bytes.
+        stderr_size: Size of the compressed stderr log in bytes.
         version: styxcache version that wrote the entry.
         format: Manifest format number.
     """
@@ -82,6 +84,8 @@ class Manifest:
     last_used: float
     stdout_lines: int = 0
     stderr_lines: int = 0
+    stdout_size: int = 0
+    stderr_size: int = 0
     version: str = ""
     format: int = MANIFEST_FORMAT
 

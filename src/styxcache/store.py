@@ -431,15 +431,23 @@ def _check_outputs(
     hash_file: Callable[[str, int], str] | None,
 ) -> str:
     # A hit replays the captured output: a missing or truncated log would make
-    # every hit fail, so it is checked like an output (its line count).
-    for name, lines in (
-        (CacheStore.STDOUT_LOG, manifest.stdout_lines),
-        (CacheStore.STDERR_LOG, manifest.stderr_lines),
+    # every hit fail, so it is checked like an output: its size on every hit
+    # (one stat), its line count only with verify="full" (it reads the log).
+    for name, lines, size in (
+        (CacheStore.STDOUT_LOG, manifest.stdout_lines, manifest.stdout_size),
+        (CacheStore.STDERR_LOG, manifest.stderr_lines, manifest.stderr_size),
     ):
-        if lines:
-            found = _count_lines(os.path.join(entry, name))
-            if found < 0:
-                return f"log {name} is missing or unreadable"
+        if not lines:
+            continue
+        path = os.path.join(entry, name)
+        try:
+            found_size = os.stat(path).st_size
+        except OSError:
+            return f"log {name} is missing"
+        if size and found_size != size:
+            return f"log {name} has {found_size} bytes, expected {size}"
+        if verify == "full":
+            found = _count_lines(path)
             if found != lines:
                 return f"log {name} has {found} lines, expected {lines}"
     for record in manifest.outputs:
