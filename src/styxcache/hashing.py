@@ -1,7 +1,7 @@
 """Content digests of input files and folders (blake3).
 
 Large files are memory-mapped and hashed on all cores; small files take a
-plain read. A folder's digest folds every entry's relative name, kind and
+plain `os.read`. A folder's digest folds every entry's relative name, kind and
 content digest in sorted order, so renaming, adding or removing a file inside
 changes it, while the folder's own name and location do not. Both consult the
 `DigestMemo` first, so an unchanged input costs one `stat` (a file) or one
@@ -11,10 +11,12 @@ walk (a folder).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import stat
 from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from operator import itemgetter
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -24,8 +26,29 @@ from styxcache.memo import DigestMemo, file_memo_key, is_settled
 
 __all__ = ["ContentHasher", "Digest", "InputHasher", "stat_signature"]
 
+_log = logging.getLogger("styxcache.hashing")
+
 _MMAP_THRESHOLD = 4 * 1024 * 1024
 """Files at least this large are memory-mapped and hashed multi-threaded."""
+
+_BATCH_BYTES = 8 * 1024 * 1024
+"""A folder's small files are hashed in batches of about this many bytes."""
+
+_BATCH_FILES = 512
+"""...and of at most this many files."""
+
+_PARALLEL_BYTES = 32 * 1024 * 1024
+"""Small files are hashed on several threads only when they add up to this."""
+
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+# One folder entry: (relative name, kind, lstat record, symlink text, stat
+# record of a symlink's target when that is a regular file). Kinds: "f" a
+# regular file, "d" a folder, "l" a symlink, "s" anything else (fifo,
+# socket, device), whose content is never read. Plain tuples: a walk makes
+# one per file, and tuples are the cheapest record Python has.
+_Entry = tuple[str, str, os.stat_result, str, os.stat_result | None]
+_REL = itemgetter(0)
 
 
 @runtime_checkable
@@ -58,20 +81,11 @@ class Digest:
     signature: str
 
 
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-    rel: str
-    kind: str  # "f" file, "d" folder, "l" symlink
-    st: os.stat_result
-    link: str = ""
-    target: os.stat_result | None = None  # a symlink's target, when a file
-
-
 class ContentHasher:
     """blake3 digests of files and folders, remembered in a `DigestMemo`.
 
     Args:
-        chunk_size: Read size for files that cannot be memory-mapped.
+        chunk_size: Read size for files that are not memory-mapped.
         threads: Worker threads for a folder's files and for large files
             (default: the CPU count).
     """
@@ -125,7 +139,7 @@ class ContentHasher:
         """
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
-            return self._folder_digest(path, memo, exclude)
+            return self._folder_digest(os.fspath(path), memo, exclude)
         return self._file_digest(path, st, memo)
 
     # Files ---------------------------------------------------------------
@@ -139,18 +153,9 @@ class ContentHasher:
             if known is not None:
                 return Digest(known, key)
         value = self.hash_file(path, st.st_size)
-        if memo is not None and self._unchanged(path, st):
+        if memo is not None and _unchanged(path, key):
             memo.put(key, value)
         return Digest(value, key)
-
-    @staticmethod
-    def _unchanged(path: Path | str, before: os.stat_result) -> bool:
-        """A digest is remembered only if the file settled and did not move."""
-        try:
-            after = os.stat(path)
-        except OSError:
-            return False
-        return file_memo_key(after) == file_memo_key(before) and is_settled(after)
 
     def hash_file(self, path: Path | str, size: int | None = None) -> str:
         """Hash one file's bytes, without the memo.
@@ -165,83 +170,133 @@ class ContentHasher:
         if size is None:
             size = os.stat(path).st_size
         if size >= _MMAP_THRESHOLD:
-            hasher = blake3(max_threads=self.threads if self.threads > 1 else 1)
+            hasher = blake3(max_threads=self.threads)
             try:
                 hasher.update_mmap(os.fspath(path))
                 return str(hasher.hexdigest())
-            except OSError:
-                hasher = blake3()  # not mappable (a pipe, a special file): stream it
-        else:
-            hasher = blake3()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(self.chunk_size):
+            except (OSError, ValueError):
+                pass  # not mappable (a pipe, a special file): read it below
+        return self._read_and_hash(path, size)
+
+    def _read_and_hash(self, path: Path | str, size: int) -> str:
+        hasher = blake3()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            # Most inputs are read in one call: ask for one byte more than
+            # the size so that a file that grew is still read to its end.
+            want = size + 1 if size < self.chunk_size else self.chunk_size
+            while chunk := os.read(fd, want):
                 hasher.update(chunk)
+                want = self.chunk_size
+        finally:
+            os.close(fd)
         return str(hasher.hexdigest())
 
     # Folders ---------------------------------------------------------------
 
     def _folder_digest(
-        self, root: Path, memo: DigestMemo | None, exclude: Collection[Path]
+        self, root: str, memo: DigestMemo | None, exclude: Collection[Path]
     ) -> Digest:
-        excluded = _identities(exclude)
-        entries = sorted(_walk(os.fspath(root), "", excluded), key=lambda e: e.rel)
-        fingerprint = _fingerprint(entries)
-        folder_key = f"d:{fingerprint}"
+        walk = _Walk(root, _identities(exclude))
+        folder_key = f"d:{walk.fingerprint}"
         if memo is not None:
             known = memo.get(folder_key)
             if known is not None:
                 return Digest(known, folder_key)
+        entries = walk.entries()
         digests = self._content_digests(root, entries, memo)
-        hasher = blake3()
-        for entry in entries:
-            hasher.update(
-                f"{entry.kind}\0{entry.rel}\0{entry.link}\0"
-                f"{digests.get(entry.rel, '')}\n".encode(errors="surrogateescape")
-            )
-        value = str(hasher.hexdigest())
+        lines = [
+            f"{kind}\0{rel}\0{link}\0{digests.get(rel, '')}\n"
+            for rel, kind, _st, link, _target in entries
+        ]
+        value = str(blake3("".join(lines).encode(errors="surrogateescape")).hexdigest())
         if memo is not None and all(
-            is_settled(e.st) and (e.target is None or is_settled(e.target))
-            for e in entries
+            is_settled(st) and (target is None or is_settled(target))
+            for _rel, _kind, st, _link, target in entries
         ):
             memo.put(folder_key, value)
         return Digest(value, folder_key)
 
     def _content_digests(
-        self, root: Path, entries: list[_Entry], memo: DigestMemo | None
+        self, root: str, entries: list[_Entry], memo: DigestMemo | None
     ) -> dict[str, str]:
-        """Digest every file (and file behind a symlink), in parallel."""
+        """Digest every file (and file behind a symlink) the memo does not know."""
         wanted: list[tuple[str, os.stat_result]] = []
-        for entry in entries:
-            if entry.kind == "f":
-                wanted.append((entry.rel, entry.st))
-            elif entry.target is not None:
-                wanted.append((entry.rel, entry.target))
+        for rel, kind, st, _link, target in entries:
+            if kind == "f":
+                wanted.append((rel, st))
+            elif target is not None:
+                wanted.append((rel, target))
+        keys = [file_memo_key(st) for _rel, st in wanted]
+        found = memo.get_many(keys) if memo is not None else {}
         known: dict[str, str] = {}
-        if memo is not None:
-            found = memo.get_many([file_memo_key(st) for _, st in wanted])
-            for rel, st in wanted:
-                digest = found.get(file_memo_key(st))
-                if digest is not None:
-                    known[rel] = digest
-        todo = [(rel, st) for rel, st in wanted if rel not in known]
-
-        def work(item: tuple[str, os.stat_result]) -> tuple[str, str, os.stat_result]:
-            rel, st = item
-            return rel, self.hash_file(root / rel, st.st_size), st
-
-        if len(todo) > 1 and self.threads > 1:
-            with ThreadPoolExecutor(self.threads) as pool:
-                results = list(pool.map(work, todo))
-        else:
-            results = [work(item) for item in todo]
+        todo: list[tuple[str, os.stat_result, str]] = []
+        for (rel, st), key in zip(wanted, keys, strict=True):
+            digest = found.get(key)
+            if digest is None:
+                todo.append((rel, st, key))
+            else:
+                known[rel] = digest
+        if not todo:
+            return known
+        small = [item for item in todo if item[1].st_size < _MMAP_THRESHOLD]
+        large = [item for item in todo if item[1].st_size >= _MMAP_THRESHOLD]
         fresh: list[tuple[str, str]] = []
-        for rel, value, st in results:
-            known[rel] = value
-            if is_settled(st):
-                fresh.append((file_memo_key(st), value))
+
+        def hash_batch(batch: list[tuple[str, os.stat_result, str]]) -> list[str]:
+            return [
+                self._read_and_hash(os.path.join(root, rel), st.st_size)
+                for rel, st, _key in batch
+            ]
+
+        batches = _batches(small)
+        small_bytes = sum(st.st_size for _rel, st, _key in small)
+        if len(batches) > 1 and self.threads > 1 and small_bytes >= _PARALLEL_BYTES:
+            # Threads overlap reads that wait on a disk or a network; below
+            # this volume the per-file Python work, which holds the GIL,
+            # dominates and threads only add switching.
+            with ThreadPoolExecutor(min(self.threads, len(batches))) as pool:
+                hashed = [d for batch in pool.map(hash_batch, batches) for d in batch]
+        else:
+            hashed = [d for batch in batches for d in hash_batch(batch)]
+        # Large files one at a time: each already uses every core.
+        hashed.extend(
+            self.hash_file(os.path.join(root, rel), st.st_size)
+            for rel, st, _key in large
+        )
+        for (rel, _st, key), digest in zip([*small, *large], hashed, strict=True):
+            known[rel] = digest
+            if memo is not None and _unchanged(os.path.join(root, rel), key):
+                fresh.append((key, digest))
         if memo is not None:
             memo.put_many(fresh)
         return known
+
+
+def _unchanged(path: Path | str, key: str) -> bool:
+    """Whether a digest may be remembered: the file settled and did not change."""
+    try:
+        after = os.stat(path)
+    except OSError:
+        return False
+    return file_memo_key(after) == key and is_settled(after)
+
+
+def _batches(
+    items: list[tuple[str, os.stat_result, str]],
+) -> list[list[tuple[str, os.stat_result, str]]]:
+    batches: list[list[tuple[str, os.stat_result, str]]] = []
+    current: list[tuple[str, os.stat_result, str]] = []
+    size = 0
+    for item in items:
+        current.append(item)
+        size += item[1].st_size
+        if size >= _BATCH_BYTES or len(current) >= _BATCH_FILES:
+            batches.append(current)
+            current, size = [], 0
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _identities(paths: Iterable[Path]) -> frozenset[tuple[int, int]]:
@@ -255,43 +310,75 @@ def _identities(paths: Iterable[Path]) -> frozenset[tuple[int, int]]:
     return frozenset(found)
 
 
-def _walk(top: str, prefix: str, excluded: frozenset[tuple[int, int]]) -> list[_Entry]:
-    """List every entry under `top` with one stat each; symlinks are not followed."""
-    entries: list[_Entry] = []
-    with os.scandir(top) as scan:
-        for item in scan:
-            rel = f"{prefix}{item.name}"
-            st = item.stat(follow_symlinks=False)
-            if stat.S_ISLNK(st.st_mode):
-                target: os.stat_result | None
-                try:
-                    target = os.stat(item.path)
-                    if not stat.S_ISREG(target.st_mode):
+class _Walk:
+    """Every entry under a folder, and the fingerprint of their stat records.
+
+    Symlinks are not followed. Each folder is opened once and its entries
+    are stat'ed relative to that descriptor, so the kernel does not resolve
+    the full path again for every file: this walk is what a hit on a folder
+    input costs, so it does nothing else. The fingerprint lines are made in
+    the same pass; the entries are sorted only when their content is needed.
+    """
+
+    def __init__(self, root: str, excluded: frozenset[tuple[int, int]]) -> None:
+        self.root = root
+        self.unsorted: list[_Entry] = []
+        lines: list[str] = []
+        entries = self.unsorted
+        pending = [(root, "")]
+        while pending:
+            folder, prefix = pending.pop()
+            fd = os.open(folder, _DIR_FLAGS)
+            try:
+                with os.scandir(fd) as scan:
+                    for item in scan:
+                        rel = prefix + item.name
+                        st = item.stat(follow_symlinks=False)
+                        kind = _KINDS.get(st.st_mode & _S_IFMT, "s")
+                        link = ""
                         target = None
-                except OSError:
-                    target = None
-                entries.append(_Entry(rel, "l", st, os.readlink(item.path), target))
-            elif stat.S_ISDIR(st.st_mode):
-                if (st.st_dev, st.st_ino) in excluded:
-                    continue
-                entries.append(_Entry(rel, "d", st))
-                entries.extend(_walk(item.path, f"{rel}/", excluded))
-            else:
-                entries.append(_Entry(rel, "f", st))
-    return entries
+                        if kind == "d":
+                            if (st.st_dev, st.st_ino) in excluded:
+                                continue
+                            pending.append((os.path.join(folder, item.name), rel + "/"))
+                            # A folder's own times change with its entries,
+                            # which are listed anyway: its name is enough.
+                            lines.append(f"{rel}\0d\n")
+                            entries.append((rel, kind, st, link, target))
+                            continue
+                        if kind == "l":
+                            link = os.readlink(item.name, dir_fd=fd)
+                            target = _link_target(item.name, fd)
+                        lines.append(
+                            f"{rel}\0{kind}\0{st.st_dev}:{st.st_ino}:{st.st_size}:"
+                            f"{st.st_mtime_ns}:{st.st_ctime_ns}\0{link}\0"
+                            f"{'' if target is None else file_memo_key(target)}\n"
+                        )
+                        entries.append((rel, kind, st, link, target))
+            finally:
+                os.close(fd)
+        # Each line starts with its entry's name and a NUL, which no name
+        # contains, so sorting the lines sorts by name.
+        lines.sort()
+        joined = "".join(lines).encode(errors="surrogateescape")
+        self.fingerprint = str(blake3(joined).hexdigest())
+
+    def entries(self) -> list[_Entry]:
+        """Return the entries sorted by relative name."""
+        return sorted(self.unsorted, key=_REL)
 
 
-def _fingerprint(entries: list[_Entry]) -> str:
-    hasher = blake3()
-    for e in entries:
-        target = "" if e.target is None else file_memo_key(e.target)
-        stamp = "" if e.kind == "d" else file_memo_key(e.st)
-        hasher.update(
-            f"{e.kind}\0{e.rel}\0{stamp}\0{e.link}\0{target}\n".encode(
-                errors="surrogateescape"
-            )
-        )
-    return str(hasher.hexdigest())
+_S_IFMT = 0o170000
+_KINDS = {stat.S_IFREG: "f", stat.S_IFDIR: "d", stat.S_IFLNK: "l"}
+
+
+def _link_target(name: str, dir_fd: int) -> os.stat_result | None:
+    """The stat record of the regular file a symlink points to, else None."""
+    try:
+        target = os.stat(name, dir_fd=dir_fd)
+    except OSError:
+        return None
+    return target if stat.S_ISREG(target.st_mode) else None
 
 
 def stat_signature(path: Path, exclude: Collection[Path] = ()) -> str:
@@ -309,8 +396,5 @@ def stat_signature(path: Path, exclude: Collection[Path] = ()) -> str:
     """
     st = os.stat(path)
     if stat.S_ISDIR(st.st_mode):
-        entries = sorted(
-            _walk(os.fspath(path), "", _identities(exclude)), key=lambda e: e.rel
-        )
-        return f"d:{_fingerprint(entries)}"
+        return f"d:{_Walk(os.fspath(path), _identities(exclude)).fingerprint}"
     return file_memo_key(st)

@@ -30,6 +30,9 @@ SETTLE_SECONDS = 2.0
 
 _SCHEMA_VERSION = 1
 
+_ROW_BYTES = 200
+"""About what one file's row takes in the database (key, digest, b-tree)."""
+
 
 def file_memo_key(st: os.stat_result) -> str:
     """Return the memo key of a file from its stat record.
@@ -66,19 +69,27 @@ class DigestMemo:
     things up and must never break a pipeline.
     """
 
-    def __init__(self, folder: Path, *, max_rows: int = 2_000_000) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        max_rows: int = 1_000_000,
+        max_bytes: int | None = None,
+    ) -> None:
         """Open (creating if needed) the memo in `folder`.
 
         Args:
             folder: Where `digests.sqlite3` lives.
-            max_rows: Past this many rows the oldest tenth is dropped.
+            max_rows: About how many digests to keep; past the matching
+                database size the oldest tenth is dropped.
+            max_bytes: The database size that triggers trimming (default:
+                `max_rows` times a typical row's size on disk).
         """
         self.path = folder / "digests.sqlite3"
         self._max_rows = max_rows
+        self._max_bytes = max_bytes if max_bytes is not None else max_rows * _ROW_BYTES
         self._local = threading.local()
         self._disabled = False
-        self._inserts = 0
-        self._lock = threading.Lock()
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._connection()
@@ -104,7 +115,11 @@ class DigestMemo:
             " k TEXT PRIMARY KEY, digest TEXT NOT NULL, added REAL NOT NULL"
             ") WITHOUT ROWID"
         )
-        conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        # Written only once: every write takes the database lock, and many
+        # processes open the memo at the same time.
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version != _SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         self._local.conn = conn
         self._local.pid = os.getpid()
         return conn
@@ -178,34 +193,53 @@ class DigestMemo:
         now = time.time()
         try:
             conn = self._connection()
-            conn.executemany(
-                "INSERT OR REPLACE INTO memo (k, digest, added) VALUES (?, ?, ?)",
-                [(k, d, now) for k, d in items],
-            )
+            # One transaction, not one per row: a folder's first hash adds
+            # thousands of rows. IMMEDIATE takes the write lock up front, so
+            # a busy database is waited for instead of failing mid-way.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO memo (k, digest, added) VALUES (?, ?, ?)",
+                    [(k, d, now) for k, d in items],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            if self._used_bytes(conn) > self._max_bytes:
+                self._trim(conn)
         except sqlite3.Error as exc:
             self._disable(exc)
-            return
-        with self._lock:
-            self._inserts += len(items)
-            due = self._inserts >= 10_000
-            if due:
-                self._inserts = 0
-        if due:
-            self._trim(conn)
+
+    @staticmethod
+    def _used_bytes(conn: sqlite3.Connection) -> int:
+        # Both pragmas read the database header: constant time, unlike
+        # COUNT(*), so the bound is checked on every write.
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+        (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+        (size,) = conn.execute("PRAGMA page_size").fetchone()
+        return int((pages - free) * size)
 
     def _trim(self, conn: sqlite3.Connection) -> None:
+        """Drop the oldest tenth of the rows (freed pages are reused, not returned)."""
+        conn.execute("BEGIN IMMEDIATE")
         try:
+            # Another process may have trimmed while this one waited.
+            if self._used_bytes(conn) <= self._max_bytes:
+                conn.execute("COMMIT")
+                return
             (rows,) = conn.execute("SELECT COUNT(*) FROM memo").fetchone()
-            if rows > self._max_rows:
-                drop = rows - int(self._max_rows * 0.9)
-                conn.execute(
-                    "DELETE FROM memo WHERE k IN "
-                    "(SELECT k FROM memo ORDER BY added LIMIT ?)",
-                    (drop,),
-                )
-                _log.debug("digest memo trimmed by %d rows", drop)
-        except sqlite3.Error as exc:
-            self._disable(exc)
+            drop = max(1, int(rows) // 10)
+            conn.execute(
+                "DELETE FROM memo WHERE k IN "
+                "(SELECT k FROM memo ORDER BY added LIMIT ?)",
+                (drop,),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        _log.debug("digest memo %s trimmed by %d rows", self.path, drop)
 
     def __len__(self) -> int:
         """Return the number of remembered digests."""
