@@ -123,6 +123,7 @@ class Scheduler:
         shutdown_timeout_seconds: float = 30.0,
         jump_threshold_seconds: float = 2.0,
         on_run: Callable[[RunRecord], Any] | None = None,
+        dispatch_lead_seconds: float = 0.004,
     ) -> None:
         """Create a scheduler; nothing runs until `run()`, `start()` or `run_pending()`.
 
@@ -148,6 +149,8 @@ class Scheduler:
                 clock jump.
             on_run: Called with each finished run's ledger record (metrics,
                 notifications); its exceptions are logged and ignored.
+            dispatch_lead_seconds: How early the loop wakes to claim a fire
+                in the ledger before dispatching it on time.
 
         Raises:
             TypeError: If `routine` is given but not callable.
@@ -188,6 +191,7 @@ class Scheduler:
         self.shutdown_timeout_seconds = shutdown_timeout_seconds
         self.jump_threshold_seconds = jump_threshold_seconds
         self.on_run = on_run
+        self.dispatch_lead_seconds = max(0.0, dispatch_lead_seconds)
         self.config_path: Path | None = None
         self.stopping = threading.Event()
         """Set once shutdown has begun (no new fires are claimed after it)."""
@@ -204,6 +208,8 @@ class Scheduler:
         self._session_recorded = False
         self._recovered = False
         self._ready: list[_Fire] = []
+        self._unsynced: set[str] = set()
+        self._unreported: list[tuple[_Fire, RunOutcome]] = []
         self._loop_ident: int | None = None
 
     # ------------------------------------------------------------------ setup
@@ -302,7 +308,9 @@ class Scheduler:
         with self._lock:
             if entry.name in self._jobs and not replace:
                 raise ConfigError(
-                    "already registered (pass replace=True)", entry=entry.name, field="name"
+                    "already registered (pass replace=True)",
+                    entry=entry.name,
+                    field="name",
                 )
             self._install(entry)
         if self._loop_ident is not None:
@@ -328,6 +336,7 @@ class Scheduler:
             self._jobs[entry.name] = _Job(
                 entry=entry, learned=self.clock.time(), fresh=fresh
             )
+            self._unsynced.add(entry.name)
             return
         trigger_changed = old.entry.trigger.signature != entry.trigger.signature
         enabled_now = entry.enabled and not old.entry.enabled
@@ -336,6 +345,7 @@ class Scheduler:
         if trigger_changed or enabled_now or not old.synced:
             old.synced = False
             old.learned = self.clock.time()
+            self._unsynced.add(entry.name)
         else:
             self._schedule_next(old)
 
@@ -399,7 +409,10 @@ class Scheduler:
             )
 
     def _sync(self, now: float) -> None:
-        pending = [job for job in self._jobs.values() if not job.synced]
+        if not self._unsynced:
+            return
+        pending = [self._jobs[n] for n in self._unsynced if n in self._jobs]
+        self._unsynced.clear()
         if not pending:
             return
         if not self._recovered:
@@ -419,24 +432,24 @@ class Scheduler:
             self._schedule_next(job)
 
     def _collect_due(
-        self, now: float
+        self, now: float, horizon: float
     ) -> tuple[list[RunRecord], list[_Fire], dict[str, float]]:
-        """Pop due entries and decide the fate of each of their fires."""
+        """Pop entries due by `horizon` and decide the fate of their fires."""
         records: list[RunRecord] = []
         fires: list[_Fire] = []
         watermarks: dict[str, float] = {}
-        while self._heap and self._heap[0][0] <= now:
+        while self._heap and self._heap[0][0] <= horizon:
             _, _, name, version = heapq.heappop(self._heap)
             job = self._jobs.get(name)
             if job is None or job.version != version or not job.entry.enabled:
                 continue
-            self._plan_job(job, now, records, fires)
+            self._plan_job(job, now, horizon, records, fires)
             watermarks[name] = job.watermark
             self._schedule_next(job)
         return records, fires, watermarks
 
     def _enumerate(
-        self, job: _Job, now: float, records: list[RunRecord]
+        self, job: _Job, now: float, horizon: float, records: list[RunRecord]
     ) -> list[tuple[float, float]]:
         entry = job.entry
         due_fires: list[tuple[float, float]] = []
@@ -451,7 +464,7 @@ class Scheduler:
                 break
             cursor = nominal
             due = nominal + self._jitter(entry, nominal)
-            if due > now:
+            if due > horizon:
                 break
             due_fires.append((nominal, due))
             if len(due_fires) >= _MAX_ENUMERATED:
@@ -478,10 +491,15 @@ class Scheduler:
         return due_fires
 
     def _plan_job(
-        self, job: _Job, now: float, records: list[RunRecord], fires: list[_Fire]
+        self,
+        job: _Job,
+        now: float,
+        horizon: float,
+        records: list[RunRecord],
+        fires: list[_Fire],
     ) -> None:
         entry = job.entry
-        due_fires = self._enumerate(job, now, records)
+        due_fires = self._enumerate(job, now, horizon, records)
         if not due_fires:
             return
         job.watermark = due_fires[-1][0]
@@ -569,10 +587,11 @@ class Scheduler:
             busy = busy or entry.overlap != "allow"
             record = self._record(entry, nominal, due, "planned", "", None)
             if action == "start":
+                # A fire claimed ahead of time starts at its due instant.
                 record.state, record.started, record.lateness = (
                     "running",
-                    now,
-                    now - due,
+                    max(now, due),
+                    max(now - due, 0.0),
                 )
             fire = _Fire(
                 record=record, entry=entry, expand=entry.expand_from is not None
@@ -603,28 +622,35 @@ class Scheduler:
             ended=ended,
         )
 
-    def run_pending(self) -> int:
+    def run_pending(self, lookahead: float = 0.0) -> int:
         """Handle everything that is due now, then return.
 
         Safe to call from several threads at once and while other threads
         register tasks: state is read and claimed under a lock, targets run
         outside it (inline executors run them in the calling thread).
 
+        Args:
+            lookahead: Also claim fires due within this many seconds, then
+                wait for their due instant before dispatching them. The
+                loop uses a few milliseconds so the ledger write is off the
+                critical path; the default handles only what is due now.
+
         Returns:
             How many runs were started by this call.
         """
-        started = self._drain_completions()
+        # Completions free overlap slots first; their bookkeeping waits until
+        # the due fires are on their way.
+        started = self._drain_completions(report=False)
         if self.stopping.is_set():
+            self._report()
             return started
+        to_start: list[_Fire] = []
         with self._lock:
             now = self.clock.time()
             self._sync(now)
-            records, fires, watermarks = self._collect_due(now)
-            if not records:
-                return started
-            claimed = self.ledger.claim(records, watermarks)
+            records, fires, watermarks = self._collect_due(now, now + max(0.0, lookahead))
+            claimed = self.ledger.claim(records, watermarks) if records else []
             won = {r.key for r, ok in zip(records, claimed, strict=True) if ok}
-            to_start: list[_Fire] = []
             for fire in fires:
                 if fire.record.key not in won:
                     continue  # another scheduler sharing the ledger owns it
@@ -634,7 +660,10 @@ class Scheduler:
                 else:
                     job.running += 1
                     to_start.append(fire)
-        for fire in to_start:
+        for fire in sorted(to_start, key=lambda f: f.record.started or 0.0):
+            due = fire.record.started or 0.0
+            while (remaining := due - self.clock.time()) > 0:
+                self.clock.wait(remaining)
             started += self._start(fire, persisted=True)
         return started + self._drain_completions()
 
@@ -777,8 +806,13 @@ class Scheduler:
         job.running += 1
         self._ready.append(fire)
 
-    def _drain_completions(self) -> int:
-        """Record finished runs and start queued fires they released."""
+    def _drain_completions(self, *, report: bool = True) -> int:
+        """Settle finished runs and start queued fires they released.
+
+        With `report=False` the ledger writes, log lines and hooks of the
+        finished runs wait for the next `_report()`, so that a due fire is
+        dispatched before that slower bookkeeping.
+        """
         started = 0
         while True:
             done: list[_Fire] = []
@@ -790,17 +824,18 @@ class Scheduler:
             if done:
                 now = self.clock.time()
                 for fire in done:
-                    self._complete(fire, now)
-                self.ledger.update([f.record for f in done])
+                    self._unreported.append((fire, self._complete(fire, now)))
             with self._lock:
                 # Fires released from overlap queues while the lock was held.
                 ready, self._ready = self._ready, []
             for fire in ready:
                 started += self._start(fire)
             if not done and not ready:
+                if report:
+                    self._report()
                 return started
 
-    def _complete(self, fire: _Fire, now: float) -> None:
+    def _complete(self, fire: _Fire, now: float) -> RunOutcome:
         record = fire.record
         record.ended = now
         assert fire.future is not None
@@ -814,7 +849,20 @@ class Scheduler:
         with self._lock:
             self._inflight.pop(record.key, None)
             self._finish_slot(fire.entry.name)
-        took = now - (record.started or now)
+        return outcome
+
+    def _report(self) -> None:
+        """Write, log and announce the runs settled since the last report."""
+        with self._lock:
+            batch, self._unreported = self._unreported, []
+        if not batch:
+            return
+        self.ledger.update([fire.record for fire, _ in batch])
+        for fire, outcome in batch:
+            self._log_outcome(fire.record, outcome)
+
+    def _log_outcome(self, record: RunRecord, outcome: RunOutcome) -> None:
+        took = (record.ended or 0.0) - (record.started or record.ended or 0.0)
         if outcome.ok:
             self.logger.info(
                 "run %s ok in %.2fs (late %.3fs): %d cache hits, %d misses",
@@ -876,8 +924,7 @@ class Scheduler:
                 if job is not None and job.version == version:
                     break
                 heapq.heappop(self._heap)  # stale: superseded by a reload
-            unsynced = any(not j.synced for j in self._jobs.values())
-            if unsynced:
+            if self._unsynced:
                 return 0.0
             return self._heap[0][0] - now if self._heap else float("inf")
 
@@ -927,7 +974,7 @@ class Scheduler:
                 if self._reload_requested:
                     self._reload_requested = False
                     self.reload()
-                self.run_pending()
+                self.run_pending(self.dispatch_lead_seconds)
                 if self.routine is not None:
                     if self.clock.monotonic() >= next_routine:
                         self._run_routine()
@@ -959,7 +1006,8 @@ class Scheduler:
 
     def _sleep(self, next_routine: float) -> None:
         now = self.clock.time()
-        timeout = min(self._seconds_to_next_due(now), self.max_sleep_seconds)
+        to_due = self._seconds_to_next_due(now) - self.dispatch_lead_seconds
+        timeout = min(to_due, self.max_sleep_seconds)
         if self.routine is not None:
             timeout = min(timeout, next_routine - self.clock.monotonic())
         if self.max_cycles is not None and self.cycle >= self.max_cycles:
