@@ -23,12 +23,13 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from styxcache.inventory import EntryInfo, folder_size, scan_entries
+from styxcache.inventory import EntryInfo, describe_entry, folder_size, scan_entries
 from styxcache.lease import LeaseOwner, owner_is_dead
 from styxcache.store import CacheStore, remove_tree
 
@@ -495,12 +496,24 @@ def collect_garbage(
     return report
 
 
+RESCAN_S = 60.0
+"""`trim_after_commit` rescans the cache at least this often (seconds).
+
+Between scans it adds each commit's size to the last total, so a commit costs
+one entry's stat, not a scan of every manifest. Commits of other processes
+are seen at the next scan."""
+
+_totals: dict[Path, tuple[int, float]] = {}
+_totals_lock = threading.Lock()
+
+
 def trim_after_commit(
     store: CacheStore,
     limit_bytes: int,
     *,
     keep: str,
     keep_used_after: float | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> GcReport | None:
     """Keep a cache under `CachePolicy.max_size`; called after each commit.
 
@@ -511,6 +524,9 @@ def trim_after_commit(
     the last `KEEP_RECENT_S` seconds (what the current run may still need).
     Failures are logged, never raised: trimming must not fail a pipeline.
 
+    The cache is scanned when the last scan is older than `RESCAN_S` or the
+    running estimate exceeds the cap.
+
     Args:
         store: The cache.
         limit_bytes: The cap.
@@ -518,31 +534,35 @@ def trim_after_commit(
         keep_used_after: Never remove entries used after this Unix time (for
             example the start of the current pipeline run). Default: the last
             `KEEP_RECENT_S` seconds, the outputs the current run may still read.
+        clock: Returns the current Unix time (injectable for tests).
 
     Returns:
         The collection's report, or None when the cache was under the cap.
     """
+    now = clock()
     try:
+        if _still_under(store, limit_bytes, keep, now):
+            return None
         total = sum(e.size for e in scan_entries(store))
         if total <= limit_bytes:
+            _remember(store, total, now)
             return None
-        target = int(limit_bytes * TRIM_TARGET)
         report = collect_garbage(
             store,
-            GcLimits(max_size=target),
+            GcLimits(max_size=int(limit_bytes * TRIM_TARGET)),
             sweep=False,
             keep=(keep,),
             keep_used_after=(
-                time.time() - KEEP_RECENT_S
-                if keep_used_after is None
-                else keep_used_after
+                now - KEEP_RECENT_S if keep_used_after is None else keep_used_after
             ),
+            clock=lambda: now,
         )
     except OSError as exc:
         _log.warning(
             "cannot trim cache %s to %d bytes: %s", store.root, limit_bytes, exc
         )
         return None
+    _remember(store, report.bytes_after, now)
     _log.info(
         "cache %s over its cap (%d > %d bytes): removed %d entries, %d bytes",
         store.root,
@@ -559,3 +579,22 @@ def trim_after_commit(
             limit_bytes,
         )
     return report
+
+
+def _still_under(store: CacheStore, limit_bytes: int, key: str, now: float) -> bool:
+    """Add the new entry to the last scan's total; True while it stays under the cap."""
+    with _totals_lock:
+        known = _totals.get(store.root)
+    if known is None or now - known[1] >= RESCAN_S:
+        return False
+    entry = describe_entry(store, key)
+    total = known[0] + (entry.size if entry is not None else 0)
+    if total > limit_bytes:
+        return False
+    _remember(store, total, known[1])
+    return True
+
+
+def _remember(store: CacheStore, total: int, scanned: float) -> None:
+    with _totals_lock:
+        _totals[store.root] = (total, scanned)

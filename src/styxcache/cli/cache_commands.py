@@ -18,7 +18,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from styxcache.gc import GcLimits, SweepAges, collect_garbage
 from styxcache.hashing import ContentHasher
-from styxcache.inventory import EntryInfo, KeyPrefixError, resolve_key, scan_entries
+from styxcache.inventory import (
+    EntryInfo,
+    KeyPrefixError,
+    describe_entry,
+    resolve_key,
+    scan_entries,
+)
 from styxcache.manifest import Manifest, ManifestError
 from styxcache.misses import explain_misses
 from styxcache.store import CacheStore
@@ -208,18 +214,22 @@ def show(*, cache_dir: Path | None, key: str, as_json: bool) -> None:
     except KeyPrefixError as exc:
         raise click.UsageError(str(exc)) from None
     entry = str(store.entry_dir(full))
-    info = next((e for e in scan_entries(store) if e.key == full), None)
+    info = describe_entry(store, full)
     if info is None:
         raise click.ClickException(f"entry {full[:12]} was removed meanwhile")
     try:
         manifest = Manifest.read(store.entry_dir(full) / store.MANIFEST)
     except ManifestError as exc:
+        problem = _uncommitted_reason(store, full) or str(exc)
         if as_json:
             emit_json(
-                {"key": full, "path": entry, "state": info.state, "error": str(exc)}
+                {"key": full, "path": entry, "state": info.state, "error": problem}
             )
         else:
-            out_console().print(f"Entry {full} ({info.state}): {exc}", markup=False)
+            out_console().print(
+                f"Entry {full} is {info.state} and never served: {problem}",
+                markup=False,
+            )
         raise SystemExit(1) from None
     if as_json:
         emit_json(
@@ -234,6 +244,13 @@ def show(*, cache_dir: Path | None, key: str, as_json: bool) -> None:
         return
     payload = json.dumps(manifest.payload, indent=2, sort_keys=True)
     _report.print_manifest(out_console(), manifest, info, entry, payload)
+
+
+def _uncommitted_reason(store: CacheStore, key: str) -> str:
+    try:
+        return (store.entry_dir(key) / store.UNCOMMITTED).read_text().strip()
+    except OSError:
+        return ""
 
 
 # explain ---------------------------------------------------------------------
