@@ -136,3 +136,16 @@ def test_entries_sharing_an_inode_export_separately(tmp_path: Path) -> None:
     result = cli("import", "--cache-dir", str(target), str(archive))
     assert result.exit_code == 0, result.output
     assert cli("verify", "--full", "--cache-dir", str(target)).exit_code == 0
+
+
+def test_filesystem_errors_end_cleanly_and_lose_nothing(tmp_path: Path) -> None:
+    cache, _key = _linking_tool(tmp_path, "count.txt")
+    # The trash folder cannot be made (a file is in its way): nothing can go.
+    (cache / CacheStore.TRASH_DIR).write_text("in the way")
+    before = tree_snapshot(cache)
+    result = cli("clear", "--yes", "--cache-dir", str(cache))
+    assert result.exit_code == 1
+    assert "nothing already cached was changed" in result.output
+    assert "Traceback" not in result.output
+    assert tree_snapshot(cache) == before
+    assert cli("verify", "--full", "--cache-dir", str(cache)).exit_code == 0

@@ -19,6 +19,7 @@ from styxcache.store import CacheStore
 
 __all__ = [
     "ENV_VAR",
+    "CacheCommand",
     "cache_dir_option",
     "emit_json",
     "err_console",
@@ -30,6 +31,24 @@ __all__ = [
 ENV_VAR = "STYXCACHE_DIR"
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CacheCommand(click.Command):
+    """A command whose filesystem errors end as one clear line and exit code 1.
+
+    Every change to a cache is a rename or a write of a new file, so a
+    command stopped by an error leaves the entries as they were.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command, turning `OSError` into a `ClickException`."""
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(
+                f"{where}{exc.strerror or exc}; nothing already cached was changed"
+            ) from None
 
 
 def cache_dir_option(command: F) -> F:

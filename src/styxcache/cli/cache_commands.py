@@ -33,6 +33,7 @@ from styxcache.usage import usage_report, zero_stats
 
 from . import _report
 from ._common import (
+    CacheCommand,
     cache_dir_option,
     emit_json,
     err_console,
@@ -67,7 +68,7 @@ def _progress(what: str) -> Progress:
 # stats -----------------------------------------------------------------------
 
 
-@click.command()
+@click.command(cls=CacheCommand)
 @cache_dir_option
 @click.option(
     "--since",
@@ -110,7 +111,7 @@ def stats(
 # ls --------------------------------------------------------------------------
 
 
-@click.command(name="ls")
+@click.command(cls=CacheCommand, name="ls")
 @cache_dir_option
 @click.option("--tool", help="Only entries of this tool (package/id, or a glob).")
 @click.option(
@@ -194,7 +195,7 @@ def ls(
 # show ------------------------------------------------------------------------
 
 
-@click.command()
+@click.command(cls=CacheCommand)
 @cache_dir_option
 @click.argument("key")
 @json_option
@@ -256,7 +257,7 @@ def _uncommitted_reason(store: CacheStore, key: str) -> str:
 # explain ---------------------------------------------------------------------
 
 
-@click.command()
+@click.command(cls=CacheCommand)
 @cache_dir_option
 @click.option(
     "--last",
@@ -300,7 +301,7 @@ def explain(
 # verify ----------------------------------------------------------------------
 
 
-@click.command()
+@click.command(cls=CacheCommand)
 @cache_dir_option
 @click.option("--full", is_flag=True, help="Also compare content digests (reads all).")
 @json_option
@@ -382,7 +383,7 @@ def _verify_one(
 # gc and clear ----------------------------------------------------------------
 
 
-@click.command()
+@click.command(cls=CacheCommand)
 @cache_dir_option
 @click.option("--max-size", type=SizeType(), help="Trim to at most this size (50G).")
 @click.option(
@@ -470,7 +471,7 @@ def gc(
         _report.print_gc(out_console(), report)
 
 
-@click.command()
+@click.command(cls=CacheCommand)
 @cache_dir_option
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @json_option
@@ -505,7 +506,7 @@ def clear(*, cache_dir: Path | None, yes: bool, as_json: bool) -> None:
 # export and import -------------------------------------------------------------
 
 
-@click.command(name="export")
+@click.command(cls=CacheCommand, name="export")
 @cache_dir_option
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -553,7 +554,7 @@ def export_command(
         console.print(f"left out {key[:12]}: {why}", markup=False)
 
 
-@click.command(name="import")
+@click.command(cls=CacheCommand, name="import")
 @cache_dir_option
 @click.argument("source", type=click.Path(dir_okay=False, path_type=Path))
 @json_option
