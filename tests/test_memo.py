@@ -243,3 +243,34 @@ def test_forked_child_opens_its_own_connection(tmp_path: Path, no_settle: None) 
     assert child.exitcode == 0
     assert memo.get("f:child:0:0:0:0") == "c" * 64
     assert memo.get("f:parent:0:0:0:0") == "p" * 64
+
+
+MOUNTS = (
+    "/dev/vda / ext4 rw,relatime 0 0\n"
+    "server:/export /mnt/lab\\040data nfs4 rw 0 0\n"
+    "tmpfs /mnt/lab\\040data/scratch tmpfs rw 0 0\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/home/me/.cache", "ext4"),
+        ("/mnt/lab data", "nfs4"),
+        ("/mnt/lab data/memo", "nfs4"),
+        ("/mnt/lab database", "ext4"),
+        ("/mnt/lab data/scratch/memo", "tmpfs"),
+    ],
+)
+def test_filesystem_type_picks_the_nearest_mount(path: str, kind: str) -> None:
+    assert memo_module.filesystem_type(Path(path), MOUNTS) == kind
+
+
+def test_memo_on_a_network_filesystem_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(memo_module, "filesystem_type", lambda path: "nfs4")
+    memo = DigestMemo(tmp_path / "memo")
+    memo.put("f:1:1:1:1:1", "a" * 64)
+    assert memo.get("f:1:1:1:1:1") == "a" * 64  # still used, with a warning
+    assert any("nfs4" in r.getMessage() for r in caplog.records)

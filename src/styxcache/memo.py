@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
 from pathlib import Path
 
-__all__ = ["SETTLE_SECONDS", "DigestMemo", "file_memo_key"]
+__all__ = ["SETTLE_SECONDS", "DigestMemo", "file_memo_key", "filesystem_type"]
 
 _log = logging.getLogger("styxcache.memo")
 
@@ -32,6 +33,59 @@ _SCHEMA_VERSION = 1
 
 _ROW_BYTES = 200
 """About what one file's row takes in the database (key, digest, b-tree)."""
+
+_NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "9p",
+        "ceph",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "fuse.sshfs",
+        "fuse.glusterfs",
+        "fuse.s3fs",
+        "fuse.rclone",
+        "fuse.gcsfuse",
+    }
+)
+"""Filesystems on which SQLite's file locks cannot be trusted."""
+
+
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+def filesystem_type(path: Path, mounts: str | None = None) -> str:
+    """Return the type of the filesystem holding `path` (Linux), or "".
+
+    Args:
+        path: Any path; the nearest existing ancestor decides.
+        mounts: The text of `/proc/self/mounts` (read when None).
+
+    Returns:
+        The type, such as `ext4` or `nfs4`, or "" when unknown.
+    """
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text(encoding="utf-8")
+        except OSError:
+            return ""
+    target = os.path.realpath(path)
+    best, kind = "", ""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        # The kernel escapes blanks in mount points as octal (\040).
+        point = _OCTAL.sub(lambda m: chr(int(m[1], 8)), fields[1])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
 
 
 def file_memo_key(st: os.stat_result) -> str:
@@ -95,6 +149,15 @@ class DigestMemo:
             self._connection()
         except (OSError, sqlite3.Error) as exc:
             self._disable(exc)
+            return
+        kind = filesystem_type(folder)
+        if kind in _NETWORK_FILESYSTEMS:
+            _log.warning(
+                "digest memo %s is on a %s filesystem, where SQLite's locks are "
+                "unreliable; point CachePolicy(memo_dir=...) at a local folder",
+                self.path,
+                kind,
+            )
 
     def _disable(self, exc: BaseException) -> None:
         if not self._disabled:
