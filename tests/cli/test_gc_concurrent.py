@@ -165,3 +165,37 @@ def _split_json(text: str) -> list[str]:
         docs.append(json.dumps(obj))
         index = end
     return docs
+
+
+def test_export_while_gc_clears_the_cache(tmp_path: Path) -> None:
+    script = shutil.which("styxcache", path=str(Path(sys.executable).parent))
+    require(script is not None, "the styxcache console script (pip install -e .)")
+    assert script is not None
+    cache = tmp_path / "cache"
+    source = tmp_path / "in.txt"
+    source.write_text("subject-03\n")
+    _prefill(cache, tmp_path, source)
+    env = {**os.environ, "STYXCACHE_DIR": str(cache)}
+    archive = tmp_path / "out.tar.gz"
+    exporter = subprocess.Popen(
+        [script, "export", str(archive), "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    collector = subprocess.run(
+        [script, "gc", "--max-entries", "0", "--keep-recent", "0", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    out, _ = exporter.communicate(timeout=300)
+    assert exporter.returncode == 0 and collector.returncode == 0, collector.stderr
+    exported = json.loads(out)
+    # Whatever the export managed to take is whole: every entry imports and verifies.
+    target = tmp_path / "other"
+    result = cli("import", "--cache-dir", str(target), str(archive), "--json")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["imported"]) == len(exported["entries"])
+    assert cli("verify", "--full", "--cache-dir", str(target)).exit_code == 0
