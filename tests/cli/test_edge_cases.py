@@ -149,3 +149,21 @@ def test_filesystem_errors_end_cleanly_and_lose_nothing(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
     assert tree_snapshot(cache) == before
     assert cli("verify", "--full", "--cache-dir", str(cache)).exit_code == 0
+
+
+def test_entries_without_a_manifest_are_listed_and_trimmed(tmp_path: Path) -> None:
+    """0.3.0 wrote entries with a done marker and no manifest: never served now."""
+    cache = tmp_path / "cache"
+    store = CacheStore(cache)
+    staging = store.stage()
+    (staging / "result.txt").write_text("42\n")
+    key = "ab" + "0" * 62
+    store.commit(staging, key)
+    listing = cli_json("ls", "--cache-dir", str(cache))
+    assert [(e["key"], e["state"], e["tool"]) for e in listing["entries"]] == [
+        (key, "incomplete", "")
+    ]
+    report = cli_json(
+        "gc", "--cache-dir", str(cache), "--older-than", "0s", "--keep-recent", "0"
+    )
+    assert [r["key"] for r in report["removed"]] == [key]
