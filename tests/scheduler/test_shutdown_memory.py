@@ -210,19 +210,23 @@ def test_two_processes_share_the_ledger(tmp_path: Path) -> None:
             [sys.executable, str(script)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             env=env,
             text=True,
         )
         for _ in range(2)
     ]
     for p in procs:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        assert p.stdout is not None
+        line = p.stdout.readline().strip()
+        assert line == "ready", (line, p.stderr.read() if p.stderr else "")
     for p in procs:  # release both at once
         assert p.stdin is not None
         p.stdin.write("go\n")
         p.stdin.flush()
     for p in procs:
-        assert p.wait(timeout=120) == 0
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
     lines = out.read_text().splitlines()
     keys = [line.split()[0] for line in lines]
     assert len(keys) == len(set(keys)) == 200 + 200 * 2

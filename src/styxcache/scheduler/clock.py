@@ -97,7 +97,8 @@ class SystemClock:
 
     def wake(self) -> None:
         """Wake a waiter."""
-        self._event.set()
+        if not self._event.is_set():  # cheap check: completions wake often
+            self._event.set()
 
 
 class FakeClock:

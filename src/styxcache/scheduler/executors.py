@@ -33,6 +33,7 @@ _log = logging.getLogger("styxcache.scheduler.executors")
 
 T = TypeVar("T")
 A = TypeVar("A")
+DoneCallback = Callable[["cf.Future[Any]"], object]
 
 
 @runtime_checkable
@@ -42,12 +43,17 @@ class Executor(Protocol):
     name: str
     """Short label for logs (`inline`, `threads`, ...)."""
 
-    def submit(self, fn: Callable[[A], T], arg: A, /) -> cf.Future[T]:
+    def submit(
+        self, fn: Callable[[A], T], arg: A, /, on_done: DoneCallback | None = None
+    ) -> cf.Future[T]:
         """Start `fn(arg)` and return its future.
 
         Args:
             fn: A module-level function (process executors pickle it).
             arg: Its single argument.
+            on_done: Called with the future once it is done; executors that
+                create the future attach it before the work can finish, so
+                the submitter never races the worker for the future's lock.
         """
         ...
 
@@ -66,17 +72,22 @@ class InlineExecutor:
 
     name = "inline"
 
-    def submit(self, fn: Callable[[A], T], arg: A, /) -> cf.Future[T]:
+    def submit(
+        self, fn: Callable[[A], T], arg: A, /, on_done: DoneCallback | None = None
+    ) -> cf.Future[T]:
         """Run `fn(arg)` now.
 
         Args:
             fn: The function.
             arg: Its argument.
+            on_done: Called with the future when done.
 
         Returns:
             A completed future.
         """
         future: cf.Future[T] = cf.Future()
+        if on_done is not None:
+            future.add_done_callback(on_done)
         future.set_running_or_notify_cancel()
         try:
             future.set_result(fn(arg))
@@ -121,12 +132,15 @@ class ThreadExecutor:
         self._closed = False
         self._outstanding = 0
 
-    def submit(self, fn: Callable[[A], T], arg: A, /) -> cf.Future[T]:
+    def submit(
+        self, fn: Callable[[A], T], arg: A, /, on_done: DoneCallback | None = None
+    ) -> cf.Future[T]:
         """Queue `fn(arg)` for a worker thread.
 
         Args:
             fn: The function.
             arg: Its argument.
+            on_done: Called with the future when done.
 
         Returns:
             The call's future.
@@ -135,6 +149,8 @@ class ThreadExecutor:
             RuntimeError: After `shutdown()`.
         """
         future: cf.Future[T] = cf.Future()
+        if on_done is not None:
+            future.add_done_callback(on_done)
         with self._lock:
             if self._closed:
                 raise RuntimeError("executor is shut down")
@@ -207,17 +223,23 @@ class FuturesExecutor:
         self._executor = executor
         self.name = name
 
-    def submit(self, fn: Callable[[A], T], arg: A, /) -> cf.Future[T]:
+    def submit(
+        self, fn: Callable[[A], T], arg: A, /, on_done: DoneCallback | None = None
+    ) -> cf.Future[T]:
         """Submit to the wrapped executor.
 
         Args:
             fn: The function.
             arg: Its argument.
+            on_done: Called with the future when done.
 
         Returns:
             The wrapped executor's future.
         """
-        return self._executor.submit(fn, arg)
+        future = self._executor.submit(fn, arg)
+        if on_done is not None:
+            future.add_done_callback(on_done)
+        return future
 
     def shutdown(self, *, wait: bool = True, cancel_pending: bool = False) -> None:
         """Shut the wrapped executor down.

@@ -20,6 +20,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -185,13 +186,26 @@ class Ledger:
             str(path), timeout=30.0, isolation_level=None, check_same_thread=False
         )
         self._conn.row_factory = sqlite3.Row
-        if self.path is not None:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL survives a process crash; only an OS crash can lose
-        # the last commits, which then show up as late fires, not duplicates.
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA)
+        self._setup()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    def _setup(self) -> None:
+        # Switching to WAL needs a moment of exclusive access and SQLite does
+        # not always apply the busy timeout to it, so two schedulers opening
+        # a new ledger together retry briefly instead of failing.
+        for attempt in range(100):
+            try:
+                if self.path is not None:
+                    self._conn.execute("PRAGMA journal_mode=WAL")
+                # WAL + NORMAL survives a process crash; only an OS crash can
+                # lose the last commits, which then show up as late fires.
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == 99:
+                    raise
+                time.sleep(0.01 * (1 + attempt % 10))
 
     def close(self) -> None:
         """Close the connection."""

@@ -648,7 +648,9 @@ class Scheduler:
         with self._lock:
             now = self.clock.time()
             self._sync(now)
-            records, fires, watermarks = self._collect_due(now, now + max(0.0, lookahead))
+            records, fires, watermarks = self._collect_due(
+                now, now + max(0.0, lookahead)
+            )
             claimed = self.ledger.claim(records, watermarks) if records else []
             won = {r.key for r, ok in zip(records, claimed, strict=True) if ok}
             for fire in fires:
@@ -693,16 +695,18 @@ class Scheduler:
         request = RunRequest(fire.entry.target, context, fire.entry.pass_context)  # type: ignore[arg-type]
         with self._lock:
             self._inflight[record.key] = fire
+        on_done = functools.partial(self._on_done_future, fire)
         try:
-            future = self.executor.submit(execute_run, request)
+            fire.future = self.executor.submit(execute_run, request, on_done=on_done)
         except Exception as exc:
-            future = cf.Future()
-            future.set_exception(exc)
-        fire.future = future
-        future.add_done_callback(functools.partial(self._on_done_future, fire))
+            failed: cf.Future[RunOutcome] = cf.Future()
+            failed.set_exception(exc)
+            on_done(failed)
         return 1
 
-    def _on_done_future(self, fire: _Fire, _future: cf.Future[RunOutcome]) -> None:
+    def _on_done_future(self, fire: _Fire, future: cf.Future[RunOutcome]) -> None:
+        # Set here too: an inline executor finishes before submit() returns.
+        fire.future = future
         self._on_done(fire)
 
     def _on_done(self, fire: _Fire) -> None:
