@@ -280,9 +280,10 @@ class CachingExecution(Execution):
                 plan.reason = describe_fingerprint_change(
                     stored.fingerprint_parts, parts
                 )
-            else:
-                self._serve(plan, stored, call)
+            elif self._serve(plan, stored, call):
                 return
+            else:
+                plan.reason = "entry removed while it was being served"
         self._run_and_store(plan, call, fingerprint, parts)
 
     # Settling the key --------------------------------------------------------
@@ -458,8 +459,15 @@ class CachingExecution(Execution):
 
     def _serve(
         self, plan: _Plan, manifest: Manifest, call: _Call, reason: str = ""
-    ) -> None:
+    ) -> bool:
+        """Serve a verified entry; False if it vanished before it could be used.
+
+        The use is recorded first: `gc` keeps recently used entries, so once
+        touched the entry stays while its outputs are read.
+        """
         assert plan.entry is not None
+        if plan.where == "cache" and not self._runner.store.touch(plan.key):
+            return False
         for name, lines, handler, stream in (
             (
                 CacheStore.STDOUT_LOG,
@@ -477,8 +485,6 @@ class CachingExecution(Execution):
             target = handler or self._default_handler(stream)
             if lines and target is not None:
                 replay(plan.entry / name, target)
-        if plan.where == "cache":
-            self._runner.store.touch(plan.key)
         for layer in self._recorders:
             layer.graph_runner.record_execution(
                 layer.metadata, layer.input_files, layer.output_files
@@ -495,6 +501,7 @@ class CachingExecution(Execution):
                 reason=reason,
             )
         )
+        return True
 
     def _drop_base_dir(self) -> None:
         """Remove the folder the base runner made eagerly, if the tool never used it."""
@@ -538,10 +545,11 @@ class CachingExecution(Execution):
                 held is not None and not plan.replace
             ):
                 found = store.lookup(key, **runner.verify_args())
-                if found.manifest is not None and (
-                    held is None or found.manifest.fingerprint == fingerprint
+                if (
+                    found.manifest is not None
+                    and (held is None or found.manifest.fingerprint == fingerprint)
+                    and self._serve(plan, found.manifest, call, reason=_TWIN)
                 ):
-                    self._serve(plan, found.manifest, call, reason=_TWIN)
                     return
             self._execute(plan, call, fingerprint, parts)
 

@@ -272,11 +272,16 @@ class CacheStore:
         if not done.exists():
             done.write_text(f"{time.time()}\n")
         entry = self.entry_dir(key)
-        entry.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(5):
+            # Inside the loop: gc may remove a long-empty shard folder meanwhile.
+            entry.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.rename(staging, entry)
                 return entry
+            except FileNotFoundError:
+                if not staging.exists():
+                    raise
+                continue
             except OSError as exc:
                 if not entry.exists():
                     raise OSError(f"cannot commit {staging} to {entry}: {exc}") from exc
@@ -371,16 +376,22 @@ class CacheStore:
             remove_tree(old)
         return target
 
-    def touch(self, key: str) -> None:
+    def touch(self, key: str) -> bool:
         """Record a use of the entry: bump its folder's modification time.
 
         Args:
             key: The entry's key.
+
+        Returns:
+            False when the entry no longer exists (removed by gc meanwhile).
         """
         try:
             os.utime(self.entry_dir(key))
+        except FileNotFoundError:
+            return False
         except OSError as exc:  # a read-only cache still serves its hits
             _log.debug("cannot record use of %s: %s", key[:12], exc)
+        return True
 
     # Per-tool index ---------------------------------------------------------
 

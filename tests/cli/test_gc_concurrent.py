@@ -123,14 +123,6 @@ def test_gc_from_cron_while_pipelines_run(tmp_path: Path) -> None:
     _cron_gc_while_pipelines_run(tmp_path, "own")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known race in CachingExecution._serve: it replays logs before it touches "
-        "the entry, so gc can claim an old entry between a hit's lookup and its "
-        "touch; needs the touch first and a re-plan when the entry is gone"
-    ),
-)
 def test_gc_from_cron_while_pipelines_hit_the_entries_it_trims(tmp_path: Path) -> None:
     _cron_gc_while_pipelines_run(tmp_path, "old")
 

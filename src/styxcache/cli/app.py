@@ -12,7 +12,7 @@ from styxcache.cli import cache_commands, demo, schedule
 )
 @click.version_option(package_name="styxcache")
 def main() -> None:
-    r"""Content-addressed caching and scheduling for Styx pipelines.
+    """Content-addressed caching and scheduling for Styx pipelines.
 
     \b
     Examples:
@@ -20,7 +20,7 @@ def main() -> None:
       styxcache stats --cache-dir DIR    what the cache saved
       styxcache gc --max-size 50G        trim least recently used entries
       styxcache schedule run jobs.yaml   rerun pipelines on a schedule
-    """
+    """  # noqa: D301 - click's \b marker must be a real backspace, not a raw string
 
 
 for command in (*cache_commands.COMMANDS, demo.demo, schedule.schedule):

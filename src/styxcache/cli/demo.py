@@ -76,7 +76,7 @@ def _as_json(report: PipelineReport) -> list[dict[str, object]]:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the two runs as JSON.")
 def demo(cache_dir: Path | None, subjects: int, builtin: bool, as_json: bool) -> None:
-    r"""Run a small real pipeline twice through the cache and show the hits.
+    """Run a small real pipeline twice through the cache and show the hits.
 
     With MRtrix3 and NiWrap installed, the pipeline is mrconvert -> mrthreshold
     -> mrstats/mrinfo on synthetic NIfTI images; otherwise (or with --builtin)
@@ -87,7 +87,7 @@ def demo(cache_dir: Path | None, subjects: int, builtin: bool, as_json: bool) ->
     Examples:
       styxcache demo
       styxcache demo --subjects 5 --cache-dir ./demo-cache
-    """
+    """  # noqa: D301 - click's \b marker must be a real backspace
     console = Console()
     # The base runner logs every command at DEBUG to its own handler; the
     # tables below say what ran.
