@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from clihelpers import cli, make_runner, set_last_use, write_block
 
 from conftest import require
