@@ -30,7 +30,9 @@ FIRES = 2
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work-dir", type=Path, help="scratch folder (default: a temp dir)")
+    parser.add_argument(
+        "--work-dir", type=Path, help="scratch folder (default: a temp dir)"
+    )
     parser.add_argument("--fake-clock", action="store_true", help="simulate time")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -42,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         (data / f"{subject}.txt").write_text(lines)
     os.environ["PIPELINE_DATA"] = str(data)
 
-    set_global_runner(CachingRunner(LocalRunner(data_dir=work / "styx"), work / "cache"))
+    set_global_runner(
+        CachingRunner(LocalRunner(data_dir=work / "styx"), work / "cache")
+    )
 
     finished: list[RunRecord] = []
     done = threading.Event()
@@ -50,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     def on_run(record: RunRecord) -> None:
         if record.entry == "subjects":
             finished.append(record)
-            if len({r.nominal for r in finished}) >= FIRES and len(finished) >= 2 * FIRES:
+            if (
+                len({r.nominal for r in finished}) >= FIRES
+                and len(finished) >= 2 * FIRES
+            ):
                 done.set()
 
     # A fake clock advances instantly while it waits, so runs must finish

@@ -15,7 +15,6 @@ import pytest
 from styxcache.scheduler import FakeClock, InlineExecutor, Scheduler
 
 
-
 def _root_conftest() -> Any:
     # Every conftest here is imported as the module "conftest", so tests that
     # do `from conftest import require` may get this file: re-export the

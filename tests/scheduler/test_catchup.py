@@ -19,7 +19,9 @@ def states(scheduler: Scheduler, entry: str) -> list[tuple[float, str]]:
     return sorted((r.nominal, r.state) for r in rows)
 
 
-def test_on_time_within_grace(make_scheduler: Callable[..., Scheduler], clock: FakeClock) -> None:
+def test_on_time_within_grace(
+    make_scheduler: Callable[..., Scheduler], clock: FakeClock
+) -> None:
     scheduler = make_scheduler()
     ran: list[float] = []
     scheduler.register_task("e", MINUTE, lambda: ran.append(clock.time()))
@@ -123,7 +125,9 @@ def test_restart_resumes_from_the_ledger(tmp_path: Path, clock: FakeClock) -> No
     second.close()
 
 
-def test_restart_without_downtime_does_not_rerun(tmp_path: Path, clock: FakeClock) -> None:
+def test_restart_without_downtime_does_not_rerun(
+    tmp_path: Path, clock: FakeClock
+) -> None:
     state = tmp_path / "state"
     ran: list[int] = []
     for _ in range(3):
@@ -157,7 +161,9 @@ def test_disabled_entry_does_not_fire_and_resumes_from_enable_time(
 ) -> None:
     scheduler = make_scheduler()
     ran: list[int] = []
-    scheduler.register_task("e", MINUTE, lambda: ran.append(1), enabled=False, catchup="all")
+    scheduler.register_task(
+        "e", MINUTE, lambda: ran.append(1), enabled=False, catchup="all"
+    )
     scheduler.run_pending()
     clock.advance(10 * MINUTE)
     scheduler.run_pending()
@@ -196,7 +202,9 @@ def test_wall_clock_jump_is_logged_and_caught_up(
     assert counts.get("coalesced", 0) == 5
 
 
-def test_sleep_is_capped(make_scheduler: Callable[..., Scheduler], clock: FakeClock) -> None:
+def test_sleep_is_capped(
+    make_scheduler: Callable[..., Scheduler], clock: FakeClock
+) -> None:
     scheduler = make_scheduler(max_sleep_seconds=30, max_cycles=4)
     scheduler.register_task("daily", "0 3 * * *", lambda: None)
     scheduler.run()
@@ -248,11 +256,15 @@ def test_long_outage_is_summarised_not_dropped(
     assert counts["ok"] == 1
     # One summary row plus the last hour and the grace window, row by row.
     assert counts["coalesced"] == 1 + 3600 + 60 - 1
-    summary = [r for r in scheduler.ledger.history(entry="e", limit=None) if r.item == "older"]
+    summary = [
+        r for r in scheduler.ledger.history(entry="e", limit=None) if r.item == "older"
+    ]
     assert len(summary) == 1 and "summarised" in summary[0].reason
 
 
-def test_ledger_shared_in_one_process_claims_once(tmp_path: Path, clock: FakeClock) -> None:
+def test_ledger_shared_in_one_process_claims_once(
+    tmp_path: Path, clock: FakeClock
+) -> None:
     path = tmp_path / "ledger.sqlite3"
     ran: list[str] = []
     a = Scheduler(clock=clock, executor=InlineExecutor(), ledger=Ledger(path))

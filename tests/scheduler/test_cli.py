@@ -38,9 +38,13 @@ def test_validate_ok_and_error(write_yaml: Callable[[str], Path]) -> None:
     assert "schedule 'nightly', field 'cron'" in result.output
 
 
-def test_list_json_shows_next_fires(write_yaml: Callable[[str], Path], tmp_path: Path) -> None:
+def test_list_json_shows_next_fires(
+    write_yaml: Callable[[str], Path], tmp_path: Path
+) -> None:
     path = write_yaml(CONFIG)
-    result = CliRunner().invoke(main, ["schedule", "list", str(path), "-n", "2", "--json"])
+    result = CliRunner().invoke(
+        main, ["schedule", "list", str(path), "-n", "2", "--json"]
+    )
     assert result.exit_code == 0, result.output
     rows = {row["name"]: row for row in json.loads(result.output)}
     assert len(rows["nightly"]["next"]) == 2
@@ -65,19 +69,32 @@ def test_history_reads_the_ledger(write_yaml: Callable[[str], Path]) -> None:
     result = runner.invoke(main, ["schedule", "history", str(path), "--json"])
     assert result.exit_code == 0, result.output
     (row,) = [json.loads(line) for line in result.output.splitlines()]
-    assert (row["entry"], row["state"], row["hits"], row["misses"]) == ("nightly", "ok", 1, 2)
-    table = runner.invoke(main, ["schedule", "history", str(path), "--entry", "nightly"])
+    assert (row["entry"], row["state"], row["hits"], row["misses"]) == (
+        "nightly",
+        "ok",
+        1,
+        2,
+    )
+    table = runner.invoke(
+        main, ["schedule", "history", str(path), "--entry", "nightly"]
+    )
     assert table.exit_code == 0 and "nightly" in table.output
 
 
-def test_run_starts_and_stops(write_yaml: Callable[[str], Path], tmp_path: Path) -> None:
+def test_run_starts_and_stops(
+    write_yaml: Callable[[str], Path], tmp_path: Path
+) -> None:
     path = write_yaml(CONFIG)
-    result = CliRunner().invoke(main, ["schedule", "run", str(path), "--max-cycles", "1"])
+    result = CliRunner().invoke(
+        main, ["schedule", "run", str(path), "--max-cycles", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "state" / "ledger.sqlite3").exists()
 
 
-def test_run_rejects_invalid_config(write_yaml: Callable[[str], Path], tmp_path: Path) -> None:
+def test_run_rejects_invalid_config(
+    write_yaml: Callable[[str], Path], tmp_path: Path
+) -> None:
     path = write_yaml(CONFIG.replace("catchup", "x") + "    overlap: never\n")
     result = CliRunner().invoke(main, ["schedule", "run", str(path)])
     assert result.exit_code == 1 and "field 'overlap'" in result.output

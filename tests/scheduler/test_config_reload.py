@@ -51,7 +51,11 @@ def test_valid_file_loads(write_yaml: Callable[[str], Path]) -> None:
     assert names == ["hourly", "nightly"]
     nightly = config.entries[1]
     assert nightly.trigger.describe() == "cron '0 2 * * *' in Europe/Berlin"
-    assert (nightly.cache.value, nightly.catchup, nightly.overlap) == ("refresh", "all", "queue")
+    assert (nightly.cache.value, nightly.catchup, nightly.overlap) == (
+        "refresh",
+        "all",
+        "queue",
+    )
     assert config.state_dir.name == "state" and config.state_dir.is_absolute()
     assert config.executor.kind == "inline"
 
@@ -80,7 +84,11 @@ def test_invalid_values_name_entry_and_field(
     field: str,
     message: str | None,
 ) -> None:
-    text = BASE.replace("    target: sched_jobs:record\n", "    target: sched_jobs:record\n" + fragment, 1)
+    text = BASE.replace(
+        "    target: sched_jobs:record\n",
+        "    target: sched_jobs:record\n" + fragment,
+        1,
+    )
     with pytest.raises(ConfigError) as info:
         load_config(write_yaml(text))
     assert info.value.entry == entry
@@ -91,7 +99,9 @@ def test_invalid_values_name_entry_and_field(
 
 
 def test_timezone_error_for_cron_entry(write_yaml: Callable[[str], Path]) -> None:
-    with pytest.raises(ConfigError, match=r"schedule 'nightly', field 'timezone': unknown time zone"):
+    with pytest.raises(
+        ConfigError, match=r"schedule 'nightly', field 'timezone': unknown time zone"
+    ):
         load_config(write_yaml(BASE.replace("Europe/Berlin", "Europe/Atlantis")))
 
 
@@ -103,8 +113,14 @@ def test_timezone_error_for_cron_entry(write_yaml: Callable[[str], Path]) -> Non
         ("schedules: {}", "field 'schedules': must be a list"),
         ("schedules: []\nextra: 1", "unknown top-level key"),
         ("schedules: [{name: a, interval_seconds: 5}]", "field 'target': is required"),
-        ("schedules: [{name: 'a b', interval_seconds: 5, target: 'sched_jobs:record'}]", "field 'name'"),
-        ("schedules: [{interval_seconds: 5, target: 'sched_jobs:record'}]", "schedule '#1'"),
+        (
+            "schedules: [{name: 'a b', interval_seconds: 5, target: 'sched_jobs:record'}]",
+            "field 'name'",
+        ),
+        (
+            "schedules: [{interval_seconds: 5, target: 'sched_jobs:record'}]",
+            "schedule '#1'",
+        ),
         (
             "schedules:\n- {name: a, interval_seconds: 5, target: 'sched_jobs:record'}\n"
             "- {name: a, interval_seconds: 6, target: 'sched_jobs:record'}",
@@ -112,12 +128,22 @@ def test_timezone_error_for_cron_entry(write_yaml: Callable[[str], Path]) -> Non
         ),
         ("executor: {kind: gpu}\nschedules: []", "field 'kind'"),
         ("defaults: {target: x}\nschedules: []", "cannot set 'target'"),
-        ("schedules: [{name: a, interval_seconds: '5', target: 'sched_jobs:record'}]", "field 'interval_seconds'"),
-        ("schedules: [{name: a, interval_seconds: 5, anchor: 'noon', target: 'sched_jobs:record'}]", "field 'anchor'"),
+        (
+            "schedules: [{name: a, interval_seconds: '5', target: 'sched_jobs:record'}]",
+            "field 'interval_seconds'",
+        ),
+        (
+            "schedules: [{name: a, interval_seconds: 5, anchor: 'noon', target: 'sched_jobs:record'}]",
+            "field 'anchor'",
+        ),
     ],
 )
-def test_invalid_files(write_yaml: Callable[[str], Path], text: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+def test_invalid_files(
+    write_yaml: Callable[[str], Path], text: str, message: str
+) -> None:
+    with pytest.raises(
+        ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")
+    ):
         load_config(write_yaml(text))
 
 
@@ -126,9 +152,13 @@ def test_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.yaml")
 
 
-def test_invalid_file_writes_nothing(write_yaml: Callable[[str], Path], tmp_path: Path) -> None:
+def test_invalid_file_writes_nothing(
+    write_yaml: Callable[[str], Path], tmp_path: Path
+) -> None:
     with pytest.raises(ConfigError):
-        Scheduler.from_yaml(write_yaml(BASE.replace("catchup: all", "catchup: sometimes")))
+        Scheduler.from_yaml(
+            write_yaml(BASE.replace("catchup: all", "catchup: sometimes"))
+        )
     assert not (tmp_path / "state").exists()
 
 
@@ -148,7 +178,9 @@ def make_from(path: Path, clock: FakeClock) -> Scheduler:
 
 
 def test_reload_applies_a_diff(
-    write_yaml: Callable[[str], Path], clock: FakeClock, caplog: pytest.LogCaptureFixture
+    write_yaml: Callable[[str], Path],
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = write_yaml(BASE)
     scheduler = make_from(path, clock)
@@ -186,7 +218,9 @@ def test_reload_applies_a_diff(
     scheduler.close()
 
 
-def test_unchanged_entries_keep_state(write_yaml: Callable[[str], Path], clock: FakeClock) -> None:
+def test_unchanged_entries_keep_state(
+    write_yaml: Callable[[str], Path], clock: FakeClock
+) -> None:
     path = write_yaml(BASE)
     scheduler = make_from(path, clock)
     scheduler.run_pending()
@@ -201,7 +235,9 @@ def test_unchanged_entries_keep_state(write_yaml: Callable[[str], Path], clock: 
 
 
 def test_invalid_reload_keeps_old_config(
-    write_yaml: Callable[[str], Path], clock: FakeClock, caplog: pytest.LogCaptureFixture
+    write_yaml: Callable[[str], Path],
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = write_yaml(BASE)
     scheduler = make_from(path, clock)
@@ -230,11 +266,17 @@ def test_removed_entry_lets_running_work_finish(
     scheduler.run_pending()
 
     def remove_while_running(ctx: object) -> None:
-        write_yaml(BASE.split("  - name: nightly")[0].replace("name: hourly", "name: other"))
+        write_yaml(
+            BASE.split("  - name: nightly", maxsplit=1)[0].replace(
+                "name: hourly", "name: other"
+            )
+        )
         assert scheduler.reload()
         sched_jobs.CALLS.append(ctx)
 
-    scheduler.register_task("hourly", 3600, remove_while_running, replace=True, pass_context=True)
+    scheduler.register_task(
+        "hourly", 3600, remove_while_running, replace=True, pass_context=True
+    )
     clock.advance(3600)
     scheduler.run_pending()
     assert "hourly" not in scheduler.jobs

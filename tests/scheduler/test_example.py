@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from conftest import require
-
 from styxcache.scheduler import load_config
 
 ROOT = Path(__file__).resolve().parents[2]

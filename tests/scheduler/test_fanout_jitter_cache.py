@@ -81,7 +81,9 @@ def test_expander_must_return_list_of_dicts(
     make_scheduler: Callable[..., Scheduler], clock: FakeClock
 ) -> None:
     scheduler = make_scheduler()
-    scheduler.register_task("fan", MINUTE, "sched_jobs:record", expand_from="sched_jobs:not_a_list")
+    scheduler.register_task(
+        "fan", MINUTE, "sched_jobs:record", expand_from="sched_jobs:not_a_list"
+    )
     fire_once(scheduler, clock)
     (row,) = scheduler.ledger.history(entry="fan")
     assert row.state == "failed" and "list of dicts" in row.error
@@ -127,15 +129,21 @@ def test_cache_mode_is_in_force_inside_the_run(
     make_scheduler: Callable[..., Scheduler], clock: FakeClock, mode: str
 ) -> None:
     scheduler = make_scheduler()
-    scheduler.register_task("m", MINUTE, "sched_jobs:record_mode", cache=mode, pass_context=True)
+    scheduler.register_task(
+        "m", MINUTE, "sched_jobs:record_mode", cache=mode, pass_context=True
+    )
     fire_once(scheduler, clock)
     ((_, seen),) = sched_jobs.CALLS
     assert seen == mode
 
 
-def test_invalid_cache_mode_names_the_field(make_scheduler: Callable[..., Scheduler]) -> None:
+def test_invalid_cache_mode_names_the_field(
+    make_scheduler: Callable[..., Scheduler],
+) -> None:
     with pytest.raises(ValueError, match=r"schedule 'm', field 'cache'"):
-        make_scheduler().register_task("m", MINUTE, "sched_jobs:record", cache="sometimes")
+        make_scheduler().register_task(
+            "m", MINUTE, "sched_jobs:record", cache="sometimes"
+        )
 
 
 def test_cache_hits_and_misses_are_recorded(
@@ -167,7 +175,9 @@ def test_jittered_fire_waits_for_its_due_time(
 ) -> None:
     scheduler = make_scheduler()
     ran: list[float] = []
-    entry = scheduler.register_task("j", 3600.0, lambda: ran.append(clock.time()), jitter_seconds=600)
+    entry = scheduler.register_task(
+        "j", 3600.0, lambda: ran.append(clock.time()), jitter_seconds=600
+    )
     scheduler.run_pending()
     nominal = entry.trigger.next_after(clock.time())
     assert nominal is not None

@@ -32,7 +32,9 @@ def clock() -> FakeClock:
 
 def test_memory_first_access_expiry_and_fresh(clock: FakeClock) -> None:
     src = Source()
-    cache = CacheMemory(src, dt.timedelta(seconds=30), logging.getLogger("t"), clock=clock)
+    cache = CacheMemory(
+        src, dt.timedelta(seconds=30), logging.getLogger("t"), clock=clock
+    )
     assert cache() == {"n": 1}
     clock.advance(30)
     assert cache() == {"n": 1}  # age == expire: still valid
@@ -72,7 +74,9 @@ def test_one_source_call_when_many_threads_ask(clock: FakeClock) -> None:
     first = threading.Thread(target=lambda: results.append(cache()))
     first.start()
     assert entered.wait(timeout=30)
-    others = [threading.Thread(target=lambda: results.append(cache())) for _ in range(8)]
+    others = [
+        threading.Thread(target=lambda: results.append(cache())) for _ in range(8)
+    ]
     for t in others:
         t.start()
     release.set()
@@ -115,7 +119,9 @@ def test_disk_fresh_is_tolerance_aware(tmp_path: Path, clock: FakeClock) -> None
     # On first access too: a file older than the tolerance is regenerated.
     clock.advance(20)
     other = Source()
-    Cache(other, dt.timedelta(minutes=5), path=path, clock=clock)(fresh=True, tolerance_seconds=5)
+    Cache(other, dt.timedelta(minutes=5), path=path, clock=clock)(
+        fresh=True, tolerance_seconds=5
+    )
     assert other.calls == 1
 
 
@@ -129,13 +135,20 @@ def test_reader_failure_regenerates_and_rewrites(
     with caplog.at_level(logging.WARNING):
         assert Cache(src, dt.timedelta(minutes=5), path=path, clock=clock)() == {"n": 1}
     assert "cannot read" in caplog.text
-    assert Cache(Source(), dt.timedelta(minutes=5), path=path, clock=clock)() == {"n": 1}
+    assert Cache(Source(), dt.timedelta(minutes=5), path=path, clock=clock)() == {
+        "n": 1
+    }
 
 
 def test_json_saver_and_reader(tmp_path: Path, clock: FakeClock) -> None:
     path = tmp_path / "snap.json"
     cache = Cache(
-        Source(), dt.timedelta(minutes=5), path=path, saver=json_saver, reader=json_reader, clock=clock
+        Source(),
+        dt.timedelta(minutes=5),
+        path=path,
+        saver=json_saver,
+        reader=json_reader,
+        clock=clock,
     )
     cache()
     assert json.loads(path.read_text()) == {"n": 1}
@@ -145,7 +158,9 @@ def test_json_saver_and_reader(tmp_path: Path, clock: FakeClock) -> None:
 def test_failed_save_keeps_value_in_memory(tmp_path: Path, clock: FakeClock) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    cache = Cache(Source(), dt.timedelta(minutes=5), path=blocker / "snap.pkl", clock=clock)
+    cache = Cache(
+        Source(), dt.timedelta(minutes=5), path=blocker / "snap.pkl", clock=clock
+    )
     assert cache() == {"n": 1}
 
 
@@ -155,8 +170,12 @@ def test_cache_needs_path() -> None:
 
 
 def test_disk_decorator(tmp_path: Path) -> None:
-    @Cache.as_decorator(expire=dt.timedelta(minutes=1), path=tmp_path / "v.json",
-                        saver=json_saver, reader=json_reader)
+    @Cache.as_decorator(
+        expire=dt.timedelta(minutes=1),
+        path=tmp_path / "v.json",
+        saver=json_saver,
+        reader=json_reader,
+    )
     def value() -> list[int]:
         return [1, 2]
 

@@ -37,7 +37,9 @@ def threaded(clock: FakeClock, tmp_path: Path) -> Iterator[Callable[[], Schedule
     made: list[Scheduler] = []
 
     def make() -> Scheduler:
-        s = Scheduler(clock=clock, executor=ThreadExecutor(4), state_dir=tmp_path / "state")
+        s = Scheduler(
+            clock=clock, executor=ThreadExecutor(4), state_dir=tmp_path / "state"
+        )
         made.append(s)
         return s
 
@@ -55,7 +57,9 @@ def fire_twice(scheduler: Scheduler, clock: FakeClock, gate: Gate) -> None:
     scheduler.run_pending()  # the first run is still blocked
 
 
-def test_forbid_skips_with_reason(threaded: Callable[[], Scheduler], clock: FakeClock) -> None:
+def test_forbid_skips_with_reason(
+    threaded: Callable[[], Scheduler], clock: FakeClock
+) -> None:
     scheduler = threaded()
     gate = Gate()
     scheduler.register_task("slow", MINUTE, gate, overlap="forbid")
@@ -68,7 +72,9 @@ def test_forbid_skips_with_reason(threaded: Callable[[], Scheduler], clock: Fake
     assert gate.calls == 1
 
 
-def test_allow_runs_concurrently(threaded: Callable[[], Scheduler], clock: FakeClock) -> None:
+def test_allow_runs_concurrently(
+    threaded: Callable[[], Scheduler], clock: FakeClock
+) -> None:
     scheduler = threaded()
     gate = Gate()
     scheduler.register_task("slow", MINUTE, gate, overlap="allow")

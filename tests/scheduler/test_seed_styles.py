@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import threading
 from collections.abc import Callable
@@ -55,9 +56,9 @@ def test_seed_000_usage_runs_as_written(tmp_path: Path, clock: FakeClock) -> Non
     assert scheduler.cycle == 3
     assert (tmp_path / "tmp/snapshot.pkl").exists()
     # Cycles are wait_ms apart on the clock.
-    assert clock.now() - dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc) == dt.timedelta(
-        seconds=10
-    )
+    assert clock.now() - dt.datetime(
+        2024, 1, 1, tzinfo=dt.timezone.utc
+    ) == dt.timedelta(seconds=10)
     records = scheduler.get_records_df()
     assert len(records) == 1
     assert records[0]["cycles"] == 3
@@ -68,7 +69,10 @@ def test_until_ms_stops_the_loop(clock: FakeClock) -> None:
     calls: list[int] = []
     stop_at = int((clock.time() + 12) * 1000)
     scheduler = Scheduler(
-        routine=lambda s: calls.append(s.cycle), wait_ms=5_000, until_ms=stop_at, clock=clock
+        routine=lambda s: calls.append(s.cycle),
+        wait_ms=5_000,
+        until_ms=stop_at,
+        clock=clock,
     )
     scheduler.run()
     assert calls == [0, 1, 2]
@@ -115,7 +119,11 @@ def test_custom_exception_handler_keeps_the_loop_going(clock: FakeClock) -> None
         exception_handler=lambda exc, where, s: errors.append((where, str(exc))),
     )
     scheduler.run()
-    assert errors == [("routine", "cycle 0"), ("routine", "cycle 1"), ("routine", "cycle 2")]
+    assert errors == [
+        ("routine", "cycle 0"),
+        ("routine", "cycle 1"),
+        ("routine", "cycle 2"),
+    ]
 
 
 def test_slow_routine_does_not_drift(clock: FakeClock) -> None:
@@ -126,7 +134,7 @@ def test_slow_routine_does_not_drift(clock: FakeClock) -> None:
         clock.advance(2)  # the routine itself takes 2 s
 
     Scheduler(routine=routine, wait_ms=5_000, max_cycles=4, clock=clock).run()
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert gaps == [5.0, 5.0, 5.0]
 
 
@@ -152,7 +160,9 @@ def test_seed_001_register_and_run_pending(
     assert scheduler.run_pending() == 0  # the same fire never runs twice
 
 
-def test_invalid_cron_raises_at_registration(make_scheduler: Callable[..., Scheduler]) -> None:
+def test_invalid_cron_raises_at_registration(
+    make_scheduler: Callable[..., Scheduler],
+) -> None:
     scheduler = make_scheduler()
     with pytest.raises(ConfigError, match=r"schedule 'bad', field 'cron'"):
         scheduler.register_task("bad", "61 * * * *", lambda: None)
@@ -163,7 +173,9 @@ def test_invalid_cron_raises_at_registration(make_scheduler: Callable[..., Sched
     assert scheduler.jobs == {}
 
 
-def test_duplicate_registration_needs_replace(make_scheduler: Callable[..., Scheduler]) -> None:
+def test_duplicate_registration_needs_replace(
+    make_scheduler: Callable[..., Scheduler],
+) -> None:
     scheduler = make_scheduler()
     scheduler.register_task("a", 60, lambda: None)
     with pytest.raises(ConfigError, match="already registered"):
@@ -200,7 +212,9 @@ def test_timedelta_interval_and_pass_context(
 ) -> None:
     scheduler = make_scheduler()
     got: list[object] = []
-    scheduler.register_task("ctx", dt.timedelta(minutes=1), got.append, pass_context=True)
+    scheduler.register_task(
+        "ctx", dt.timedelta(minutes=1), got.append, pass_context=True
+    )
     clock.advance(60)
     scheduler.run_pending()
     (ctx,) = got
@@ -208,9 +222,13 @@ def test_timedelta_interval_and_pass_context(
     assert ctx.nominal_time == dt.datetime(2024, 1, 1, 0, 1, tzinfo=dt.timezone.utc)  # type: ignore[attr-defined]
 
 
-def test_run_pending_is_thread_safe_during_registration(tmp_path: Path, clock: FakeClock) -> None:
+def test_run_pending_is_thread_safe_during_registration(
+    tmp_path: Path, clock: FakeClock
+) -> None:
     """Several threads register and run at once; every fire runs exactly once."""
-    scheduler = Scheduler(clock=clock, executor=InlineExecutor(), state_dir=tmp_path / "s")
+    scheduler = Scheduler(
+        clock=clock, executor=InlineExecutor(), state_dir=tmp_path / "s"
+    )
     counts: dict[str, int] = {}
     lock = threading.Lock()
     in_callback = threading.Event()
@@ -252,7 +270,9 @@ def test_run_pending_is_thread_safe_during_registration(tmp_path: Path, clock: F
         t.join()
     assert not errors
     # The 20 entries registered before the fire ran exactly once each.
-    assert {k: v for k, v in counts.items() if int(k[1:]) < 20} == {f"t{i}": 1 for i in range(20)}
+    assert {k: v for k, v in counts.items() if int(k[1:]) < 20} == {
+        f"t{i}": 1 for i in range(20)
+    }
     assert len(scheduler.jobs) == 60
     clock.advance(60)
     scheduler.run_pending()
@@ -273,10 +293,16 @@ def test_callback_can_register_tasks_without_deadlock(
     assert "child" in scheduler.jobs
 
 
-def test_thread_executor_runs_callbacks_off_the_caller(tmp_path: Path, clock: FakeClock) -> None:
-    scheduler = Scheduler(clock=clock, executor=ThreadExecutor(2), state_dir=tmp_path / "s")
+def test_thread_executor_runs_callbacks_off_the_caller(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    scheduler = Scheduler(
+        clock=clock, executor=ThreadExecutor(2), state_dir=tmp_path / "s"
+    )
     names: list[str] = []
-    scheduler.register_task("t", 60, lambda: names.append(threading.current_thread().name))
+    scheduler.register_task(
+        "t", 60, lambda: names.append(threading.current_thread().name)
+    )
     clock.advance(60)
     scheduler.run_pending()
     assert scheduler.drain(timeout=30)

@@ -27,7 +27,9 @@ MINUTE = 60.0
 HERE = Path(__file__).parent
 
 
-def blocked_scheduler(tmp_path: Path, clock: FakeClock) -> tuple[Scheduler, threading.Event, threading.Event]:
+def blocked_scheduler(
+    tmp_path: Path, clock: FakeClock
+) -> tuple[Scheduler, threading.Event, threading.Event]:
     release, started = threading.Event(), threading.Event()
 
     def slow() -> None:
@@ -45,7 +47,9 @@ def blocked_scheduler(tmp_path: Path, clock: FakeClock) -> tuple[Scheduler, thre
     return s, release, started
 
 
-def test_shutdown_timeout_marks_running_interrupted(tmp_path: Path, clock: FakeClock) -> None:
+def test_shutdown_timeout_marks_running_interrupted(
+    tmp_path: Path, clock: FakeClock
+) -> None:
     s, release, _ = blocked_scheduler(tmp_path, clock)
     assert s.shutdown(timeout=0) is False
     states = {r.state for r in s.ledger.history(entry="slow")}
@@ -93,7 +97,9 @@ def test_sigterm_stops_the_loop(tmp_path: Path, clock: FakeClock) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     previous = signal.getsignal(signal.SIGTERM)
-    s = Scheduler(routine=routine, wait_ms=1000, clock=clock, state_dir=tmp_path / "state")
+    s = Scheduler(
+        routine=routine, wait_ms=1000, clock=clock, state_dir=tmp_path / "state"
+    )
     s.run(handle_signals=True)
     assert s.cycle == 3
     assert s.records[-1]["termination reason"] == "shutdown requested"
@@ -118,7 +124,9 @@ def test_signal_handlers_need_main_thread(tmp_path: Path, clock: FakeClock) -> N
     s.close()
 
 
-def test_process_executor_shutdown_terminates_workers(tmp_path: Path, clock: FakeClock) -> None:
+def test_process_executor_shutdown_terminates_workers(
+    tmp_path: Path, clock: FakeClock
+) -> None:
     marker = tmp_path / "started"
     executor = ProcessExecutor(1)
     s = Scheduler(clock=clock, executor=executor, state_dir=tmp_path / "state")
@@ -149,7 +157,10 @@ def test_memory_stays_flat_over_100k_fires(tmp_path: Path) -> None:
     quiet.setLevel(logging.WARNING)
     quiet.propagate = False
     s = Scheduler(
-        clock=clock, executor=InlineExecutor(), state_dir=tmp_path / "state", logger=quiet
+        clock=clock,
+        executor=InlineExecutor(),
+        state_dir=tmp_path / "state",
+        logger=quiet,
     )
     counter = [0]
 

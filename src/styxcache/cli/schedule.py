@@ -40,7 +40,7 @@ def _load(config: Path) -> ScheduleConfig:
 
 @click.group()
 def schedule() -> None:
-    """Rerun pipelines on cron and interval schedules through the cache.
+    r"""Rerun pipelines on cron and interval schedules through the cache.
 
     \b
     Examples:
@@ -109,7 +109,7 @@ def list_(config: Path, count: int, as_json: bool) -> None:
     for entry in parsed.entries:
         scheduler.add_entry(entry)
     fires = scheduler.next_fire_times(count)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": e.name,
             "trigger": e.trigger.describe(),
@@ -141,7 +141,8 @@ def list_(config: Path, count: int, as_json: bool) -> None:
         table.add_row(
             row["name"] + ("" if row["enabled"] else " (disabled)"),
             row["trigger"],
-            row["target"] + (f"\n× {row['expand_from']}" if row["expand_from"] else ""),
+            row["target"]
+            + (f"\nfan-out: {row['expand_from']}" if row["expand_from"] else ""),
             row["cache"],
             row["catchup"],
             row["overlap"],
@@ -185,6 +186,7 @@ def validate(config: Path) -> None:
 )
 def history(
     config: Path,
+    *,
     state_dir: Path | None,
     entry: str | None,
     state: str | None,

@@ -213,6 +213,10 @@ class ScheduleConfig:
     path: Path | None = None
 
 
+def _names(names: list[str]) -> str:
+    return ", ".join(map(repr, names))
+
+
 def _ref_name(ref: object) -> str:
     if ref is None:
         return ""
@@ -368,7 +372,7 @@ def build_entry(
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(
-            f"unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(ENTRY_KEYS))}",
+            f"unknown key(s) {_names(unknown)}; allowed: {_names(sorted(ENTRY_KEYS))}",
             entry=entry,
             field=unknown[0],
         )
@@ -502,12 +506,14 @@ def parse_config(
     base = base_dir or Path.cwd()
     if not isinstance(data, Mapping):
         raise ConfigError(
-            f"the file must hold a mapping with a 'schedules' list, got {type(data).__name__}"
+            "the file must hold a mapping with a 'schedules' list,"
+            f" got {type(data).__name__}"
         )
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise ConfigError(
-            f"unknown top-level key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(_TOP_KEYS))}",
+            f"unknown top-level key(s) {_names(unknown)};"
+            f" allowed: {_names(sorted(_TOP_KEYS))}",
             field=unknown[0],
         )
     schedules = data.get("schedules")
@@ -519,7 +525,8 @@ def parse_config(
     bad_defaults = sorted(set(defaults) - _DEFAULTABLE)
     if bad_defaults:
         raise ConfigError(
-            f"cannot set {', '.join(map(repr, bad_defaults))} here; allowed: {', '.join(sorted(_DEFAULTABLE))}",
+            f"cannot set {_names(bad_defaults)} here;"
+            f" allowed: {_names(sorted(_DEFAULTABLE))}",
             entry="defaults",
             field=bad_defaults[0],
         )

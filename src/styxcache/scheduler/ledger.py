@@ -203,7 +203,8 @@ class Ledger:
                 self._conn.executescript(_SCHEMA)
                 return
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == 99:
+                transient = "locked" in str(exc) or "busy" in str(exc)
+                if not transient or attempt == 99:
                     raise
                 time.sleep(0.01 * (1 + attempt % 10))
 
@@ -265,7 +266,8 @@ class Ledger:
                         since = max(since, now) if again else since
                     state = EntryState(name, signature, since, watermark, enabled)
                     conn.execute(
-                        "UPDATE entries SET signature = ?, since = ?, watermark = ?, enabled = ?"
+                        "UPDATE entries SET signature = ?, since = ?, watermark = ?,"
+                        " enabled = ?"
                         " WHERE name = ?",
                         (signature, since, watermark, int(enabled), name),
                     )
@@ -327,7 +329,8 @@ class Ledger:
             return
         with self._transaction() as conn:
             conn.executemany(
-                "UPDATE runs SET state = ?, reason = ?, started = ?, ended = ?, lateness = ?,"
+                "UPDATE runs SET state = ?, reason = ?, started = ?, ended = ?,"
+                " lateness = ?,"
                 " error = ?, hits = ?, misses = ? WHERE key = ?",
                 [
                     (
@@ -435,7 +438,8 @@ class Ledger:
                 if str(row["owner"]) == self.owner:
                     continue
                 conn.execute(
-                    "UPDATE runs SET state = 'interrupted', ended = ?, reason = ? WHERE key = ?",
+                    "UPDATE runs SET state = 'interrupted', ended = ?, reason = ?"
+                    " WHERE key = ?",
                     (now, "the scheduler process that ran it ended first", row["key"]),
                 )
                 marked += 1

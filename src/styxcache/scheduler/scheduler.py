@@ -104,7 +104,7 @@ class Scheduler:
         2
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - seed-000 API takes these positionally
         self,
         routine: Callable[[Scheduler], Any] | None = None,
         wait_ms: int = 5_000,
@@ -522,8 +522,7 @@ class Scheduler:
                 records.append(
                     self._record(
                         entry,
-                        nominal,
-                        due,
+                        (nominal, due),
                         "coalesced",
                         f"coalesced into {newest}",
                         now,
@@ -534,21 +533,21 @@ class Scheduler:
             to_run = due_fires[-entry.max_catchup :]
             for nominal, due in due_fires[: -entry.max_catchup]:
                 reason = f"beyond max_catchup={entry.max_catchup}"
-                records.append(self._record(entry, nominal, due, "missed", reason, now))
+                record = self._record(entry, (nominal, due), "missed", reason, now)
+                records.append(record)
         else:
             to_run = on_time[-1:]
             for nominal, due in late:
                 records.append(
                     self._record(
-                        entry, nominal, due, "missed", "late and catchup=none", now
+                        entry, (nominal, due), "missed", "late and catchup=none", now
                     )
                 )
             for nominal, due in on_time[:-1]:
                 records.append(
                     self._record(
                         entry,
-                        nominal,
-                        due,
+                        (nominal, due),
                         "coalesced",
                         "a newer on-time fire ran",
                         now,
@@ -564,8 +563,7 @@ class Scheduler:
                 records.append(
                     self._record(
                         entry,
-                        nominal,
-                        due,
+                        (nominal, due),
                         "skipped",
                         "previous run still running",
                         now,
@@ -576,7 +574,7 @@ class Scheduler:
                 if queue_room <= 0:
                     reason = f"overlap queue full ({max(entry.max_catchup, 1)} waiting)"
                     records.append(
-                        self._record(entry, nominal, due, "skipped", reason, now)
+                        self._record(entry, (nominal, due), "skipped", reason, now)
                     )
                     continue
                 queue_room -= 1
@@ -585,7 +583,7 @@ class Scheduler:
                 action = "start"
             # Later fires of the same batch wait for this one (catch-up in order).
             busy = busy or entry.overlap != "allow"
-            record = self._record(entry, nominal, due, "planned", "", None)
+            record = self._record(entry, (nominal, due), "planned", "", None)
             if action == "start":
                 # A fire claimed ahead of time starts at its due instant.
                 record.state, record.started, record.lateness = (
@@ -606,12 +604,12 @@ class Scheduler:
     @staticmethod
     def _record(
         entry: ScheduleEntry,
-        nominal: float,
-        due: float,
+        fire: tuple[float, float],
         state: str,
         reason: str,
         ended: float | None,
     ) -> RunRecord:
+        nominal, due = fire
         return RunRecord(
             key=run_key(entry.name, nominal),
             entry=entry.name,
