@@ -26,7 +26,7 @@ import tempfile
 import time
 import venv
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -148,7 +148,7 @@ class Worker:
         self.hello = self._read()
 
     def _read(self) -> dict[str, Any]:
-        stdout: TextIO | None = self.process.stdout
+        stdout = self.process.stdout
         assert stdout is not None
         line = stdout.readline()
         if not line:
