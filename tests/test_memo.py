@@ -176,10 +176,21 @@ def test_memo_stays_bounded_and_drops_oldest(tmp_path: Path) -> None:
     memo = DigestMemo(tmp_path / "memo", max_bytes=256 * 1024)
     for batch in range(40):
         memo.put_many([(f"f:{batch}:{i}:0:0:0", "0" * 64) for i in range(200)])
-    assert 0 < len(memo) < 40 * 200
+    # A fresh instance reads only the database, not this process's memory.
+    stored = DigestMemo(tmp_path / "memo")
+    assert 0 < len(stored) < 40 * 200
     # The newest rows survive trimming; the oldest are the ones dropped.
-    assert memo.get("f:39:199:0:0:0") is not None
-    assert memo.get("f:0:0:0:0:0") is None
+    assert stored.get("f:39:199:0:0:0") is not None
+    assert stored.get("f:0:0:0:0:0") is None
+
+
+def test_repeated_lookups_agree_with_the_database(tmp_path: Path) -> None:
+    memo = DigestMemo(tmp_path / "memo")
+    memo.put("f:1:2:3:4:5", "d" * 64)
+    assert memo.get("f:1:2:3:4:5") == memo.get("f:1:2:3:4:5") == "d" * 64
+    other = DigestMemo(tmp_path / "memo")
+    assert other.get("f:1:2:3:4:5") == "d" * 64
+    assert other.get("f:9:9:9:9:9") is None
 
 
 def test_memo_is_sqlite_in_wal_mode(memo: DigestMemo) -> None:

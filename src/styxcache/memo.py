@@ -34,6 +34,9 @@ _SCHEMA_VERSION = 1
 _ROW_BYTES = 200
 """About what one file's row takes in the database (key, digest, b-tree)."""
 
+_RECENT_LIMIT = 4096
+"""Digests also kept in memory, for repeated hits within one process."""
+
 _NETWORK_FILESYSTEMS = frozenset(
     {
         "nfs",
@@ -144,6 +147,7 @@ class DigestMemo:
         self._max_bytes = max_bytes if max_bytes is not None else max_rows * _ROW_BYTES
         self._local = threading.local()
         self._disabled = False
+        self._recent: dict[str, str] = {}
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._connection()
@@ -198,6 +202,9 @@ class DigestMemo:
         """
         if self._disabled:
             return None
+        known = self._recent.get(key)
+        if known is not None:
+            return known
         try:
             row = (
                 self._connection()
@@ -207,7 +214,18 @@ class DigestMemo:
         except sqlite3.Error as exc:
             self._disable(exc)
             return None
-        return None if row is None else str(row[0])
+        if row is None:
+            return None
+        self._remember([(key, str(row[0]))])
+        return str(row[0])
+
+    def _remember(self, items: list[tuple[str, str]]) -> None:
+        # A key names one version of one file, so a remembered pair never
+        # goes stale; the copy in memory only spares repeated hits in this
+        # process the SQLite query. Cleared wholesale to stay bounded.
+        if len(self._recent) + len(items) > _RECENT_LIMIT:
+            self._recent = {}
+        self._recent.update(items)
 
     def get_many(self, keys: list[str]) -> dict[str, str]:
         """Return the remembered digests of several keys at once.
@@ -269,6 +287,8 @@ class DigestMemo:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            if len(items) <= _RECENT_LIMIT // 4:
+                self._remember(items)
             if self._used_bytes(conn) > self._max_bytes:
                 self._trim(conn)
         except sqlite3.Error as exc:
