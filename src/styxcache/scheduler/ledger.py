@@ -245,18 +245,19 @@ class Ledger:
             The state of each named schedule after the update.
         """
         fresh = set(restart)
+        wanted = list(entries)
         result: dict[str, EntryState] = {}
+        inserts: list[tuple[str, str, float, float, int]] = []
+        updates: list[tuple[str, float, float, int, str]] = []
         with self._transaction() as conn:
-            for name, signature, enabled, now in entries:
-                row = conn.execute(
-                    "SELECT * FROM entries WHERE name = ?", (name,)
-                ).fetchone()
+            # One read of every stored row: registering thousands of entries
+            # must not cost a query each.
+            stored = {row["name"]: row for row in conn.execute("SELECT * FROM entries")}
+            for name, signature, enabled, now in wanted:
+                row = stored.get(name)
                 if row is None:
                     state = EntryState(name, signature, now, now, enabled)
-                    conn.execute(
-                        "INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
-                        (name, signature, now, now, int(enabled)),
-                    )
+                    inserts.append((name, signature, now, now, int(enabled)))
                 else:
                     watermark = float(row["watermark"])
                     since = float(row["since"])
@@ -265,13 +266,14 @@ class Ledger:
                         watermark = max(watermark, now)
                         since = max(since, now) if again else since
                     state = EntryState(name, signature, since, watermark, enabled)
-                    conn.execute(
-                        "UPDATE entries SET signature = ?, since = ?, watermark = ?,"
-                        " enabled = ?"
-                        " WHERE name = ?",
-                        (signature, since, watermark, int(enabled), name),
-                    )
+                    updates.append((signature, since, watermark, int(enabled), name))
                 result[name] = state
+            conn.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", inserts)
+            conn.executemany(
+                "UPDATE entries SET signature = ?, since = ?, watermark = ?,"
+                " enabled = ? WHERE name = ?",
+                updates,
+            )
         return result
 
     def entry_states(self) -> dict[str, EntryState]:

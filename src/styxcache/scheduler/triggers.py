@@ -14,10 +14,12 @@ Two kinds, behind one `Trigger` protocol:
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import functools
 import heapq
 import math
+import threading
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -114,8 +116,12 @@ class CronTrigger:
                 f"cron expression {expression!r} has {len(fields)} fields; "
                 "expected 5 (minute hour day month weekday) or 6 (with seconds)"
             )
-        if not _cron_is_valid(expression):
-            raise TriggerError(f"invalid cron expression {expression!r}")
+        try:
+            self._template = _walker_template(" ".join(fields))
+        except Exception as exc:  # croniter raises several unrelated types
+            raise TriggerError(
+                f"invalid cron expression {expression!r}: {exc}"
+            ) from None
         self.expression = " ".join(fields)
         self.timezone = timezone
         self._zone = load_zone(timezone)
@@ -141,7 +147,16 @@ class CronTrigger:
             The next fire instant (cron schedules never end, but an
             expression such as `0 0 30 2 *` never matches, giving None).
         """
-        return _cron_next(self.expression, self.timezone, self._hour_wildcard, after)
+        key = (self.expression, self.timezone, after)
+        with _NEXT_LOCK:
+            if key in _NEXT_CACHE:
+                return _NEXT_CACHE[key]
+        result = next(iter(self.iter_after(after)), None)
+        with _NEXT_LOCK:
+            if len(_NEXT_CACHE) >= _NEXT_CACHE_SIZE:
+                del _NEXT_CACHE[next(iter(_NEXT_CACHE))]  # drop the oldest
+            _NEXT_CACHE[key] = result
+        return result
 
     def iter_after(self, after: float) -> Iterator[float]:
         """Yield fires strictly after `after`, increasing, applying DST rules.
@@ -152,7 +167,7 @@ class CronTrigger:
         Yields:
             Fire instants in Unix seconds.
         """
-        return _cron_iter(self._zone, self.expression, self._hour_wildcard, after)
+        return _cron_iter(self._zone, self._template, self._hour_wildcard, after)
 
 
 class IntervalTrigger:
@@ -223,20 +238,18 @@ class IntervalTrigger:
             k += 1
 
 
-@functools.lru_cache(maxsize=4096)
-def _cron_is_valid(expression: str) -> bool:
-    return bool(croniter.is_valid(expression))
+# Next-fire answers shared by all triggers, so that thousands of entries with
+# one expression (a herd) cost one computation per fire instead of one each.
+_NEXT_CACHE: dict[tuple[str, str, float], float | None] = {}
+_NEXT_CACHE_SIZE = 65536
+_NEXT_LOCK = threading.Lock()
 
 
-@functools.lru_cache(maxsize=65536)
-def _cron_next(
-    expression: str, zone: str, hour_wildcard: bool, after: float
-) -> float | None:
-    # Cached so that thousands of entries sharing one expression (a herd)
-    # cost one computation per fire instead of one each.
-    for fire in _cron_iter(load_zone(zone), expression, hour_wildcard, after):
-        return fire
-    return None
+@functools.lru_cache(maxsize=1024)
+def _walker_template(expression: str) -> croniter:
+    # Parsing ("expanding") an expression is croniter's costly step: each
+    # trigger keeps its parsed walker and copies it for every walk.
+    return croniter(expression, dt.datetime(2000, 1, 1))
 
 
 def _offset(zone: ZoneInfo, ts: float) -> dt.timedelta | None:
@@ -244,7 +257,7 @@ def _offset(zone: ZoneInfo, ts: float) -> dt.timedelta | None:
 
 
 def _cron_iter(
-    zone: ZoneInfo, expression: str, hour_wildcard: bool, after: float
+    zone: ZoneInfo, template: croniter, hour_wildcard: bool, after: float
 ) -> Iterator[float]:
     start = dt.datetime.fromtimestamp(after, zone).replace(tzinfo=None)
     if _offset(zone, after - _TRANSITION_MARGIN_S) != _offset(
@@ -254,7 +267,8 @@ def _cron_iter(
         # still lie ahead of `after`: start the wall-time walk a bit earlier.
         start -= dt.timedelta(seconds=_TRANSITION_MARGIN_S)
     # croniter walks naive wall time; this module maps wall time to instants.
-    walker = croniter(expression, start)
+    walker = copy.copy(template)
+    walker.set_current(start, force=True)
     pending: list[float] = []
     last = after
     misses = 0
