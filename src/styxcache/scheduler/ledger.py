@@ -308,17 +308,28 @@ class Ledger:
         sql = (
             f"INSERT OR IGNORE INTO runs ({', '.join(_FIELDS)}) VALUES ({placeholders})"
         )
-        claimed: list[bool] = []
+        for record in records:
+            record.owner = self.owner
+        rows = [[getattr(r, f) for f in _FIELDS] for r in records]
         with self._transaction() as conn:
-            for record in records:
-                record.owner = self.owner
-                cursor = conn.execute(sql, [getattr(record, f) for f in _FIELDS])
-                claimed.append(cursor.rowcount == 1)
-            for name, mark in (watermarks or {}).items():
-                conn.execute(
-                    "UPDATE entries SET watermark = MAX(watermark, ?) WHERE name = ?",
-                    (mark, name),
-                )
+            inserted = conn.executemany(sql, rows).rowcount
+            if inserted == len(records):
+                claimed = [True] * len(records)
+            else:
+                # Some keys were there already: ours are the rows we own now.
+                # (A key is never claimed twice by one ledger.)
+                claimed = [
+                    conn.execute(
+                        "SELECT 1 FROM runs WHERE key = ? AND owner = ?",
+                        (r.key, self.owner),
+                    ).fetchone()
+                    is not None
+                    for r in records
+                ]
+            conn.executemany(
+                "UPDATE entries SET watermark = MAX(watermark, ?) WHERE name = ?",
+                [(mark, name) for name, mark in (watermarks or {}).items()],
+            )
         return claimed
 
     def update(self, records: Sequence[RunRecord]) -> None:
