@@ -99,7 +99,7 @@ def run_key(entry: str, nominal: float, item: str = "") -> str:
     return f"{base}#{item}" if item else base
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class RunRecord:
     """One row of the ledger.
 

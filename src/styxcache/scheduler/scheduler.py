@@ -63,7 +63,7 @@ _MAX_ITEM_KEY = 80
 ExceptionHandler = Callable[[BaseException, str, "Scheduler"], Any]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class _Fire:
     """One claimed run on its way to (or back from) the executor."""
 
@@ -75,7 +75,7 @@ class _Fire:
     action: str = "start"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class _Job:
     """Runtime state of one registered entry."""
 
