@@ -184,8 +184,11 @@ def test_one_info_line_per_hit_or_miss_and_runner_lines_unchanged(
 
 
 @pytest.mark.usefixtures("mrtrix")
-def test_graph_runner_around_the_cache_draws_the_same_graph_on_hits(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    "cache_outside", [False, True], ids=["graph-outside", "cache-outside"]
+)
+def test_graph_is_the_same_on_hits_in_either_order(
+    tmp_path: Path, cache_outside: bool
 ) -> None:
     styxgraph = pytest.importorskip("styxgraph")
     from styxcache import CachingRunner
@@ -194,8 +197,14 @@ def test_graph_runner_around_the_cache_draws_the_same_graph_on_hits(
     graphs = []
     for _ in range(2):
         base = LocalRunner(data_dir=tmp_path / "styx_tmp")
-        graph = styxgraph.GraphRunner(CachingRunner(base, tmp_path / "cache"))
-        steps = run_subjects(graph, images)
+        if cache_outside:
+            graph = styxgraph.GraphRunner(base)
+            runner = CachingRunner(graph, tmp_path / "cache")
+        else:
+            graph = runner = styxgraph.GraphRunner(
+                CachingRunner(base, tmp_path / "cache")
+            )
+        steps = run_subjects(runner, images)
         edges = graph.dependency_resolver.build_dependencies(graph.nodes)
         graphs.append((len(graph.nodes), sorted(edges), [s.outcome for s in steps]))
 
