@@ -7,6 +7,7 @@ import nox
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.default_venv_backend = "venv"
 
+
 @nox.session
 def tests(session: nox.Session) -> None:
     session.install("-e", ".[test]")
