@@ -298,3 +298,56 @@ def test_sighup_reloads(write_yaml: Callable[[str], Path], clock: FakeClock) -> 
     scheduler.run(max_cycles=2, handle_signals=True)
     assert "renamed" in scheduler.jobs and "hourly" not in scheduler.jobs
     scheduler.close()
+
+
+def test_disable_then_enable_by_reload_starts_from_enable_time(
+    write_yaml: Callable[[str], Path], clock: FakeClock
+) -> None:
+    path = write_yaml(
+        BASE.replace("interval_seconds: 3600", "interval_seconds: 60\n    catchup: all")
+    )
+    scheduler = make_from(path, clock)
+    scheduler.run_pending()
+    clock.advance(60)
+    scheduler.run_pending()
+    assert scheduler.ledger.count_by_state("hourly") == {"ok": 1}
+    text = path.read_text(encoding="utf-8")
+    path.write_text(
+        text.replace("catchup: all", "catchup: all\n    enabled: false"),
+        encoding="utf-8",
+    )
+    assert scheduler.reload()
+    scheduler.run_pending()
+    clock.advance(600)  # ten fires while disabled
+    scheduler.run_pending()
+    path.write_text(text, encoding="utf-8")
+    assert scheduler.reload()
+    scheduler.run_pending()
+    assert scheduler.ledger.count_by_state("hourly") == {"ok": 1}
+    clock.advance(60)
+    scheduler.run_pending()
+    assert scheduler.ledger.count_by_state("hourly") == {"ok": 2}
+    scheduler.close()
+
+
+def test_disabled_state_survives_a_restart(
+    write_yaml: Callable[[str], Path], clock: FakeClock
+) -> None:
+    on = BASE.replace(
+        "interval_seconds: 3600", "interval_seconds: 60\n    catchup: all"
+    )
+    off = on.replace("catchup: all", "catchup: all\n    enabled: false")
+    path = write_yaml(on)
+    first = make_from(path, clock)
+    first.run_pending()
+    first.close()
+    write_yaml(off)
+    second = make_from(path, clock)
+    second.run_pending()
+    second.close()
+    clock.advance(600)
+    write_yaml(on)
+    third = make_from(path, clock)
+    third.run_pending()
+    assert third.ledger.count_by_state("hourly") == {}  # nothing from the disabled time
+    third.close()

@@ -91,19 +91,20 @@ def test_background_thread_start_and_shutdown(tmp_path: Path, clock: FakeClock) 
     s.ledger.close()
 
 
-def test_sigterm_stops_the_loop(tmp_path: Path, clock: FakeClock) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_the_loop(tmp_path: Path, clock: FakeClock, signum: int) -> None:
     def routine(sched: Scheduler) -> None:
         if sched.cycle == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
 
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.getsignal(signum)
     s = Scheduler(
         routine=routine, wait_ms=1000, clock=clock, state_dir=tmp_path / "state"
     )
     s.run(handle_signals=True)
     assert s.cycle == 3
     assert s.records[-1]["termination reason"] == "shutdown requested"
-    assert signal.getsignal(signal.SIGTERM) is previous
+    assert signal.getsignal(signum) is previous
     s.ledger.close()
 
 

@@ -339,10 +339,12 @@ class Scheduler:
             self._unsynced.add(entry.name)
             return
         trigger_changed = old.entry.trigger.signature != entry.trigger.signature
-        enabled_now = entry.enabled and not old.entry.enabled
+        # Either direction is written to the ledger: re-enabling must start
+        # from "now" even after a restart.
+        enabled_changed = entry.enabled != old.entry.enabled
         old.entry = entry
         old.version += 1
-        if trigger_changed or enabled_now or not old.synced:
+        if trigger_changed or enabled_changed or not old.synced:
             old.synced = False
             old.learned = self.clock.time()
             self._unsynced.add(entry.name)
