@@ -351,3 +351,20 @@ def test_disabled_state_survives_a_restart(
     third.run_pending()
     assert third.ledger.count_by_state("hourly") == {}  # nothing from the disabled time
     third.close()
+
+
+def test_reload_warns_about_settings_that_need_a_restart(
+    write_yaml: Callable[[str], Path],
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = write_yaml(BASE)
+    scheduler = make_from(path, clock)
+    write_yaml(
+        BASE.replace("executor: inline", "executor: {kind: threads, max_workers: 3}")
+    )
+    with caplog.at_level(logging.WARNING):
+        assert scheduler.reload()
+    assert "reload: executor changed" in caplog.text
+    assert "applies after a restart" in caplog.text
+    scheduler.close()

@@ -193,6 +193,7 @@ class Scheduler:
         self.on_run = on_run
         self.dispatch_lead_seconds = max(0.0, dispatch_lead_seconds)
         self.config_path: Path | None = None
+        self._config: ScheduleConfig | None = None
         self.stopping = threading.Event()
         """Set once shutdown has begun (no new fires are claimed after it)."""
 
@@ -250,6 +251,7 @@ class Scheduler:
             shutdown_timeout_seconds=config.shutdown_timeout_seconds,
         )
         scheduler.config_path = Path(path)
+        scheduler._config = config
         scheduler._apply_config(config, initial=True)
         return scheduler
 
@@ -1156,6 +1158,21 @@ class Scheduler:
         return True
 
     def _apply_config(self, config: ScheduleConfig, *, initial: bool) -> None:
+        previous = self._config
+        if not initial and previous is not None:
+            # These are fixed when the scheduler is built; say so, not silently.
+            for label, before, after in (
+                ("executor", previous.executor, config.executor),
+                ("state_dir", previous.state_dir, config.state_dir),
+            ):
+                if before != after:
+                    self.logger.warning(
+                        "reload: %s changed (%s -> %s); it applies after a restart",
+                        label,
+                        before,
+                        after,
+                    )
+        self._config = config
         with self._lock:
             new = {e.name: e for e in config.entries}
             removed = [name for name in self._jobs if name not in new]
