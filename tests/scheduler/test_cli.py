@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 from click.testing import CliRunner
 
@@ -99,3 +104,43 @@ def test_run_rejects_invalid_config(
     result = CliRunner().invoke(main, ["schedule", "run", str(path)])
     assert result.exit_code == 1 and "field 'overlap'" in result.output
     assert not (tmp_path / "state").exists()
+
+
+LAUNCH = "from styxcache.cli import main; main()"
+
+
+def _read_until(stream: IO[str], needle: str, seen: list[str]) -> None:
+    for line in stream:
+        seen.append(line)
+        if needle in line:
+            return
+    raise AssertionError(f"{needle!r} never appeared:\n{''.join(seen)}")
+
+
+def test_run_service_reloads_on_sighup_and_stops_on_sigterm(
+    write_yaml: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """The real command in a real process: signals drive it, no timing involved."""
+    path = write_yaml(CONFIG)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "COLUMNS": "200"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, "schedule", "run", str(path)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    seen: list[str] = []
+    try:
+        assert proc.stderr is not None
+        _read_until(proc.stderr, "scheduler started with 2 schedule(s)", seen)
+        write_yaml(CONFIG.replace("name: paused", "name: renamed"))
+        proc.send_signal(signal.SIGHUP)
+        _read_until(proc.stderr, "1 added, 0 changed, 1 removed", seen)
+        proc.send_signal(signal.SIGTERM)
+        _read_until(proc.stderr, "session ended (shutdown requested)", seen)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
