@@ -257,3 +257,15 @@ def test_cache_hit_does_not_read_inputs(
     call()
     assert runner.stats.hits == 1
     assert hasher.reads == []
+
+
+@pytest.mark.parametrize("stated", [0, 10, 999, 5000])
+def test_file_that_grew_or_shrank_since_its_stat_is_read_whole(
+    tmp_path: Path, stated: int
+) -> None:
+    data = os.urandom(3000)
+    path = tmp_path / "growing.log"
+    path.write_bytes(data)
+    expected = blake3(data).hexdigest()
+    assert ContentHasher(chunk_size=1000).hash_file(path, stated) == expected
+    assert ContentHasher().hash_file(path, stated) == expected

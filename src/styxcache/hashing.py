@@ -185,8 +185,15 @@ class ContentHasher:
             # Most inputs are read in one call: ask for one byte more than
             # the size so that a file that grew is still read to its end.
             want = size + 1 if size < self.chunk_size else self.chunk_size
+            got = 0
             while chunk := os.read(fd, want):
                 hasher.update(chunk)
+                got += len(chunk)
+                # Past the expected size, a short read is the end: skip the
+                # empty read that would confirm it. Before it, a short read
+                # (FUSE, a signal) only means "read again".
+                if got >= size and len(chunk) < want:
+                    break
                 want = self.chunk_size
         finally:
             os.close(fd)
