@@ -230,6 +230,8 @@ def measure(
                     worker.ask("hash", path=str(data.big))["seconds"],
                 )
                 add("d.cat", shell_seconds(cat))
+                folder = worker.ask("hash", path=str(data.folder))["seconds"]
+                add(f"d.folder.{worker.name}", folder)
         for threads in (1, 0):
             ceiling = workers["ours"].ask(
                 "ceiling", mib=min(256, args.big_bytes >> 20), threads=threads
@@ -343,6 +345,15 @@ def rows(result: dict[str, Any], data: Data, processes: int) -> list[Row]:
             f"{best['d.cat'] / best['d.ours']:.0%})",
             ">= 1.5x; >= 70%",
             m["d.old"] >= 1.5 * m["d.ours"] and m["d.cat"] >= 0.7 * m["d.ours"],
+        ),
+        Row(
+            f"d'. cold hash, {data.folder_files}-file folder",
+            _ms(m["d.folder.ours"]),
+            _ms(m["d.folder.old"]),
+            "",
+            f"{m['d.folder.old'] / m['d.folder.ours']:.2f}x faster",
+            "(no target)",
+            True,
         ),
         Row(
             "e. miss overhead (no-op tool)",
