@@ -209,7 +209,8 @@ class Scheduler:
         self._session_recorded = False
         self._recovered = False
         self._ready: list[_Fire] = []
-        self._unsynced: set[str] = set()
+        # Insertion-ordered, so fires due together start in registration order.
+        self._unsynced: dict[str, None] = {}
         self._unreported: list[tuple[_Fire, RunOutcome]] = []
         self._loop_ident: int | None = None
 
@@ -338,7 +339,7 @@ class Scheduler:
             self._jobs[entry.name] = _Job(
                 entry=entry, learned=self.clock.time(), fresh=fresh
             )
-            self._unsynced.add(entry.name)
+            self._unsynced[entry.name] = None
             return
         trigger_changed = old.entry.trigger.signature != entry.trigger.signature
         # Either direction is written to the ledger: re-enabling must start
@@ -349,7 +350,7 @@ class Scheduler:
         if trigger_changed or enabled_changed or not old.synced:
             old.synced = False
             old.learned = self.clock.time()
-            self._unsynced.add(entry.name)
+            self._unsynced[entry.name] = None
         else:
             self._schedule_next(old)
 
