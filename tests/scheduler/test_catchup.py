@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from styxcache.scheduler import FakeClock, InlineExecutor, Ledger, Scheduler, run_key
+from styxcache.scheduler import (
+    FakeClock,
+    InlineExecutor,
+    Ledger,
+    RunRecord,
+    Scheduler,
+    run_key,
+)
 
 MINUTE = 60.0
 
@@ -279,3 +289,27 @@ def test_ledger_shared_in_one_process_claims_once(
     assert len(ran) == 10
     a.close()
     b.close()
+
+
+def test_runs_of_a_dead_process_are_marked_interrupted(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    ledger = Ledger(tmp_path / "state" / "ledger.sqlite3")
+    ledger.owner = f"{socket.gethostname()}:{dead.stdout.strip()}:deadbeef"
+    ledger.claim([RunRecord(key="e@1.000000", entry="e", nominal=1.0, state="running")])
+    ledger.close()
+    scheduler = Scheduler(
+        clock=clock, executor=InlineExecutor(), state_dir=tmp_path / "state"
+    )
+    scheduler.register_task("e", MINUTE, lambda: None)
+    scheduler.run_pending()
+    row = scheduler.ledger.get("e@1.000000")
+    assert row is not None and row.state == "interrupted"
+    assert "ended first" in row.reason
+    scheduler.close()
