@@ -206,7 +206,6 @@ class Scheduler:
         self._reload_requested = False
         self._thread: threading.Thread | None = None
         self._session_start: float | None = None
-        self._session_recorded = False
         self._recovered = False
         self._ready: list[_Fire] = []
         # Insertion-ordered, so fires due together start in registration order.
@@ -960,7 +959,6 @@ class Scheduler:
             self.until_ms = until_ms
         restore = self._install_signals() if handle_signals else None
         self._session_start = self.clock.time()
-        self._session_recorded = False
         self._loop_ident = threading.get_ident()
         self.logger.info("scheduler started with %d schedule(s)", len(self._jobs))
         next_routine = self.clock.monotonic()
@@ -1226,7 +1224,6 @@ class Scheduler:
             **dict(self.sess_stats(self)),
         }
         self.records.append(record)
-        self._session_recorded = True
         self.logger.info("session ended (%s) after %d cycle(s)", reason, self.cycle)
         for index, row in enumerate(self.records):
             self.logger.info("session %d: %s", index, json.dumps(row, default=str))
