@@ -132,3 +132,24 @@ def test_system_clock_wake_returns_at_once() -> None:
     clock.wake()
     assert clock.wait(30) is True
     assert clock.now().tzinfo is dt.timezone.utc
+
+
+def test_swappable_pieces_satisfy_their_protocols(tmp_path: Path) -> None:
+    from styxcache.scheduler import (
+        Clock,
+        CronTrigger,
+        Executor,
+        IntervalTrigger,
+        Ledger,
+        RunStore,
+        Trigger,
+    )
+
+    ledger = Ledger(tmp_path / "l.sqlite3")
+    assert isinstance(ledger, RunStore)
+    ledger.close()
+    assert isinstance(CronTrigger("0 2 * * *"), Trigger)
+    assert isinstance(IntervalTrigger(60), Trigger)
+    for executor in (InlineExecutor(), ThreadExecutor(1)):
+        assert isinstance(executor, Executor)
+    assert isinstance(FakeClock(), Clock) and isinstance(SystemClock(), Clock)

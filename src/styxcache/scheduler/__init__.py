@@ -29,7 +29,7 @@ from styxcache.scheduler.executors import (
     ThreadExecutor,
     make_executor,
 )
-from styxcache.scheduler.ledger import Ledger, RunRecord, run_key
+from styxcache.scheduler.ledger import Ledger, RunRecord, RunStore, run_key
 from styxcache.scheduler.memo_cache import (
     Cache,
     CacheMemory,
@@ -64,6 +64,7 @@ __all__ = [
     "RunOutcome",
     "RunRecord",
     "RunRequest",
+    "RunStore",
     "ScheduleConfig",
     "ScheduleEntry",
     "Scheduler",

@@ -24,9 +24,17 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
-__all__ = ["RUN_STATES", "EntryState", "Ledger", "RunRecord", "RunState", "run_key"]
+__all__ = [
+    "RUN_STATES",
+    "EntryState",
+    "Ledger",
+    "RunRecord",
+    "RunState",
+    "RunStore",
+    "run_key",
+]
 
 _log = logging.getLogger("styxcache.scheduler.ledger")
 
@@ -157,6 +165,63 @@ class EntryState:
     since: float
     watermark: float
     enabled: bool
+
+
+@runtime_checkable
+class RunStore(Protocol):
+    """Where a scheduler records runs and claims fires (swappable).
+
+    `Ledger` (SQLite) is the implementation here; a shared store for
+    distributed workers only has to honour the same contract: `claim` creates
+    each key at most once across everyone sharing the store.
+    """
+
+    owner: str
+    """Identifies the claiming scheduler in stored rows."""
+
+    def sync_entries(
+        self,
+        entries: Iterable[tuple[str, str, bool, float]],
+        restart: Iterable[str] = (),
+    ) -> dict[str, EntryState]:
+        """Record schedules; return their stored watermarks (see `Ledger`)."""
+        ...
+
+    def claim(
+        self, records: Sequence[RunRecord], watermarks: dict[str, float] | None = None
+    ) -> list[bool]:
+        """Create runs; True for each key this call created."""
+        ...
+
+    def update(self, records: Sequence[RunRecord]) -> None:
+        """Write the mutable fields of owned runs."""
+        ...
+
+    def get(self, key: str) -> RunRecord | None:
+        """Return one run by key."""
+        ...
+
+    def history(
+        self,
+        *,
+        entry: str | None = None,
+        state: str | None = None,
+        limit: int | None = 100,
+    ) -> list[RunRecord]:
+        """Return runs, newest first."""
+        ...
+
+    def count_by_state(self, entry: str | None = None) -> dict[str, int]:
+        """Count runs per state."""
+        ...
+
+    def recover_orphans(self, now: float) -> int:
+        """Mark runs of ended schedulers interrupted; return how many."""
+        ...
+
+    def close(self) -> None:
+        """Release the store."""
+        ...
 
 
 _FIELDS = [f.name for f in dataclasses.fields(RunRecord)]

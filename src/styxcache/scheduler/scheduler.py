@@ -49,7 +49,7 @@ from styxcache.scheduler.config import (
     resolve_callable,
 )
 from styxcache.scheduler.executors import Executor, ThreadExecutor, make_executor
-from styxcache.scheduler.ledger import Ledger, RunRecord, run_key
+from styxcache.scheduler.ledger import Ledger, RunRecord, RunStore, run_key
 from styxcache.scheduler.runs import RunContext, RunOutcome, RunRequest, execute_run
 from styxcache.scheduler.triggers import load_zone
 
@@ -117,7 +117,7 @@ class Scheduler:
         *,
         clock: Clock | None = None,
         executor: Executor | None = None,
-        ledger: Ledger | None = None,
+        ledger: RunStore | None = None,
         state_dir: str | Path | None = None,
         max_sleep_seconds: float = 30.0,
         shutdown_timeout_seconds: float = 30.0,
@@ -140,7 +140,8 @@ class Scheduler:
             records: Session records list to append to.
             clock: Time source (`FakeClock` in tests).
             executor: Where runs execute (default: 4 daemon threads).
-            ledger: Run ledger (default: in `state_dir`, else in memory).
+            ledger: Run store (default: a SQLite `Ledger` in `state_dir`,
+                else in memory).
             state_dir: Folder for `ledger.sqlite3`.
             max_sleep_seconds: Longest single wait, so a suspend or a clock
                 jump is noticed promptly.
