@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 __all__ = ["CacheReadOnlyError", "CachingExecution"]
 
 _TWIN = "computed by a concurrent identical execution"
+_EXPLAIN_CANDIDATES = 8
+"""Newest entries of a tool compared on a miss: enough to find the sibling run
+that differs in one param, few enough to keep a miss cheap."""
 
 _log = logging.getLogger("styxcache")
 
@@ -416,7 +419,7 @@ class CachingExecution(Execution):
         store = self._runner.store
         new = payload.to_json()
         best: tuple[int, str, list[str]] | None = None
-        for key in store.recent_keys(self._tool):
+        for key in store.recent_keys(self._tool, _EXPLAIN_CANDIDATES):
             try:
                 old = Manifest.read(store.entry_dir(key) / store.MANIFEST).payload
             except (ValueError, OSError):

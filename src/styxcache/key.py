@@ -96,7 +96,13 @@ class InputRecord:
 
     def to_json(self) -> dict[str, JSON]:
         """Return the record as a JSON object."""
-        return dataclasses.asdict(self)
+        return {
+            "name": self.name,
+            "digest": self.digest,
+            "resolve_parent": self.resolve_parent,
+            "mutable": self.mutable,
+            "param": self.param,
+        }
 
 
 Kind = Literal["hash", "warn", "ignore"]

@@ -35,6 +35,9 @@ _log = logging.getLogger("styxcache.lease")
 
 _HOST = socket.gethostname()
 
+_MAX_POLL = 0.2
+"""Longest pause between a waiter's checks: a finished twin is noticed within it."""
+
 
 def _process_start(pid: int) -> str:
     """Start time of a process in clock ticks since boot (Linux), to tell pid reuse."""
@@ -249,7 +252,7 @@ def acquire(
             )
             break
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+        delay = min(delay * 1.5, _MAX_POLL)
     try:
         yield lease
     finally:

@@ -129,6 +129,10 @@ class Manifest:
     def read(cls, path: Path) -> Manifest:
         """Read a manifest file.
 
+        Parsed manifests are remembered in this process under the file's stat
+        record: a manifest is written once and replaced only by a rename (a
+        new inode), so a repeated hit costs one `stat` instead of a parse.
+
         Args:
             path: The manifest's path.
 
@@ -138,13 +142,33 @@ class Manifest:
         Raises:
             ManifestError: If missing, unreadable or of an unknown format.
         """
+        name = os.fspath(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            st = os.stat(name)
+        except FileNotFoundError as exc:
+            raise ManifestError("manifest missing") from exc
+        except OSError as exc:
+            raise ManifestError(f"unreadable manifest: {exc}") from exc
+        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        known = _PARSED.get(name)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        try:
+            with open(name, encoding="utf-8") as handle:
+                text = handle.read()
         except FileNotFoundError as exc:
             raise ManifestError("manifest missing") from exc
         except (OSError, UnicodeDecodeError) as exc:
             raise ManifestError(f"unreadable manifest: {exc}") from exc
-        return cls.from_json(text)
+        manifest = cls.from_json(text)
+        if len(_PARSED) >= _PARSED_LIMIT:
+            _PARSED.clear()  # a bound, not an LRU: refilling costs one parse each
+        _PARSED[name] = (stamp, manifest)
+        return manifest
+
+
+_PARSED_LIMIT = 4096
+_PARSED: dict[str, tuple[tuple[int, int, int, int, int], Manifest]] = {}
 
 
 def scan_outputs(

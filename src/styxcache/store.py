@@ -107,6 +107,7 @@ class CacheStore:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+        self._entries: dict[str, Path] = {}
 
     # Layout ----------------------------------------------------------------
 
@@ -122,9 +123,16 @@ class CacheStore:
         Raises:
             ValueError: If the key could escape the cache directory.
         """
+        known = self._entries.get(key)
+        if known is not None:
+            return known
         if len(key) < 3 or not key.isalnum():
             raise ValueError(f"not a cache key: {key!r}")
-        return self.root / key[:2] / key
+        path = self.root / key[:2] / key
+        if len(self._entries) >= 4096:
+            self._entries.clear()
+        self._entries[key] = path
+        return path
 
     def is_hit(self, key: str) -> bool:
         """Return True when a complete entry exists (its done marker is there).
