@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from styxcache.cli import cache_commands, demo, schedule
+from styxcache.cli import cache_commands, demo, schedule, worker
 
 
 @click.group(
@@ -23,5 +23,5 @@ def main() -> None:
     """  # noqa: D301 - click's \b marker must be a real backspace, not a raw string
 
 
-for command in (*cache_commands.COMMANDS, demo.demo, schedule.schedule):
+for command in (*cache_commands.COMMANDS, demo.demo, schedule.schedule, worker.worker):
     main.add_command(command)

@@ -85,6 +85,8 @@ def run(
         scheduler = Scheduler.from_yaml(config, state_dir=state_dir)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    except (OSError, ImportError) as exc:  # a Dask or NATS server out of reach
+        raise click.ClickException(f"cannot start the executor: {exc}") from None
     try:
         scheduler.run(max_cycles=max_cycles, handle_signals=True)
     finally:

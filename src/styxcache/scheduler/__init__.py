@@ -15,18 +15,21 @@ from __future__ import annotations
 from styxcache.scheduler.clock import Clock, FakeClock, SystemClock
 from styxcache.scheduler.config import (
     ConfigError,
+    NatsSettings,
     ScheduleConfig,
     ScheduleEntry,
     build_entry,
     load_config,
     parse_config,
 )
+from styxcache.scheduler.dask_executor import DaskExecutor
 from styxcache.scheduler.executors import (
     Executor,
     FuturesExecutor,
     InlineExecutor,
     ProcessExecutor,
     ThreadExecutor,
+    as_executor,
     make_executor,
 )
 from styxcache.scheduler.ledger import Ledger, RunRecord, RunStore, run_key
@@ -38,7 +41,15 @@ from styxcache.scheduler.memo_cache import (
     pickle_reader,
     pickle_saver,
 )
-from styxcache.scheduler.runs import RunContext, RunOutcome, RunRequest, execute_run
+from styxcache.scheduler.nats_dispatch import NatsDispatcher
+from styxcache.scheduler.runner_spec import RunnerSpec
+from styxcache.scheduler.runs import (
+    RunContext,
+    RunLostError,
+    RunOutcome,
+    RunRequest,
+    execute_run,
+)
 from styxcache.scheduler.scheduler import Scheduler, item_key
 from styxcache.scheduler.triggers import (
     CronTrigger,
@@ -53,18 +64,23 @@ __all__ = [
     "Clock",
     "ConfigError",
     "CronTrigger",
+    "DaskExecutor",
     "Executor",
     "FakeClock",
     "FuturesExecutor",
     "InlineExecutor",
     "IntervalTrigger",
     "Ledger",
+    "NatsDispatcher",
+    "NatsSettings",
     "ProcessExecutor",
     "RunContext",
+    "RunLostError",
     "RunOutcome",
     "RunRecord",
     "RunRequest",
     "RunStore",
+    "RunnerSpec",
     "ScheduleConfig",
     "ScheduleEntry",
     "Scheduler",
@@ -72,6 +88,7 @@ __all__ = [
     "ThreadExecutor",
     "Trigger",
     "TriggerError",
+    "as_executor",
     "build_entry",
     "execute_run",
     "item_key",

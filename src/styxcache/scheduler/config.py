@@ -31,6 +31,7 @@ from typing import Any, Literal
 import yaml
 
 from styxcache.modes import CacheMode
+from styxcache.scheduler.runner_spec import RunnerSpec, RunnerSpecError
 from styxcache.scheduler.triggers import (
     CronTrigger,
     IntervalTrigger,
@@ -43,6 +44,7 @@ __all__ = [
     "ENTRY_KEYS",
     "ConfigError",
     "ExecutorSpec",
+    "NatsSettings",
     "ScheduleConfig",
     "ScheduleEntry",
     "build_entry",
@@ -57,6 +59,8 @@ Overlap = Literal["forbid", "allow", "queue"]
 _CATCHUP = ("latest", "all", "none")
 _OVERLAP = ("forbid", "allow", "queue")
 _EXECUTORS = ("inline", "threads", "processes")
+_DASK = re.compile(r"^(dask|tcp|tls)://[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
+_SUBJECT = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 _REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -77,6 +81,10 @@ ENTRY_KEYS = frozenset(
         "grace_seconds",
         "max_fanout",
         "enabled",
+        "executor",
+        "dispatch",
+        "runner",
+        "retries",
     }
 )
 """Keys a schedule entry may carry."""
@@ -87,12 +95,14 @@ _DEFAULTABLE = ENTRY_KEYS - {
     "interval_seconds",
     "target",
     "expand_from",
+    "executor",
 }
 _TOP_KEYS = frozenset(
     {
         "schedules",
         "state_dir",
         "executor",
+        "nats",
         "defaults",
         "max_sleep_seconds",
         "shutdown_timeout_seconds",
@@ -143,6 +153,15 @@ class ScheduleEntry:
         enabled: Disabled entries never fire (and later start from "now").
         pass_context: Call the target with a `RunContext` (True for YAML
             targets; `register_task` callbacks default to no arguments).
+        executor: Where this entry's runs and fan-out items execute,
+            overriding the scheduler's executor: `inline`, `threads`,
+            `processes`, `dask://host:port`, `nats`, or (in code) an
+            `Executor`, a `concurrent.futures.Executor` or a
+            `distributed.Client`. None uses the scheduler's.
+        runner: Settings each worker builds its `CachingRunner` from.
+        retries: How many times a run the executor lost (worker died,
+            no answer in time) is started again; a target that raised is
+            never retried.
     """
 
     name: str
@@ -158,6 +177,9 @@ class ScheduleEntry:
     max_fanout: int = 1000
     enabled: bool = True
     pass_context: bool = True
+    executor: Any = None
+    runner: RunnerSpec | None = None
+    retries: int = 0
 
     @property
     def fingerprint(self) -> str:
@@ -175,6 +197,9 @@ class ScheduleEntry:
             str(self.max_fanout),
             str(self.enabled),
             str(self.pass_context),
+            executor_label(self.executor),
+            repr(self.runner),
+            str(self.retries),
         ]
         return "|".join(parts)
 
@@ -190,6 +215,27 @@ class ExecutorSpec:
 
     kind: str = "threads"
     max_workers: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class NatsSettings:
+    """Where `executor: nats` entries publish their runs.
+
+    Attributes:
+        url: The NATS server, for example `nats://127.0.0.1:4222`.
+        name: This scheduler's name; it answers status and reload requests
+            on `styxcache.control.<name>`.
+        subject_prefix: Runs go to `<prefix>.tasks.<schedule>`, outcomes come
+            back on `<prefix>.results.<schedule>`.
+        lost_after_seconds: A run with no word from a worker (start,
+            heartbeat or result) for this long is lost: recorded as
+            interrupted, then retried by the entry's `retries`.
+    """
+
+    url: str = "nats://127.0.0.1:4222"
+    name: str = "default"
+    subject_prefix: str = "styxcache"
+    lost_after_seconds: float = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +257,40 @@ class ScheduleConfig:
     max_sleep_seconds: float = 30.0
     shutdown_timeout_seconds: float = 30.0
     path: Path | None = None
+    nats: NatsSettings | None = None
+
+
+def executor_label(executor: Any) -> str:
+    """Name an entry's executor setting for logs and fingerprints.
+
+    Args:
+        executor: A kind string, an executor object or None.
+
+    Returns:
+        The string itself, `""` for None, else the object's `name` or type.
+    """
+    if executor is None:
+        return ""
+    if isinstance(executor, str):
+        return executor
+    return str(getattr(executor, "name", type(executor).__name__))
+
+
+def check_executor_kind(kind: str) -> None:
+    """Accept `inline`, `threads`, `processes`, `nats` and Dask addresses.
+
+    Args:
+        kind: The setting.
+
+    Raises:
+        ValueError: Saying what is accepted.
+    """
+    if kind in _EXECUTORS or kind == "nats" or _DASK.match(kind):
+        return
+    raise ValueError(
+        "must be inline, threads, processes, nats or a Dask scheduler address"
+        f" such as dask://127.0.0.1:8786; got {kind!r}"
+    )
 
 
 def _names(names: list[str]) -> str:
@@ -341,6 +421,7 @@ def build_entry(
     label: str | None = None,
     resolve: bool = True,
     pass_context: bool = True,
+    base_dir: Path | None = None,
 ) -> ScheduleEntry:
     """Validate one entry mapping.
 
@@ -350,6 +431,7 @@ def build_entry(
         label: How to name the entry in errors if it has no valid name.
         resolve: Import `module:function` references now, to fail early.
         pass_context: Whether the target receives a `RunContext`.
+        base_dir: Folder relative `runner:` paths are resolved against.
 
     Returns:
         The entry.
@@ -411,6 +493,20 @@ def build_entry(
         raise ConfigError(
             f"must be true or false, got {enabled!r}", entry=entry, field="enabled"
         )
+    executor = _entry_executor(raw, entry)
+    runner = raw.get("runner")
+    if runner is not None and not isinstance(runner, RunnerSpec):
+        try:
+            runner = RunnerSpec.from_mapping(runner, base_dir)
+        except RunnerSpecError as exc:
+            raise ConfigError(str(exc), entry=entry, field=exc.field) from None
+    retries = raw.get("retries", 0)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError(
+            f"must be a whole number >= 0, got {retries!r}",
+            entry=entry,
+            field="retries",
+        )
     return ScheduleEntry(
         name=name,
         trigger=trigger,
@@ -425,7 +521,46 @@ def build_entry(
         max_fanout=_integer(raw, "max_fanout", entry, 1000),
         enabled=enabled,
         pass_context=pass_context,
+        executor=executor,
+        runner=runner,
+        retries=retries,
     )
+
+
+def _entry_executor(raw: Mapping[str, Any], entry: str) -> Any:
+    executor = raw.get("executor")
+    dispatch = raw.get("dispatch")
+    if dispatch is not None:
+        # `dispatch: nats` is the issue's spelling of `executor: nats`.
+        if dispatch not in ("local", "nats"):
+            raise ConfigError(
+                f"must be local or nats; got {dispatch!r}",
+                entry=entry,
+                field="dispatch",
+            )
+        if dispatch == "nats":
+            if executor is not None and executor != "nats":
+                raise ConfigError(
+                    f"dispatch: nats conflicts with executor {executor!r}",
+                    entry=entry,
+                    field="dispatch",
+                )
+            return "nats"
+    if executor is None:
+        return None
+    if isinstance(executor, str):
+        try:
+            check_executor_kind(executor)
+        except ValueError as exc:
+            raise ConfigError(str(exc), entry=entry, field="executor") from None
+        return executor
+    if not callable(getattr(executor, "submit", None)):
+        raise ConfigError(
+            f"must be a kind name or an object with submit(), got {executor!r}",
+            entry=entry,
+            field="executor",
+        )
+    return executor
 
 
 def _build_trigger(raw: Mapping[str, Any], entry: str) -> Trigger:
@@ -537,7 +672,7 @@ def parse_config(
         if isinstance(raw, Mapping) and isinstance(raw.get("name"), str):
             label = raw["name"]
         merged = {**defaults, **raw} if isinstance(raw, Mapping) else raw
-        entry = build_entry(merged, label=label, resolve=resolve)
+        entry = build_entry(merged, label=label, resolve=resolve, base_dir=base)
         if entry.name in seen:
             raise ConfigError("duplicate name", entry=entry.name, field="name")
         seen.add(entry.name)
@@ -551,6 +686,14 @@ def parse_config(
     if not state_dir.is_absolute():
         state_dir = base / state_dir
     executor = _executor_spec(data.get("executor"))
+    nats = _nats_settings(data.get("nats"))
+    if nats is None and (
+        executor.kind == "nats" or any(e.executor == "nats" for e in entries)
+    ):
+        raise ConfigError(
+            "executor: nats needs a top-level 'nats:' section with the server url",
+            field="nats",
+        )
     max_sleep = _number(data, "max_sleep_seconds", "(top level)", 30.0, minimum=0.001)
     shutdown = _number(data, "shutdown_timeout_seconds", "(top level)", 30.0)
     return ScheduleConfig(
@@ -560,6 +703,7 @@ def parse_config(
         max_sleep_seconds=max_sleep,
         shutdown_timeout_seconds=shutdown,
         path=path,
+        nats=nats,
     )
 
 
@@ -577,9 +721,52 @@ def _executor_spec(raw: Any) -> ExecutorSpec:
             entry="executor",
             field=unknown[0],
         )
-    kind = _choice(raw, "kind", "executor", "threads", _EXECUTORS)
+    kind = raw.get("kind", "threads")
+    try:
+        check_executor_kind(kind)
+    except ValueError as exc:
+        raise ConfigError(str(exc), entry="executor", field="kind") from None
     workers = _integer(raw, "max_workers", "executor", 4)
     return ExecutorSpec(kind=kind, max_workers=workers)
+
+
+_NATS_KEYS = ("url", "name", "subject_prefix", "lost_after_seconds")
+
+
+def _nats_settings(raw: Any) -> NatsSettings | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = {"url": raw}
+    if not isinstance(raw, Mapping):
+        raise ConfigError("must be a server url or a mapping", field="nats")
+    unknown = sorted(set(raw) - set(_NATS_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {_names(unknown)}; allowed: {_names(list(_NATS_KEYS))}",
+            entry="nats",
+            field=unknown[0],
+        )
+    url = raw.get("url", NatsSettings.url)
+    if not isinstance(url, str) or not re.match(r"^(nats|tls|ws|wss)://\S+$", url):
+        raise ConfigError(
+            f"must be a nats://host:port url, got {url!r}", entry="nats", field="url"
+        )
+    for key in ("name", "subject_prefix"):
+        value = raw.get(key, getattr(NatsSettings, key))
+        if not isinstance(value, str) or not _SUBJECT.match(value):
+            raise ConfigError(
+                f"must be dot-separated letters, digits, '_' or '-', got {value!r}",
+                entry="nats",
+                field=key,
+            )
+    lost = _number(raw, "lost_after_seconds", "nats", 30.0, minimum=0.1)
+    return NatsSettings(
+        url=url,
+        name=str(raw.get("name", NatsSettings.name)),
+        subject_prefix=str(raw.get("subject_prefix", NatsSettings.subject_prefix)),
+        lost_after_seconds=lost,
+    )
 
 
 def load_config(path: str | Path, *, resolve: bool = True) -> ScheduleConfig:

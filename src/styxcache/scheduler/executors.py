@@ -26,6 +26,7 @@ __all__ = [
     "InlineExecutor",
     "ProcessExecutor",
     "ThreadExecutor",
+    "as_executor",
     "make_executor",
 ]
 
@@ -287,14 +288,16 @@ def make_executor(kind: str, max_workers: int = 4) -> Executor:
     """Build an executor by name.
 
     Args:
-        kind: `inline`, `threads` or `processes`.
+        kind: `inline`, `threads`, `processes`, or a Dask scheduler address
+            (`dask://host:port`, `tcp://host:port`).
         max_workers: Pool size.
 
     Returns:
         The executor.
 
     Raises:
-        ValueError: For an unknown kind.
+        ValueError: For an unknown kind (`nats` needs server settings: the
+            scheduler builds that one).
     """
     if kind == "inline":
         return InlineExecutor()
@@ -302,6 +305,38 @@ def make_executor(kind: str, max_workers: int = 4) -> Executor:
         return ThreadExecutor(max_workers)
     if kind == "processes":
         return ProcessExecutor(max_workers)
+    if kind.startswith(("dask://", "tcp://", "tls://")):
+        from styxcache.scheduler.dask_executor import DaskExecutor
+
+        return DaskExecutor.connect(kind)
     raise ValueError(
-        f"unknown executor kind {kind!r}; expected inline, threads or processes"
+        f"unknown executor kind {kind!r}; expected inline, threads, processes"
+        " or dask://host:port"
+    )
+
+
+def as_executor(obj: Any) -> Executor:
+    """Adapt what a caller may pass as an executor.
+
+    Args:
+        obj: An `Executor`, a `distributed.Client` or any
+            `concurrent.futures.Executor`.
+
+    Returns:
+        An `Executor`.
+
+    Raises:
+        TypeError: For anything else.
+    """
+    from styxcache.scheduler.dask_executor import DaskExecutor, is_dask_client
+
+    if is_dask_client(obj):
+        return DaskExecutor(obj)
+    if isinstance(obj, cf.Executor):
+        return FuturesExecutor(obj, type(obj).__name__)
+    if isinstance(obj, Executor):
+        return obj
+    raise TypeError(
+        "expected an Executor, a concurrent.futures.Executor or a"
+        f" distributed.Client, got {type(obj).__name__}"
     )

@@ -17,8 +17,17 @@ from typing import Any
 from styxcache.events import collect_events
 from styxcache.modes import CacheMode, cache_mode
 from styxcache.scheduler.config import Target, resolve_callable
+from styxcache.scheduler.runner_spec import RunnerSpec, using_runner
 
-__all__ = ["RunContext", "RunOutcome", "RunRequest", "execute_run"]
+__all__ = ["RunContext", "RunLostError", "RunOutcome", "RunRequest", "execute_run"]
+
+
+class RunLostError(RuntimeError):
+    """The executor lost a run: its worker died or stopped answering.
+
+    Unlike a target's own exception (a `failed` run), a lost run is recorded
+    as `interrupted` and retried up to the entry's `retries`.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +41,10 @@ class RunContext:
         item: The fan-out context dict (empty without `expand_from`).
         item_key: The item's stable key (`""` without fan-out).
         cache: The cache mode in force inside the run.
+        attempt: 1 for the first try, 2 for the first retry of a lost run.
+        runner: The `CachingRunner` built on the worker from the entry's
+            `runner:` settings (None without them); it is also the global
+            Styx runner while the target runs.
     """
 
     schedule: str
@@ -40,6 +53,9 @@ class RunContext:
     item: dict[str, Any] = dataclasses.field(default_factory=dict)
     item_key: str = ""
     cache: str = CacheMode.NORMAL.value
+    attempt: int = 1
+    # Built inside the worker, never pickled or compared.
+    runner: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def __getitem__(self, name: str) -> Any:
         """Read a key of the fan-out item, so `ctx["subject"]` works.
@@ -73,11 +89,13 @@ class RunRequest:
         target: Callable or `module:function`.
         context: The run's context.
         pass_context: Whether to call `target(context)` or `target()`.
+        runner: Settings the worker builds its cached runner from.
     """
 
     target: str | Target
     context: RunContext
     pass_context: bool = True
+    runner: RunnerSpec | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,11 +136,15 @@ def execute_run(request: RunRequest) -> RunOutcome:
     error, trace = "", ""
     with cache_mode(request.context.cache), collect_events() as events:
         try:
-            target = resolve_callable(request.target)
-            if request.pass_context:
-                target(request.context)
-            else:
-                target()
+            with using_runner(request.runner) as runner:
+                context = request.context
+                if runner is not None:
+                    context = dataclasses.replace(context, runner=runner)
+                target = resolve_callable(request.target)
+                if request.pass_context:
+                    target(context)
+                else:
+                    target()
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             trace = traceback.format_exc()

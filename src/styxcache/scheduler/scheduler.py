@@ -41,6 +41,7 @@ from typing import Any
 from styxcache.scheduler.clock import Clock, SystemClock, utc_from_timestamp
 from styxcache.scheduler.config import (
     ConfigError,
+    NatsSettings,
     ScheduleConfig,
     ScheduleEntry,
     Target,
@@ -48,9 +49,20 @@ from styxcache.scheduler.config import (
     load_config,
     resolve_callable,
 )
-from styxcache.scheduler.executors import Executor, ThreadExecutor, make_executor
+from styxcache.scheduler.executors import (
+    Executor,
+    ThreadExecutor,
+    as_executor,
+    make_executor,
+)
 from styxcache.scheduler.ledger import Ledger, RunRecord, RunStore, run_key
-from styxcache.scheduler.runs import RunContext, RunOutcome, RunRequest, execute_run
+from styxcache.scheduler.runs import (
+    RunContext,
+    RunLostError,
+    RunOutcome,
+    RunRequest,
+    execute_run,
+)
 from styxcache.scheduler.triggers import load_zone
 
 __all__ = ["Scheduler", "item_key"]
@@ -73,6 +85,7 @@ class _Fire:
     expand: bool = False
     future: cf.Future[RunOutcome] | None = None
     action: str = "start"
+    attempt: int = 1
 
 
 @dataclasses.dataclass(slots=True)
@@ -116,7 +129,7 @@ class Scheduler:
         records: list[dict[str, Any]] | None = None,
         *,
         clock: Clock | None = None,
-        executor: Executor | None = None,
+        executor: Executor | Any | None = None,
         ledger: RunStore | None = None,
         state_dir: str | Path | None = None,
         max_sleep_seconds: float = 30.0,
@@ -124,6 +137,8 @@ class Scheduler:
         jump_threshold_seconds: float = 2.0,
         on_run: Callable[[RunRecord], Any] | None = None,
         dispatch_lead_seconds: float = 0.004,
+        nats: NatsSettings | None = None,
+        pool_size: int = 4,
     ) -> None:
         """Create a scheduler; nothing runs until `run()`, `start()` or `run_pending()`.
 
@@ -139,7 +154,9 @@ class Scheduler:
             until_ms: Stop `run()` at this Unix time in milliseconds.
             records: Session records list to append to.
             clock: Time source (`FakeClock` in tests).
-            executor: Where runs execute (default: 4 daemon threads).
+            executor: Where runs execute (default: 4 daemon threads): an
+                `Executor`, a `distributed.Client` or any
+                `concurrent.futures.Executor`. Entries may override it.
             ledger: Run store (default: a SQLite `Ledger` in `state_dir`,
                 else in memory).
             state_dir: Folder for `ledger.sqlite3`.
@@ -152,6 +169,11 @@ class Scheduler:
                 notifications); its exceptions are logged and ignored.
             dispatch_lead_seconds: How early the loop wakes to claim a fire
                 in the ledger before dispatching it on time.
+            nats: NATS settings: where `executor: nats` entries publish, and
+                where this scheduler answers control requests (connected
+                now when given).
+            pool_size: Size of the pools built for entries that name
+                `threads` or `processes`.
 
         Raises:
             TypeError: If `routine` is given but not callable.
@@ -179,7 +201,16 @@ class Scheduler:
         self.records: list[dict[str, Any]] = records if records is not None else []
         self.cycle = 0
         self.clock: Clock = clock or SystemClock()
-        self.executor: Executor = executor or ThreadExecutor(4)
+        self.executor: Executor = (
+            as_executor(executor) if executor is not None else ThreadExecutor(4)
+        )
+        self.nats = nats
+        self.pool_size = pool_size
+        # Executors built from entries' `executor:` strings (shut down with
+        # the scheduler) and adapters of objects passed in code (not ours).
+        self._executors: dict[str, Executor] = {}
+        self._adapted: dict[int, tuple[Any, Executor]] = {}
+        self._executors_lock = threading.Lock()
         if ledger is None:
             path = (
                 Path(state_dir) / "ledger.sqlite3"
@@ -213,6 +244,8 @@ class Scheduler:
         self._unsynced: dict[str, None] = {}
         self._unreported: list[tuple[_Fire, RunOutcome]] = []
         self._loop_ident: int | None = None
+        if nats is not None:
+            self._executor_named("nats")
 
     # ------------------------------------------------------------------ setup
 
@@ -242,15 +275,24 @@ class Scheduler:
             ConfigError: If the file is invalid (nothing is written then).
         """
         config = load_config(path)
+        kind = config.executor.kind
         scheduler = cls(
             logger=logger,
             clock=clock,
             executor=executor
-            or make_executor(config.executor.kind, config.executor.max_workers),
+            or (
+                make_executor(kind, config.executor.max_workers)
+                if kind != "nats"
+                else None
+            ),
             state_dir=state_dir if state_dir is not None else config.state_dir,
             max_sleep_seconds=config.max_sleep_seconds,
             shutdown_timeout_seconds=config.shutdown_timeout_seconds,
+            nats=config.nats,
+            pool_size=config.executor.max_workers,
         )
+        if executor is None and kind == "nats":
+            scheduler.executor = scheduler._executor_named("nats")
         scheduler.config_path = Path(path)
         scheduler._config = config
         scheduler._apply_config(config, initial=True)
@@ -385,6 +427,92 @@ class Scheduler:
                 dt.datetime.fromtimestamp(t, load_zone(zone)) for t in fires
             ]
         return result
+
+    # -------------------------------------------------------------- executors
+
+    def executor_for(self, entry: ScheduleEntry) -> Executor:
+        """Return the executor an entry's runs go to.
+
+        Args:
+            entry: The entry.
+
+        Returns:
+            The entry's own executor (built once per kind), else the
+            scheduler's.
+        """
+        spec = entry.executor
+        if spec is None:
+            return self.executor
+        if isinstance(spec, str):
+            return self._executor_named(spec)
+        with self._executors_lock:
+            known = self._adapted.get(id(spec))
+            if known is None or known[0] is not spec:
+                known = (spec, as_executor(spec))
+                self._adapted[id(spec)] = known
+            return known[1]
+
+    def _executor_named(self, kind: str) -> Executor:
+        with self._executors_lock:
+            executor = self._executors.get(kind)
+            if executor is None:
+                if kind == "nats":
+                    executor = self._connect_nats()
+                else:
+                    executor = make_executor(kind, self.pool_size)
+                self._executors[kind] = executor
+                self.logger.info("executor %s ready", kind)
+            return executor
+
+    def _connect_nats(self) -> Executor:
+        if self.nats is None:
+            raise RuntimeError("executor 'nats' needs NATS settings (nats=...)")
+        from styxcache.scheduler.nats_dispatch import NatsDispatcher
+
+        dispatcher = NatsDispatcher(self.nats)
+        dispatcher.serve_control(self.nats.name, self.control)
+        return dispatcher
+
+    def control(self, command: Mapping[str, Any]) -> dict[str, Any]:
+        """Answer a control request (NATS `<prefix>.control.<name>`).
+
+        Args:
+            command: `{"command": "status"}` or `{"command": "reload"}`.
+
+        Returns:
+            A JSON-able reply; `ok` is False for an unknown command or a
+            rejected reload.
+        """
+        what = command.get("command")
+        if what == "status":
+            with self._lock:
+                running = sorted(self._inflight)
+            nexts = self.next_fire_times(1)
+            return {
+                "ok": True,
+                "schedules": {
+                    name: {
+                        "enabled": entry.enabled,
+                        "executor": self.executor_for(entry).name
+                        if entry.executor is not None
+                        else self.executor.name,
+                        "next": nexts[name][0].isoformat() if nexts[name] else None,
+                    }
+                    for name, entry in self.jobs.items()
+                },
+                "running": running,
+                "counts": self.ledger.count_by_state(),
+                "stopping": self.stopping.is_set(),
+            }
+        if what == "reload":
+            if self.config_path is None:
+                return {"ok": False, "error": "not built from a schedule file"}
+            applied = self.reload()
+            return {
+                "ok": applied,
+                "error": "" if applied else "invalid file; old schedules kept",
+            }
+        return {"ok": False, "error": f"unknown command {what!r}"}
 
     # ------------------------------------------------------------ the engine
 
@@ -694,13 +822,20 @@ class Scheduler:
             item=fire.item,
             item_key=record.item,
             cache=fire.entry.cache.value,
+            attempt=fire.attempt,
         )
-        request = RunRequest(fire.entry.target, context, fire.entry.pass_context)  # type: ignore[arg-type]
+        request = RunRequest(
+            fire.entry.target,  # type: ignore[arg-type]
+            context,
+            fire.entry.pass_context,
+            fire.entry.runner,
+        )
         with self._lock:
             self._inflight[record.key] = fire
         on_done = functools.partial(self._on_done_future, fire)
         try:
-            fire.future = self.executor.submit(execute_run, request, on_done=on_done)
+            executor = self.executor_for(fire.entry)
+            fire.future = executor.submit(execute_run, request, on_done=on_done)
         except Exception as exc:
             failed: cf.Future[RunOutcome] = cf.Future()
             failed.set_exception(exc)
@@ -831,7 +966,9 @@ class Scheduler:
             if done:
                 now = self.clock.time()
                 for fire in done:
-                    self._unreported.append((fire, self._complete(fire, now)))
+                    outcome = self._complete(fire, now)
+                    if outcome is not None:
+                        self._unreported.append((fire, outcome))
             with self._lock:
                 # Fires released from overlap queues while the lock was held.
                 ready, self._ready = self._ready, []
@@ -842,14 +979,21 @@ class Scheduler:
                     self._report()
                 return started
 
-    def _complete(self, fire: _Fire, now: float) -> RunOutcome:
+    def _complete(self, fire: _Fire, now: float) -> RunOutcome | None:
+        """Settle a finished future; None when a lost run was restarted."""
         record = fire.record
         record.ended = now
         assert fire.future is not None
+        lost: RunLostError | None = None
         try:
             outcome = fire.future.result(timeout=0)
+        except RunLostError as exc:
+            lost = exc
+            outcome = RunOutcome(ok=False, error=f"RunLostError: {exc}")
         except BaseException as exc:  # the executor itself failed
             outcome = RunOutcome(ok=False, error=f"{type(exc).__name__}: {exc}")
+        if lost is not None:
+            return self._lost(fire, lost, outcome)
         record.state = "ok" if outcome.ok else "failed"
         record.error = outcome.error
         record.hits, record.misses = outcome.hits, outcome.misses
@@ -857,6 +1001,40 @@ class Scheduler:
             self._inflight.pop(record.key, None)
             self._finish_slot(fire.entry.name)
         return outcome
+
+    def _lost(
+        self, fire: _Fire, lost: RunLostError, outcome: RunOutcome
+    ) -> RunOutcome | None:
+        """Record a run the executor lost; restart it while retries remain."""
+        record = fire.record
+        retries = fire.entry.retries
+        record.state, record.error = "interrupted", outcome.error
+        record.reason = f"attempt {fire.attempt} lost: {lost}"
+        if fire.attempt > retries or self.stopping.is_set():
+            if retries:
+                record.reason += f" (no retries left of {retries})"
+            with self._lock:
+                self._inflight.pop(record.key, None)
+                self._finish_slot(fire.entry.name)
+            return outcome
+        record.reason += f"; retry {fire.attempt} of {retries} follows"
+        # Written now: the restart below overwrites the row with "running".
+        snapshot = dataclasses.replace(record)
+        with contextlib.suppress(Exception):
+            self.ledger.update([snapshot])
+        self.logger.warning("run %s interrupted: %s", record.key, record.reason)
+        if self.on_run is not None:
+            try:
+                self.on_run(snapshot)
+            except Exception:
+                self.logger.exception("on_run hook failed for %s", record.key)
+        fire.attempt += 1
+        record.error, record.ended = "", None
+        with self._lock:
+            self._inflight.pop(record.key, None)
+            # The slot stays taken: the same run starts again.
+            self._ready.append(fire)
+        return None
 
     def _report(self) -> None:
         """Write, log and announce the runs settled since the last report."""
@@ -1095,6 +1273,11 @@ class Scheduler:
                 "run %s %s: %s", record.key, record.state, record.reason
             )
         self.executor.shutdown(wait=False, cancel_pending=True)
+        with self._executors_lock:
+            owned = list(self._executors.values())
+        for executor in owned:
+            if executor is not self.executor:
+                executor.shutdown(wait=False, cancel_pending=True)
         return clean and not leftovers
 
     def _install_signals(self) -> Callable[[], None]:

