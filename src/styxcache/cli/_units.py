@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
+from collections.abc import Callable
 
 import click
 
@@ -125,52 +126,47 @@ def human_time(when: float | None, *, now: float | None = None) -> str:
     return f"{stamp} ({rel})"
 
 
-class DurationType(click.ParamType):  # type: ignore[type-arg]
+class _ParsedType(click.ParamType):  # type: ignore[type-arg]
+    """A click parameter type whose text goes through one parse function.
+
+    A value that already has the parsed type (a default) passes unchanged; a
+    parse error becomes click's usage error, naming the option.
+    """
+
+    parse: Callable[[str], float]
+    parsed: type
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        """Convert the option's text, or fail with a usage error."""
+        if isinstance(value, self.parsed) and not isinstance(value, bool):
+            return value  # type: ignore[return-value]
+        try:
+            return type(self).parse(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class DurationType(_ParsedType):
     """A click parameter type for durations (seconds)."""
 
     name = "duration"
-
-    def convert(
-        self, value: object, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        """Convert the option's text to seconds, or fail with a usage error."""
-        if isinstance(value, float):
-            return value
-        try:
-            return parse_duration(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+    parse = staticmethod(parse_duration)
+    parsed = float
 
 
-class WhenType(click.ParamType):  # type: ignore[type-arg]
+class WhenType(_ParsedType):
     """A click parameter type for points in time (Unix time)."""
 
     name = "time"
-
-    def convert(
-        self, value: object, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        """Convert the option's text to a Unix time, or fail with a usage error."""
-        if isinstance(value, float):
-            return value
-        try:
-            return parse_when(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+    parse = staticmethod(parse_when)
+    parsed = float
 
 
-class SizeType(click.ParamType):  # type: ignore[type-arg]
+class SizeType(_ParsedType):
     """A click parameter type for byte sizes (`50G`, `512M`, `1000`)."""
 
     name = "size"
-
-    def convert(
-        self, value: object, param: click.Parameter | None, ctx: click.Context | None
-    ) -> int:
-        """Convert the option's text to bytes, or fail with a usage error."""
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_size(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+    parse = staticmethod(parse_size)
+    parsed = int
