@@ -278,7 +278,19 @@ class CachingExecution(Execution):
         fingerprint, parts = self._fingerprint(cargs, plan)
         if plan.manifest is not None and not plan.replace:
             stored = plan.manifest
-            if self._runner.policy.check_command and stored.fingerprint != fingerprint:
+            stale = stored.fingerprint != fingerprint
+            if stale and plan.where == "tier":
+                # A read-only tier is only served when the main cache cannot
+                # take a copy, so there is nowhere to store a rerun either.
+                _log.warning(
+                    "%s: the read-only cache entry %s was made by another command "
+                    "line or executable (%s); serving it as it is",
+                    self._tool,
+                    plan.key[:12],
+                    describe_fingerprint_change(stored.fingerprint_parts, parts),
+                )
+                stale = False
+            if self._runner.policy.check_command and stale:
                 plan.replace, plan.kind = True, "refresh"
                 plan.reason = describe_fingerprint_change(
                     stored.fingerprint_parts, parts
