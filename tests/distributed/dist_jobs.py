@@ -80,3 +80,34 @@ def hold_once(ctx: RunContext) -> None:
         while time.monotonic() < deadline and not (folder / "killed").exists():
             time.sleep(0.05)  # polls for the test's kill, bounded
     run_item(ctx)
+
+
+CAT = Metadata(id="cat-input", name="cat-input", package="test")
+
+
+def hash_input(ctx: RunContext) -> None:
+    """Run a tool on the shared file $DIST_DIR/input.txt (hashed by each worker)."""
+    value = str(ctx["value"])
+    execution = ctx.runner.start_execution(CAT)
+    execution.params({"@type": "test/cat-input", "input": "in", "value": value})
+    path = execution.input_file(str(Path(os.environ["DIST_DIR"]) / "input.txt"))
+    execution.output_file("out.txt")
+    script = 'cat "$0" > out.txt; echo "$1" >> "$DIST_TOOL"'
+    execution.run(["sh", "-c", script, path, value])
+
+
+def four_values() -> list[dict[str, Any]]:
+    return [{"key": f"i{n}", "value": f"v{n}"} for n in range(4)]
+
+
+def boom(ctx: RunContext) -> None:
+    raise RuntimeError(f"{ctx.key} exploded on purpose")
+
+
+def memo_put_and_read(folder: str, key: str) -> list[str]:
+    """Write this process's digest row, then list every row visible here."""
+    from styxcache.memo import DigestMemo
+
+    memo = DigestMemo(Path(folder))
+    memo.put(key, f"digest-of-{key}")
+    return sorted(k for k in ("w0", "w1", "test") if memo.get(k) is not None)

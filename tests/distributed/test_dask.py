@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from dist_helpers import LOOPBACK, Processes, free_port, lines, port_open, wait_
 
 from conftest import require
 from styxcache.events import read_events
+from styxcache.memo import DigestMemo
 from styxcache.scheduler import FakeClock, RunRecord, Scheduler
 
 HOUR = 3600
@@ -232,5 +234,63 @@ def test_yaml_entry_on_separate_dask_scheduler_and_workers(
         # The relative cache_dir is the YAML file's folder's, on every worker.
         assert len(list(read_events(tmp_path / "cache"))) == 4
         assert sorted(lines(dist_env["DIST_TOOL"])) == [f"v{n}" for n in range(4)]
+    finally:
+        scheduler.close()
+
+
+def test_worker_processes_share_the_local_digest_memo(
+    tmp_path: Path,
+    clock: FakeClock,
+    dist_env: dict[str, Path],
+    cluster: Any,
+) -> None:
+    # The workers inherited STYXCACHE_MEMO_DIR from the test's environment
+    # (tests/conftest.py isolates it per test), so they share one memo file.
+    memo_dir = Path(os.environ["STYXCACHE_MEMO_DIR"])
+    source = dist_env["DIST_DIR"] / "input.txt"
+    source.write_text("subject data\n")
+    old = source.stat().st_mtime - 3600  # settled: older than the memo's window
+    os.utime(source, (old, old))
+    scheduler = Scheduler(clock=clock, state_dir=tmp_path / "state")
+    scheduler.register_task(
+        "memo",
+        HOUR,
+        "dist_jobs:hash_input",
+        expand_from="dist_jobs:four_values",
+        executor=cluster,
+        runner=runner_settings(tmp_path),
+    )
+    try:
+        scheduler.run_pending()
+        clock.advance(HOUR)
+        scheduler.run_pending()
+        assert scheduler.drain(timeout=60)
+        rows = items_of(scheduler, "memo")
+        assert sorted((r.state, r.misses) for r in rows) == [("ok", 1)] * 4
+        assert sorted(lines(dist_env["DIST_TOOL"])) == [f"v{n}" for n in range(4)]
+        assert (memo_dir / "digests.sqlite3").exists()
+        # Rows written by one process are read by the others (SQLite WAL on
+        # the node's local disk; the memo is never on the shared cache).
+        import dist_jobs
+
+        DigestMemo(memo_dir).put("test", "digest-of-test")
+        workers = sorted(cluster.scheduler_info()["workers"])
+        for n, address in enumerate(workers):
+            cluster.submit(
+                dist_jobs.memo_put_and_read,
+                str(memo_dir),
+                f"w{n}",
+                workers=[address],
+                pure=False,
+            ).result()
+        seen = cluster.submit(
+            dist_jobs.memo_put_and_read,
+            str(memo_dir),
+            "w0",
+            workers=[workers[1]],
+            pure=False,
+        ).result()
+        assert seen == ["test", "w0", "w1"]
+        assert DigestMemo(memo_dir).get("w1") == "digest-of-w1"
     finally:
         scheduler.close()

@@ -1,0 +1,188 @@
+"""Entry settings for distributed runs: validation, wire format, process pools."""
+
+from __future__ import annotations
+
+import datetime as dt
+import textwrap
+from pathlib import Path
+
+import pytest
+from dist_helpers import lines
+
+from styxcache.scheduler import (
+    ConfigError,
+    FakeClock,
+    ProcessExecutor,
+    RunContext,
+    RunnerSpec,
+    RunOutcome,
+    RunRequest,
+    Scheduler,
+    load_config,
+)
+from styxcache.scheduler.wire import (
+    WireError,
+    decode_report,
+    decode_task,
+    encode_report,
+    encode_task,
+)
+
+HOUR = 3600
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "schedule.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+ENTRY = textwrap.dedent(
+    """\
+    schedules:
+      - name: subjects
+        interval_seconds: 3600
+        target: dist_jobs:run_item
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("extra", "where"),
+    [
+        ("executor: dask:/nohost", "schedule 'subjects', field 'executor'"),
+        ("executor: gpus", "schedule 'subjects', field 'executor'"),
+        ("runner: {cache: /x}", "schedule 'subjects', field 'runner.cache'"),
+        ("runner: {base: local}", "schedule 'subjects', field 'runner.cache_dir'"),
+        ("runner: {cache_dir: c, base: docker}", "field 'runner.base'"),
+        (
+            "runner: {cache_dir: c, policy: {verify: all}}",
+            "field 'runner.policy.verify'",
+        ),
+        ("runner: {cache_dir: c, policy: {hasher: x}}", "field 'runner.policy.hasher'"),
+        (
+            "runner: {cache_dir: c, policy: {lease_seconds: -1}}",
+            "field 'runner.policy.lease_seconds'",
+        ),
+        ("retries: -1", "schedule 'subjects', field 'retries'"),
+        ("retries: 1.5", "schedule 'subjects', field 'retries'"),
+        ("dispatch: kafka", "schedule 'subjects', field 'dispatch'"),
+        ("{dispatch: nats, executor: threads}", "field 'dispatch'"),
+    ],
+)
+def test_bad_distributed_settings_name_entry_and_field(
+    tmp_path: Path, dist_env: dict[str, Path], extra: str, where: str
+) -> None:
+    pairs = extra.strip("{}").split(", ") if extra.startswith("{") else [extra]
+    body = ENTRY + "".join(f"    {pair}\n" for pair in pairs)
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, "nats: nats://127.0.0.1:4222\n" + body))
+    assert where in str(caught.value)
+    assert not (tmp_path / ".styxcache-schedule").exists()  # nothing written
+
+
+def test_nats_entries_need_a_nats_section(
+    tmp_path: Path, dist_env: dict[str, Path]
+) -> None:
+    with pytest.raises(ConfigError, match="field 'nats'"):
+        load_config(write(tmp_path, ENTRY + "    dispatch: nats\n"))
+    with pytest.raises(ConfigError, match="schedule 'nats', field 'url'"):
+        load_config(write(tmp_path, "nats: {url: localhost}\n" + ENTRY))
+    with pytest.raises(ConfigError, match="schedule 'nats', field 'lost_after'"):
+        load_config(write(tmp_path, "nats: {lost_after: 3}\n" + ENTRY))
+
+
+def test_settings_parse_and_paths_are_relative_to_the_file(
+    tmp_path: Path, dist_env: dict[str, Path]
+) -> None:
+    config = load_config(
+        write(
+            tmp_path,
+            """\
+            executor: {kind: "dask://127.0.0.1:8786"}
+            nats: {url: "nats://127.0.0.1:4222", name: lab, lost_after_seconds: 5}
+            defaults:
+              runner: {cache_dir: cache, policy: {extra: {salt: "1"}, env_allowlist: [A]}}
+              retries: 2
+            schedules:
+              - {name: a, interval_seconds: 60, target: "dist_jobs:run_item", dispatch: nats}
+              - {name: b, interval_seconds: 60, target: "dist_jobs:run_item", executor: processes}
+            """,
+        )
+    )
+    assert config.executor.kind == "dask://127.0.0.1:8786"
+    assert config.nats is not None and config.nats.lost_after_seconds == 5
+    a, b = config.entries
+    assert (a.executor, b.executor, a.retries) == ("nats", "processes", 2)
+    assert a.runner is not None and a.runner.cache_dir == str(tmp_path / "cache")
+    policy = a.runner.make_policy()
+    assert (policy.extra, policy.env_allowlist) == ({"salt": "1"}, ("A",))
+    # The spec survives JSON (NATS) unchanged.
+    assert RunnerSpec.from_mapping(a.runner.as_dict()) == a.runner
+
+
+def request(target: str = "dist_jobs:run_item", **item: object) -> RunRequest:
+    context = RunContext(
+        schedule="subjects",
+        key="subjects@0.000000#a",
+        nominal_time=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
+        item=dict(item),
+        item_key="a",
+        attempt=2,
+    )
+    return RunRequest(target, context, True, RunnerSpec(cache_dir="/c"))
+
+
+def test_task_and_report_messages_round_trip() -> None:
+    sent = request(value="v1")
+    received, reply_to = decode_task(encode_task(sent, "styxcache.results.subjects"))
+    assert (received, reply_to) == (sent, "styxcache.results.subjects")
+    outcome = RunOutcome(ok=False, error="E: x", hits=1, misses=2, duration_s=0.5)
+    report = decode_report(encode_report("result", "k", 2, "host:1", outcome))
+    assert (report.kind, report.attempt, report.outcome) == ("result", 2, outcome)
+    with pytest.raises(WireError, match="version"):
+        decode_task(b'{"v": 99}')
+    with pytest.raises(WireError, match="not JSON"):
+        decode_report(b"\xff")
+
+
+def test_nats_needs_importable_targets_and_json_items() -> None:
+    with pytest.raises(TypeError, match="'module:function'"):
+        encode_task(RunRequest(print, request().context), "r")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="must be JSON"):
+        encode_task(request(value=object()), "r")
+
+
+def test_process_pool_workers_build_their_own_cached_runner(
+    tmp_path: Path, dist_env: dict[str, Path]
+) -> None:
+    clock = FakeClock(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
+    scheduler = Scheduler(
+        clock=clock,
+        executor=ProcessExecutor(2),
+        state_dir=tmp_path / "state",
+    )
+    runner = {"cache_dir": str(tmp_path / "cache")}
+    scheduler.register_task(
+        "fan",
+        HOUR,
+        "dist_jobs:run_item",
+        expand_from="dist_jobs:four_items",
+        runner=runner,
+    )
+    scheduler.register_task("bad", HOUR, "dist_jobs:boom", runner=runner)
+    try:
+        for _ in range(2):
+            clock.advance(HOUR)
+            scheduler.run_pending()
+            assert scheduler.drain(timeout=60)
+        rows = [r for r in scheduler.ledger.history(entry="fan") if r.item != "*"]
+        assert sorted((r.state, r.hits, r.misses) for r in rows) == (
+            [("ok", 0, 1)] * 4 + [("ok", 1, 0)] * 4
+        )
+        assert len(lines(dist_env["DIST_TOOL"])) == 4
+        bad = scheduler.ledger.history(entry="bad")
+        assert [r.state for r in bad] == ["failed", "failed"]
+        assert all("exploded on purpose" in r.error for r in bad)
+    finally:
+        scheduler.close()
