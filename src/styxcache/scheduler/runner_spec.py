@@ -119,7 +119,8 @@ class RunnerSpec:
         Args:
             raw: The mapping.
             base_dir: Folder relative paths are resolved against (the YAML
-                file's folder); None keeps them as given.
+                file's folder); None: the current folder, now (workers may
+                start elsewhere).
 
         Returns:
             The spec.
@@ -146,8 +147,8 @@ class RunnerSpec:
                     f"must be a folder path, got {value!r}", f"runner.{key}"
                 )
             folder = Path(value).expanduser()
-            if base_dir is not None and not folder.is_absolute():
-                folder = base_dir / folder
+            if not folder.is_absolute():
+                folder = (base_dir if base_dir is not None else Path.cwd()) / folder
             return str(folder)
 
         if "cache_dir" not in raw:

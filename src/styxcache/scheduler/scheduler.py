@@ -255,7 +255,7 @@ class Scheduler:
         path: str | Path,
         *,
         clock: Clock | None = None,
-        executor: Executor | None = None,
+        executor: Executor | Any | None = None,
         logger: logging.Logger | None = None,
         state_dir: str | Path | None = None,
     ) -> Scheduler:
@@ -264,7 +264,8 @@ class Scheduler:
         Args:
             path: The file (see `styxcache.scheduler.config`).
             clock: Time source.
-            executor: Overrides the file's `executor` setting.
+            executor: Overrides the file's `executor` setting (also a
+                `distributed.Client` or a `concurrent.futures.Executor`).
             logger: Where run lines go.
             state_dir: Overrides the file's `state_dir`.
 
@@ -1346,6 +1347,7 @@ class Scheduler:
             # These are fixed when the scheduler is built; say so, not silently.
             for label, before, after in (
                 ("executor", previous.executor, config.executor),
+                ("nats", previous.nats, config.nats),
                 ("state_dir", previous.state_dir, config.state_dir),
             ):
                 if before != after:
