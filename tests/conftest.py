@@ -101,3 +101,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where nothing may be skipped: {reason}"
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    # A module skipped at import (`pytest.importorskip`) fails in CI too.
+    if IN_CI and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+        report.outcome = "failed"
+        report.longrepr = (
+            f"module skipped in CI, where nothing may be skipped: {reason}"
+        )
