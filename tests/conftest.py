@@ -103,6 +103,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"skipped in CI, where nothing may be skipped: {reason}"
 
 
+@pytest.hookimpl(tryfirst=True)  # before the terminal reporter files it as skipped
 def pytest_collectreport(report: pytest.CollectReport) -> None:
     # A module skipped at import (`pytest.importorskip`) fails in CI too.
     if IN_CI and report.skipped:
