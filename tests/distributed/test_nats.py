@@ -171,9 +171,14 @@ async def _request(
         await nc.drain()
 
 
-def test_status_and_reload_on_the_control_subject(
-    tmp_path: Path, clock: FakeClock, dist_env: dict[str, Path], nats_url: str
+def test_yaml_dispatch_nats_status_and_reload_on_the_control_subject(
+    tmp_path: Path,
+    clock: FakeClock,
+    dist_env: dict[str, Path],
+    processes: Processes,
+    nats_url: str,
 ) -> None:
+    start_nats_worker(processes, nats_url, "w1")
     config = tmp_path / "schedule.yaml"
     body = """\
         state_dir: state
@@ -183,16 +188,30 @@ def test_status_and_reload_on_the_control_subject(
           - name: first
             interval_seconds: 3600
             target: dist_jobs:run_item
+            dispatch: nats
+            runner: {{cache_dir: cache}}
         {extra}
     """
     config.write_text(textwrap.dedent(body.format(url=nats_url, extra="")))
     scheduler = Scheduler.from_yaml(config, clock=clock)
     try:
+        scheduler.run_pending()
+        clock.advance(HOUR)
+        scheduler.run_pending()
+        assert scheduler.drain(timeout=60)
+        (row,) = scheduler.ledger.history(entry="first")
+        assert (row.state, row.misses) == ("ok", 1)
+        assert lines(dist_env["DIST_TOOL"]) == ["first"]
+        assert (tmp_path / "cache").is_dir()  # relative to the YAML file
+
         status = asyncio.run(
             _request(nats_url, "styxcache.control.lab", {"command": "status"})
         )
         assert status["ok"] is True
-        assert list(status["schedules"]) == ["first"]  # type: ignore[call-overload]
+        assert status["counts"] == {"ok": 1}
+        assert status["running"] == []
+        first = status["schedules"]["first"]  # type: ignore[index]
+        assert (first["enabled"], first["executor"]) == (True, "nats")
 
         second = "  - {name: second, interval_seconds: 60, target: dist_jobs:run_item}"
         config.write_text(textwrap.dedent(body.format(url=nats_url, extra=second)))

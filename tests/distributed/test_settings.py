@@ -12,6 +12,7 @@ from dist_helpers import lines
 from styxcache.scheduler import (
     ConfigError,
     FakeClock,
+    InlineExecutor,
     ProcessExecutor,
     RunContext,
     RunnerSpec,
@@ -184,5 +185,35 @@ def test_process_pool_workers_build_their_own_cached_runner(
         bad = scheduler.ledger.history(entry="bad")
         assert [r.state for r in bad] == ["failed", "failed"]
         assert all("exploded on purpose" in r.error for r in bad)
+    finally:
+        scheduler.close()
+
+
+def test_an_entry_executor_overrides_the_schedulers(
+    tmp_path: Path, dist_env: dict[str, Path]
+) -> None:
+    clock = FakeClock(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
+    scheduler = Scheduler(
+        clock=clock, executor=InlineExecutor(), state_dir=tmp_path / "state"
+    )
+    scheduler.register_task(
+        "pooled",
+        HOUR,
+        "dist_jobs:run_item",
+        executor="threads",
+        runner={"cache_dir": str(tmp_path / "cache")},
+    )
+    scheduler.register_task("here", HOUR, "dist_jobs:run_item")
+    try:
+        assert scheduler.executor_for(scheduler.jobs["pooled"]).name == "threads"
+        assert scheduler.executor_for(scheduler.jobs["here"]).name == "inline"
+        clock.advance(HOUR)
+        scheduler.run_pending()
+        assert scheduler.drain(timeout=60)
+        pooled = scheduler.ledger.history(entry="pooled")
+        assert [(r.state, r.misses) for r in pooled] == [("ok", 1)]
+        # Without runner settings there is no ctx.runner to run the tool with.
+        (here,) = scheduler.ledger.history(entry="here")
+        assert here.state == "failed" and "NoneType" in here.error
     finally:
         scheduler.close()

@@ -52,6 +52,13 @@ from styxcache.scheduler.nats_worker import WorkerSettings, serve
     "--max-runs", type=click.IntRange(min=1), help="Exit after this many runs."
 )
 @click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the server at startup.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
@@ -66,6 +73,7 @@ def worker(  # noqa: PLR0917 - one parameter per click option
     concurrency: int,
     heartbeat_seconds: float,
     max_runs: int | None,
+    connect_timeout: float,
     log_level: str,
 ) -> None:
     r"""Take scheduled runs from NATS and run them through the cache.
@@ -94,6 +102,7 @@ def worker(  # noqa: PLR0917 - one parameter per click option
         concurrency=concurrency,
         heartbeat_seconds=heartbeat_seconds,
         max_runs=max_runs,
+        connect_timeout_seconds=connect_timeout,
     )
     try:
         asyncio.run(_main(settings))

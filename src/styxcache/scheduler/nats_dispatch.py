@@ -59,6 +59,11 @@ class _Pending:
     worker: str = ""
 
 
+async def _log_error(exc: Exception) -> None:
+    # nats-py's default handler logs a full traceback for every refused retry.
+    _log.warning("NATS: %s: %s", type(exc).__name__, exc)
+
+
 class NatsDispatcher:
     """An executor whose workers are `styxcache worker --nats URL` processes."""
 
@@ -106,18 +111,24 @@ class NatsDispatcher:
             self._call(self._connect(connect_timeout), connect_timeout + 5)
         except BaseException as exc:
             self._stop_loop()
-            raise OSError(f"cannot connect to NATS at {settings.url}: {exc}") from exc
+            why = str(exc) or f"no answer within {connect_timeout:g}s"
+            raise OSError(f"cannot connect to NATS at {settings.url}: {why}") from exc
         _log.info("connected to NATS at %s", settings.url)
 
     def _call(self, coro: Any, timeout: float | None = 30.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     async def _connect(self, timeout: float) -> None:
-        self._nc = await self._nats.connect(
-            self.settings.url,
-            connect_timeout=timeout,
-            max_reconnect_attempts=-1,
-            name=f"styxcache-scheduler-{self.settings.name}",
+        # wait_for cancels the attempt, which would otherwise retry forever.
+        self._nc = await asyncio.wait_for(
+            self._nats.connect(
+                self.settings.url,
+                connect_timeout=timeout,
+                max_reconnect_attempts=-1,
+                name=f"styxcache-scheduler-{self.settings.name}",
+                error_cb=_log_error,
+            ),
+            timeout,
         )
         prefix = self.settings.subject_prefix
         await self._nc.subscribe(f"{prefix}.results.>", cb=self._on_report)

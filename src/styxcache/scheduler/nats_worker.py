@@ -43,6 +43,8 @@ class WorkerSettings:
         heartbeat_seconds: Interval of the heartbeats; keep it well below
             the scheduler's `lost_after_seconds`.
         max_runs: Exit after this many results (None: run until stopped).
+        connect_timeout_seconds: Give up when no server answers this long
+            at startup (later disconnections are retried forever).
     """
 
     url: str
@@ -52,6 +54,7 @@ class WorkerSettings:
     concurrency: int = 1
     heartbeat_seconds: float = 5.0
     max_runs: int | None = None
+    connect_timeout_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         """Reject settings that cannot work.
@@ -69,6 +72,11 @@ class WorkerSettings:
             raise ValueError(f"max_runs must be >= 1, got {self.max_runs}")
 
 
+async def _log_error(exc: Exception) -> None:
+    # nats-py's default handler logs a full traceback for every refused retry.
+    _log.warning("NATS: %s: %s", type(exc).__name__, exc)
+
+
 async def serve(settings: WorkerSettings, stop: asyncio.Event | None = None) -> int:
     """Work until `stop` is set or `max_runs` results were sent.
 
@@ -83,9 +91,30 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event | None = None) -> 
 
     stop = stop or asyncio.Event()
     me = f"{socket.gethostname()}:{os.getpid()}"
-    nc = await nats.connect(
-        settings.url, name=f"styxcache-worker-{me}", max_reconnect_attempts=-1
+    connecting = asyncio.ensure_future(
+        nats.connect(
+            settings.url,
+            name=f"styxcache-worker-{me}",
+            max_reconnect_attempts=-1,
+            error_cb=_log_error,
+        )
     )
+    stopped = asyncio.ensure_future(stop.wait())
+    # A stop request (SIGTERM) must work while the server is still unreachable.
+    await asyncio.wait(
+        {connecting, stopped},
+        timeout=settings.connect_timeout_seconds,
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    stopped.cancel()
+    if not connecting.done():
+        connecting.cancel()
+        if stop.is_set():
+            return 0
+        raise OSError(
+            f"no NATS server answered within {settings.connect_timeout_seconds:g}s"
+        )
+    nc = connecting.result()
     queue: asyncio.Queue[tuple[RunRequest, str]] = asyncio.Queue()
     held: dict[str, tuple[int, str]] = {}
     done = 0
