@@ -217,3 +217,10 @@ def test_an_entry_executor_overrides_the_schedulers(
         assert here.state == "failed" and "NoneType" in here.error
     finally:
         scheduler.close()
+
+
+def test_the_tests_refuse_connections_beyond_loopback() -> None:
+    import socket
+
+    with socket.socket() as sock, pytest.raises(AssertionError, match=r"10\.0\.0\.1"):
+        sock.connect(("10.0.0.1", 4222))
