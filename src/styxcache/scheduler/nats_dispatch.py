@@ -206,7 +206,14 @@ class NatsDispatcher:
                 future, schedule, arg.context.attempt, self._monotonic()
             )
         subject = tasks_subject(prefix, schedule)
-        self._call(self._nc.publish(subject, body))
+        try:
+            self._call(self._nc.publish(subject, body))
+        except Exception as exc:
+            # Settled here, once: the watchdog must not settle it again.
+            with self._lock:
+                self._pending.pop(arg.context.key, None)
+            future.set_exception(RunLostError(f"publishing on {subject} failed: {exc}"))
+            return future
         _log.debug("published %s on %s", arg.context.key, subject)
         return future
 

@@ -146,7 +146,11 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event | None = None) -> 
             _log.info("running %s (attempt %d)", key, attempt)
             try:
                 outcome = await loop.run_in_executor(pool, execute_run, request)
-            except Exception as exc:  # execute_run itself broke
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # SystemExit in a target, a broken pool
+                # Reported, not swallowed: a run held without a result would
+                # be heartbeated forever and never counted as lost.
                 outcome = RunOutcome(ok=False, error=f"{type(exc).__name__}: {exc}")
             await nc.publish(
                 reply_to, encode_report("result", key, attempt, me, outcome)
