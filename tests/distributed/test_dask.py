@@ -294,3 +294,55 @@ def test_worker_processes_share_the_local_digest_memo(
         assert DigestMemo(memo_dir).get("w1") == "digest-of-w1"
     finally:
         scheduler.close()
+
+
+def test_a_file_level_dask_executor_serves_every_entry(
+    tmp_path: Path, clock: FakeClock, dist_env: dict[str, Path], dask_cli: str
+) -> None:
+    config = tmp_path / "schedule.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            state_dir: state
+            executor: {dask_cli}
+            defaults: {{runner: {{cache_dir: cache}}}}
+            schedules:
+              - {{name: one, interval_seconds: 3600, target: "dist_jobs:run_item"}}
+              - {{name: two, interval_seconds: 3600, target: "dist_jobs:boom"}}
+            """
+        )
+    )
+    scheduler = Scheduler.from_yaml(config, clock=clock)
+    try:
+        assert scheduler.executor.name == "dask"
+        scheduler.run_pending()
+        clock.advance(HOUR)
+        scheduler.run_pending()
+        assert scheduler.drain(timeout=60)
+        (one,) = scheduler.ledger.history(entry="one")
+        (two,) = scheduler.ledger.history(entry="two")
+        assert (one.state, one.misses) == ("ok", 1)
+        # A target's exception travels back from the worker into the ledger.
+        assert two.state == "failed" and "exploded on purpose" in two.error
+    finally:
+        scheduler.close()
+
+
+def test_a_client_given_to_the_scheduler_is_adapted(
+    tmp_path: Path, clock: FakeClock, dist_env: dict[str, Path], cluster: Any
+) -> None:
+    scheduler = Scheduler(clock=clock, executor=cluster, state_dir=tmp_path / "s")
+    scheduler.register_task(
+        "one", HOUR, "dist_jobs:run_item", runner=runner_settings(tmp_path)
+    )
+    try:
+        assert scheduler.executor.name == "dask"
+        clock.advance(HOUR)
+        scheduler.run_pending()
+        assert scheduler.drain(timeout=60)
+        (row,) = scheduler.ledger.history(entry="one")
+        assert (row.state, row.misses) == ("ok", 1)
+    finally:
+        scheduler.close()
+    # The scheduler does not close a client it was given.
+    assert cluster.status == "running"

@@ -224,3 +224,25 @@ def test_the_tests_refuse_connections_beyond_loopback() -> None:
 
     with socket.socket() as sock, pytest.raises(AssertionError, match=r"10\.0\.0\.1"):
         sock.connect(("10.0.0.1", 4222))
+
+
+def test_any_concurrent_futures_executor_can_run_an_entry(
+    tmp_path: Path, dist_env: dict[str, Path]
+) -> None:
+    import concurrent.futures as cf
+
+    clock = FakeClock(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))
+    pool = cf.ThreadPoolExecutor(2)
+    scheduler = Scheduler(clock=clock, executor=pool, state_dir=tmp_path / "state")
+    scheduler.register_task(
+        "pooled", HOUR, "dist_jobs:run_item", runner={"cache_dir": str(tmp_path / "c")}
+    )
+    try:
+        assert scheduler.executor.name == "ThreadPoolExecutor"
+        clock.advance(HOUR)
+        scheduler.run_pending()
+        assert scheduler.drain(timeout=60)
+        assert [r.state for r in scheduler.ledger.history(entry="pooled")] == ["ok"]
+    finally:
+        scheduler.close()
+        pool.shutdown()
