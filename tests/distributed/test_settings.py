@@ -246,3 +246,35 @@ def test_any_concurrent_futures_executor_can_run_an_entry(
     finally:
         scheduler.close()
         pool.shutdown()
+
+
+def test_schedule_list_shows_each_entrys_executor(
+    tmp_path: Path, dist_env: dict[str, Path]
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from styxcache.cli import main
+
+    path = write(
+        tmp_path,
+        """\
+        executor: processes
+        nats: nats://127.0.0.1:4222
+        schedules:
+          - {name: a, interval_seconds: 60, target: "dist_jobs:run_item"}
+          - name: b
+            interval_seconds: 60
+            target: dist_jobs:run_item
+            dispatch: nats
+            retries: 3
+            runner: {cache_dir: cache}
+        """,
+    )
+    result = CliRunner().invoke(main, ["schedule", "list", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert (rows["a"]["executor"], rows["a"]["cache_dir"]) == ("processes", None)
+    assert (rows["b"]["executor"], rows["b"]["retries"]) == ("nats", 3)
+    assert rows["b"]["cache_dir"] == str(tmp_path / "cache")

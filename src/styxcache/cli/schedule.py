@@ -22,7 +22,7 @@ from styxcache.scheduler import (
     load_config,
 )
 from styxcache.scheduler.clock import utc_from_timestamp
-from styxcache.scheduler.config import ScheduleConfig
+from styxcache.scheduler.config import ScheduleConfig, executor_label
 
 LEDGER_NAME = "ledger.sqlite3"
 
@@ -121,6 +121,9 @@ def list_(config: Path, count: int, as_json: bool) -> None:
             "catchup": e.catchup,
             "overlap": e.overlap,
             "enabled": e.enabled,
+            "executor": executor_label(e.executor) or parsed.executor.kind,
+            "retries": e.retries,
+            "cache_dir": e.runner.cache_dir if e.runner is not None else None,
             "next": [t.isoformat() for t in fires.get(e.name, [])],
         }
         for e in parsed.entries
@@ -136,6 +139,7 @@ def list_(config: Path, count: int, as_json: bool) -> None:
         "cache",
         "catchup",
         "overlap",
+        "executor",
         "next fires",
     ):
         table.add_column(column, overflow="fold")
@@ -148,6 +152,7 @@ def list_(config: Path, count: int, as_json: bool) -> None:
             row["cache"],
             row["catchup"],
             row["overlap"],
+            row["executor"],
             "\n".join(row["next"]) or "-",
         )
     Console().print(table)
