@@ -278,3 +278,15 @@ def test_schedule_list_shows_each_entrys_executor(
     assert (rows["a"]["executor"], rows["a"]["cache_dir"]) == ("processes", None)
     assert (rows["b"]["executor"], rows["b"]["retries"]) == ("nats", 3)
     assert rows["b"]["cache_dir"] == str(tmp_path / "cache")
+
+
+def test_a_nats_entry_refuses_a_callable_target_at_registration(
+    tmp_path: Path,
+) -> None:
+    scheduler = Scheduler(state_dir=tmp_path / "state", executor=InlineExecutor())
+    try:
+        with pytest.raises(ConfigError, match="schedule 'remote', field 'target'"):
+            scheduler.register_task("remote", HOUR, print, executor="nats")
+        assert scheduler.jobs == {}
+    finally:
+        scheduler.close()

@@ -494,6 +494,13 @@ def build_entry(
             f"must be true or false, got {enabled!r}", entry=entry, field="enabled"
         )
     executor = _entry_executor(raw, entry)
+    if executor == "nats" and not isinstance(target, str):
+        raise ConfigError(
+            "NATS workers import their target by name: give 'module:function',"
+            f" not {target!r}",
+            entry=entry,
+            field="target",
+        )
     runner = raw.get("runner")
     if runner is not None and not isinstance(runner, RunnerSpec):
         try:
