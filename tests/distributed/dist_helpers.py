@@ -63,11 +63,12 @@ class Processes:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop_all(self) -> None:
+        # One at a time, newest first: workers go before the servers they
+        # talk to, as they would in an orderly shutdown.
         for process in reversed(self.started):
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGTERM)
-        for process in reversed(self.started):
             try:
                 process.wait(10)
             except subprocess.TimeoutExpired:

@@ -227,3 +227,16 @@ def test_yaml_dispatch_nats_status_and_reload_on_the_control_subject(
         assert unknown["ok"] is False and "explode" in str(unknown["error"])
     finally:
         scheduler.close()
+
+
+def test_a_worker_stops_on_sigterm_even_with_the_server_gone(
+    processes: Processes, dist_env: dict[str, Path], nats_url: str
+) -> None:
+    worker = start_nats_worker(processes, nats_url, "w1")
+    server = processes.started[0]
+    server.kill()
+    server.wait(10)
+    wait_for(lambda: "NATS:" in processes.log("w1"), "the worker to notice")
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(30)  # bounded drain; without it the worker would hang here
+    assert worker.returncode == 0, processes.log("w1")

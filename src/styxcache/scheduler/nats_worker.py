@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import logging
 import os
@@ -177,12 +178,18 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event | None = None) -> 
         await stop.wait()
         # Take no new runs; finish the ones in hand.
         for subscription in subscriptions:
-            await subscription.unsubscribe()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(subscription.unsubscribe(), 5)
         while held:
             await asyncio.sleep(0.05)
     finally:
         for task in tasks:
             task.cancel()
-        await nc.drain()
+        # Bounded: with the server gone, drain() would wait for a reconnect
+        # forever and SIGTERM could not stop the worker.
+        try:
+            await asyncio.wait_for(nc.drain(), 5)
+        except Exception:
+            await nc.close()
         pool.shutdown(wait=False)
     return done
