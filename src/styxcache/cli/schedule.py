@@ -40,7 +40,7 @@ def _load(config: Path) -> ScheduleConfig:
 
 @click.group()
 def schedule() -> None:
-    r"""Rerun pipelines on cron and interval schedules through the cache.
+    """Rerun pipelines on cron and interval schedules through the cache.
 
     \b
     Examples:
@@ -48,7 +48,7 @@ def schedule() -> None:
       styxcache schedule list jobs.yaml -n 3
       styxcache schedule run jobs.yaml          # Ctrl-C / SIGTERM stops, SIGHUP reloads
       styxcache schedule history jobs.yaml --json
-    """
+    """  # noqa: D301 - click's \b marker must be a real backspace
 
 
 @schedule.command()

@@ -76,7 +76,7 @@ def worker(  # noqa: PLR0917 - one parameter per click option
     connect_timeout: float,
     log_level: str,
 ) -> None:
-    r"""Take scheduled runs from NATS and run them through the cache.
+    """Take scheduled runs from NATS and run them through the cache.
 
     Workers share a queue group, so each run goes to one of them. SIGTERM or
     Ctrl-C stops taking runs and finishes the ones in hand.
@@ -85,7 +85,7 @@ def worker(  # noqa: PLR0917 - one parameter per click option
     Examples:
       styxcache worker --nats nats://10.0.0.5:4222 --path ./pipelines
       styxcache worker --nats nats://10.0.0.5:4222 --schedule nightly --concurrency 4
-    """
+    """  # noqa: D301 - click's \b marker must be a real backspace
     handler = RichHandler(
         console=Console(stderr=True), show_path=False, rich_tracebacks=False
     )
