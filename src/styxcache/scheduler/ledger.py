@@ -21,6 +21,7 @@ import socket
 import sqlite3
 import threading
 import time
+import typing
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -48,16 +49,7 @@ RunState = Literal[
     "missed",
     "interrupted",
 ]
-RUN_STATES: tuple[str, ...] = (
-    "planned",
-    "running",
-    "ok",
-    "failed",
-    "skipped",
-    "coalesced",
-    "missed",
-    "interrupted",
-)
+RUN_STATES: tuple[str, ...] = typing.get_args(RunState)
 FINAL_STATES = frozenset(
     {"ok", "failed", "skipped", "coalesced", "missed", "interrupted"}
 )
