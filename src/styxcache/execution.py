@@ -24,7 +24,11 @@ from styxdefs import Execution, InputPathType, Metadata, OutputPathType
 from styxcache import lease as leases
 from styxcache.events import CacheEvent, EventKind
 from styxcache.explain import describe_differences
-from styxcache.fingerprint import command_fingerprint, describe_fingerprint_change
+from styxcache.fingerprint import (
+    command_fingerprint,
+    describe_fingerprint_change,
+    replace_in_args,
+)
 from styxcache.hashing import ContentHasher, stat_signature
 from styxcache.key import KeyPayload, RegisteredInput, build_payload, tool_id
 from styxcache.logs import LineLog, replay
@@ -656,12 +660,7 @@ class CachingExecution(Execution):
         """Swap provisional input paths for the ones the base execution returned."""
         if not self._replacements:
             return cargs
-        out = []
-        for arg in cargs:
-            for provisional, real in self._replacements:
-                arg = arg.replace(provisional, real)  # noqa: PLW2901
-            out.append(arg)
-        return out
+        return replace_in_args(cargs, self._replacements)
 
     def _emit_run(self, plan: _Plan, call: _Call, *, ok: bool) -> None:
         self._runner.emit(

@@ -14,12 +14,21 @@ from collections.abc import Sequence
 
 from styxcache.canonical import canonical_json
 
-__all__ = ["command_fingerprint", "describe_fingerprint_change"]
+__all__ = ["command_fingerprint", "describe_fingerprint_change", "replace_in_args"]
 
 
-def _neutral_args(
+def replace_in_args(
     cargs: Sequence[str], replacements: Sequence[tuple[str, str]]
 ) -> list[str]:
+    """Replace substrings in every argument of a command line.
+
+    Args:
+        cargs: The command line.
+        replacements: `(text, replacement)` pairs; empty texts are ignored.
+
+    Returns:
+        The new command line.
+    """
     # Longest first, so /data/a.nii is not half-replaced by a shorter /data/a.
     ordered = sorted(
         (r for r in replacements if r[0]), key=lambda r: len(r[0]), reverse=True
@@ -55,7 +64,7 @@ def command_fingerprint(
     """
     parts = {
         "command": hashlib.sha256(
-            canonical_json(_neutral_args(cargs, replacements)).encode()
+            canonical_json(replace_in_args(cargs, replacements)).encode()
         ).hexdigest()
     }
     if executable is not None:
