@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from styxcache import _demo_mrtrix
@@ -89,11 +90,20 @@ def demo(cache_dir: Path | None, subjects: int, builtin: bool, as_json: bool) ->
       styxcache demo --subjects 5 --cache-dir ./demo-cache
     """  # noqa: D301 - click's \b marker must be a real backspace
     console = Console()
-    # The base runner logs every command at DEBUG to its own handler; the
-    # tables below say what ran.
-    logging.getLogger("styx_local_runner").setLevel(logging.WARNING)
+    # LocalRunner attaches a DEBUG handler to its logger unless one is there
+    # already; the tables below say what ran, so keep it to warnings.
+    runner_log = logging.getLogger("styx_local_runner")
+    if not runner_log.handlers:
+        runner_log.addHandler(logging.NullHandler())
+    runner_log.setLevel(logging.WARNING)
     missing = _demo_mrtrix.missing_requirements()
     use_mrtrix = not builtin and not missing
+    if not use_mrtrix and not builtin and not as_json:
+        console.print(
+            "[dim]MRtrix3 pipeline not available here (missing: "
+            + escape("; ".join(missing))
+            + "); running the built-in pipeline instead.[/]"
+        )
     scratch = Path(tempfile.mkdtemp(prefix="styxcache-demo-"))
     cache = cache_dir if cache_dir is not None else scratch / "cache"
     try:
@@ -125,12 +135,6 @@ def demo(cache_dir: Path | None, subjects: int, builtin: bool, as_json: bool) ->
             )
         )
         return
-    if not use_mrtrix and not builtin:
-        console.print(
-            "[dim]MRtrix3 pipeline not available here (missing: "
-            + "; ".join(missing)
-            + "); running the built-in pipeline instead.[/]"
-        )
     console.print(f"[bold]{name}[/], cache: {cache}")
     console.print(_table("First run", first))
     console.print(_table("Second run", second))
