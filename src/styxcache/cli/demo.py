@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -42,6 +44,27 @@ def _table(title: str, report: PipelineReport) -> Table:
         f"{report.hits} hit(s), {report.ran} ran, {report.seconds:.2f} s in total"
     )
     return table
+
+
+@contextlib.contextmanager
+def _quiet_base_runner() -> Iterator[None]:
+    """Keep LocalRunner's per-command log lines out of the demo's output.
+
+    LocalRunner attaches a DEBUG handler to its logger unless one is there
+    already; the tables say what ran. The logger is restored afterwards, so a
+    program that calls the command keeps its own logging.
+    """
+    runner_log = logging.getLogger("styx_local_runner")
+    level, handlers = runner_log.level, list(runner_log.handlers)
+    quiet = logging.NullHandler()
+    runner_log.addHandler(quiet)
+    runner_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        runner_log.removeHandler(quiet)
+        runner_log.setLevel(level)
+        runner_log.handlers[:] = handlers
 
 
 def _as_json(report: PipelineReport) -> list[dict[str, object]]:
@@ -90,12 +113,6 @@ def demo(cache_dir: Path | None, subjects: int, builtin: bool, as_json: bool) ->
       styxcache demo --subjects 5 --cache-dir ./demo-cache
     """  # noqa: D301 - click's \b marker must be a real backspace
     console = Console()
-    # LocalRunner attaches a DEBUG handler to its logger unless one is there
-    # already; the tables below say what ran, so keep it to warnings.
-    runner_log = logging.getLogger("styx_local_runner")
-    if not runner_log.handlers:
-        runner_log.addHandler(logging.NullHandler())
-    runner_log.setLevel(logging.WARNING)
     missing = _demo_mrtrix.missing_requirements()
     use_mrtrix = not builtin and not missing
     if not use_mrtrix and not builtin and not as_json:
@@ -119,8 +136,9 @@ def demo(cache_dir: Path | None, subjects: int, builtin: bool, as_json: bool) ->
             def run() -> PipelineReport:
                 return run_builtin_pipeline(cache, scratch / "work", subjects)
 
-        first = run()
-        second = run()
+        with _quiet_base_runner():
+            first = run()
+            second = run()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if as_json:
