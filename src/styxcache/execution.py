@@ -23,7 +23,7 @@ from styxdefs import Execution, InputPathType, Metadata, OutputPathType
 
 from styxcache import lease as leases
 from styxcache.events import CacheEvent, EventKind
-from styxcache.explain import describe_differences
+from styxcache.explain import nearest_entry
 from styxcache.fingerprint import (
     command_fingerprint,
     describe_fingerprint_change,
@@ -169,11 +169,6 @@ class CachingExecution(Execution):
             self._start()
         assert self._base is not None
         return self._base
-
-    @property
-    def started(self) -> bool:
-        """True once the base execution exists."""
-        return self._base is not None
 
     def _start(self) -> None:
         assert self._start_base is not None
@@ -432,20 +427,15 @@ class CachingExecution(Execution):
 
     def _explain(self, payload: KeyPayload) -> str:
         """Name the nearest earlier entry of this tool and what differs from it."""
-        store = self._runner.store
-        new = payload.to_json()
-        best: tuple[int, str, list[str]] | None = None
-        for key in store.recent_keys(self._tool, _EXPLAIN_CANDIDATES):
-            try:
-                old = Manifest.read(store.entry_dir(key) / store.MANIFEST).payload
-            except (ValueError, OSError):
-                continue
-            differences = describe_differences(old, new)
-            if best is None or len(differences) < best[0]:
-                best = (len(differences), key, differences)
-        if best is None:
+        found = nearest_entry(
+            self._runner.store,
+            self._tool,
+            payload.to_json(),
+            limit=_EXPLAIN_CANDIDATES,
+        )
+        if found is None:
             return "no earlier entry of this tool"
-        _, key, differences = best
+        key, differences = found
         return f"nearest entry {key[:12]}: " + "; ".join(
             differences or ["identical key"]
         )

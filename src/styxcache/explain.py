@@ -6,8 +6,10 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from styxcache.canonical import canonical_json
+from styxcache.manifest import Manifest
+from styxcache.store import CacheStore
 
-__all__ = ["describe_differences", "difference_count"]
+__all__ = ["describe_differences", "nearest_entry"]
 
 _MAX_SHOWN = 60
 
@@ -122,11 +124,41 @@ def describe_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list
     return out
 
 
-def difference_count(old: Mapping[str, Any], new: Mapping[str, Any]) -> int:
-    """Return how many key fields differ (to pick the nearest earlier entry).
+def nearest_entry(
+    store: CacheStore,
+    tool: str,
+    payload: Mapping[str, Any],
+    *,
+    limit: int,
+    skip_key: str | None = None,
+    created_before: float | None = None,
+) -> tuple[str, list[str]] | None:
+    """Find the recorded entry of a tool whose key payload is closest to `payload`.
 
     Args:
-        old: One payload.
-        new: Another payload.
+        store: The cache.
+        tool: `package/id`.
+        payload: The key payload of the execution that missed.
+        limit: How many of the tool's newest entries to compare.
+        skip_key: An entry never to pick (the miss's own, once committed).
+        created_before: Only entries committed before this Unix time.
+
+    Returns:
+        `(key, differences)` with the fewest differences (the newest among
+        equals), or None when the tool has no readable earlier entry.
     """
-    return len(describe_differences(old, new))
+    best: tuple[tuple[int, float], str, list[str]] | None = None
+    for key in store.recent_keys(tool, limit):
+        if key == skip_key:
+            continue
+        try:
+            old = Manifest.read(store.entry_dir(key) / store.MANIFEST)
+        except (ValueError, OSError):
+            continue
+        if created_before is not None and old.created >= created_before:
+            continue
+        differences = describe_differences(old.payload, payload)
+        rank = (len(differences), -old.created)
+        if best is None or rank < best[0]:
+            best = (rank, key, differences)
+    return None if best is None else (best[1], best[2])

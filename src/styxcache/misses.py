@@ -14,7 +14,7 @@ import fnmatch
 import logging
 
 from styxcache.events import CacheEvent, read_events
-from styxcache.explain import describe_differences
+from styxcache.explain import nearest_entry
 from styxcache.manifest import Manifest, ManifestError
 from styxcache.store import CacheStore
 
@@ -79,18 +79,16 @@ def _from_reason(event: CacheEvent) -> tuple[str, tuple[str, ...]]:
 def _explain_one(store: CacheStore, event: CacheEvent) -> MissExplanation:
     new = _read(store, event.key)
     if new is not None:
-        best: tuple[tuple[int, float], str, list[str]] | None = None
-        for key in store.recent_keys(event.tool, limit=_CANDIDATES):
-            old = _read(store, key) if key != event.key else None
-            if old is None or old.created >= new.created:
-                continue
-            differences = describe_differences(old.payload, new.payload)
-            # Fewest differences first; among equals, the newest entry.
-            rank = (len(differences), -old.created)
-            if best is None or rank < best[0]:
-                best = (rank, key, differences)
-        if best is not None:
-            _, nearest_key, found = best
+        found = nearest_entry(
+            store,
+            event.tool,
+            new.payload,
+            limit=_CANDIDATES,
+            skip_key=event.key,
+            created_before=new.created,
+        )
+        if found is not None:
+            nearest_key, differences = found
             return MissExplanation(
                 event.time,
                 event.kind,
@@ -98,7 +96,7 @@ def _explain_one(store: CacheStore, event: CacheEvent) -> MissExplanation:
                 event.key,
                 event.reason,
                 nearest_key,
-                tuple(found),
+                tuple(differences),
                 True,
             )
     nearest, recorded = _from_reason(event)
