@@ -270,19 +270,49 @@ class Settings:
     mask: object
 
 
-def test_object_with_memory_address_repr_is_refused_before_running(
-    tmp_cache: Path, data_dir: Path, tmp_path: Path
+UNKEYABLE = (
+    ({"handle": Opaque()}, "params.handle"),
+    ({"callback": lambda: None}, "params.callback"),
+    ({"opts": {"levels": [1, Opaque()]}}, "params.opts.levels[1]"),
+    ({"cfg": Settings(2.0, Opaque())}, "params.cfg.mask"),
+)
+
+
+def test_object_with_memory_address_repr_runs_uncached_by_default(
+    tmp_cache: Path,
+    data_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """0.3.0 keyed these on their address (wrong hits); we run them uncached."""
     runner = make_runner(tmp_cache, data_dir)
     source = tmp_path / "in.txt"
     source.write_text("x\n")
     counter = tmp_path / "runs"
-    for params, name in (
-        ({"handle": Opaque()}, "handle"),
-        ({"callback": lambda: None}, "callback"),
-        ({"opts": {"levels": [1, Opaque()]}}, "opts.levels[1]"),
-        ({"cfg": Settings(2.0, Opaque())}, "cfg.mask"),
-    ):
+    with caplog.at_level("WARNING", logger="styxcache"):
+        for params, _name in UNKEYABLE:
+            for _ in range(2):
+                out = copy_named(runner, source, counter, params=params)
+                assert out["copy"].read_text() == "x\n"
+    # Every call ran (nothing served), nothing was stored.
+    assert runs(counter) == 2 * len(UNKEYABLE)
+    assert list(runner.store.iter_keys()) == []
+    assert staged(tmp_cache) == []
+    assert runner.stats.bypassed == 2 * len(UNKEYABLE)
+    warnings = [r.getMessage() for r in caplog.records if "not cached" in r.getMessage()]
+    # One warning per tool, naming the param path of the first unkeyable call.
+    assert len(warnings) == 1
+    assert "`params.handle`" in warnings[0]
+
+
+def test_object_with_memory_address_repr_is_refused_when_policy_says_error(
+    tmp_cache: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    runner = make_runner(tmp_cache, data_dir, unkeyable_params="error")
+    source = tmp_path / "in.txt"
+    source.write_text("x\n")
+    counter = tmp_path / "runs"
+    for params, name in UNKEYABLE:
         with pytest.raises(ParamEncodingError, match=r"memory address") as info:
             copy_named(runner, source, counter, params=params)
         assert isinstance(info.value, TypeError)

@@ -13,7 +13,7 @@ set_global_runner(CachingRunner(LocalRunner(), "/tmp/styx-cache"))
 
 from __future__ import annotations
 
-from styxcache.canonical import ParamEncodingError
+from styxcache.canonical import ParamEncodingError, register_encoder
 from styxcache.events import CacheEvent, CacheStats, collect_events
 from styxcache.execution import CacheReadOnlyError
 from styxcache.hashing import ContentHasher, InputHasher
@@ -56,6 +56,7 @@ __all__ = [
     "is_bypassed",
     "parse_size",
     "refresh",
+    "register_encoder",
     "trust_tag",
     "use_cache",
 ]

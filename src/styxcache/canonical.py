@@ -2,9 +2,13 @@
 
 Two equal parameter values must encode to the same bytes in any process, on
 any machine, whatever the insertion order of sets and dicts. Types JSON lacks
-get a tagged form (`{"$set": [...]}`, `{"$bytes": "..."}`...). An object
-whose only representation is its memory address is refused: keying on an
-address would hand one call's result to another call that reused it.
+get a tagged form (`{"$set": [...]}`, `{"$bytes": "..."}`...).
+
+Only lossless encodings are used. A `repr` is never a key: numpy prints
+arrays truncated and rounded, and a class may print the same text for
+different values, so two calls would share one result. A value of a type
+this module does not know is refused, naming the param, unless the caller
+registered an encoder for its type with `register_encoder`.
 """
 
 from __future__ import annotations
@@ -13,21 +17,92 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
+import fractions
 import json
 import math
 import os
+import re
+import types
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["ParamEncodingError", "canonical_json", "encode_params"]
+from blake3 import blake3
+
+__all__ = [
+    "ParamEncodingError",
+    "canonical_json",
+    "encode_params",
+    "register_encoder",
+]
 
 JSON = Any
 """A JSON-native value: None, bool, int, float, str, list or dict with str keys."""
 
 
 class ParamEncodingError(TypeError):
-    """A parameter value has no stable encoding."""
+    """A parameter value has no stable, lossless encoding.
+
+    The message names the param by its path (`params.stages[0].metrics`).
+    """
+
+
+Encoder = Callable[[Any], Any]
+"""Turns a value of a registered type into plain values that encode losslessly."""
+
+_ENCODERS: dict[type, Encoder] = {}
+
+_MAX_DEPTH = 200
+"""Nesting deeper than this is refused: no tool takes such params, and Python's
+own recursion limit would otherwise fail with an error naming nothing."""
+
+_BIG_INT_BITS = 4096
+"""Ints this large are written in hex: `json` refuses to print ints of more than
+4,300 decimal digits, and hex has no such limit."""
+
+_INLINE_ARRAY_BYTES = 256
+"""Arrays up to this size keep their bytes in the key (readable in `explain`);
+larger ones are keyed by the blake3 digest of their bytes."""
+
+
+def register_encoder(cls: type, encoder: Encoder) -> None:
+    """Teach the key how to encode values of a type of your own.
+
+    The encoder returns plain values (numbers, str, lists, dicts, other
+    encodable values) that identify the value losslessly: two values must
+    encode alike only if a tool given either would compute the same result.
+    It applies to subclasses too; the class's qualified name is part of the
+    encoding, so two classes never share a key.
+
+    Args:
+        cls: The type.
+        encoder: `value -> plain value`.
+
+    Raises:
+        TypeError: If `cls` is not a class or `encoder` is not callable.
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"register_encoder needs a class, got {cls!r}")
+    if not callable(encoder):
+        raise TypeError(f"register_encoder needs a callable encoder, got {encoder!r}")
+    _ENCODERS[cls] = encoder
+
+
+def _registered(value: object) -> Encoder | None:
+    if not _ENCODERS:
+        return None
+    for cls in type(value).__mro__:
+        found = _ENCODERS.get(cls)
+        if found is not None:
+            return found
+    return None
+
+
+def _where(name: str) -> str:
+    """The param's path as users write it: `params`, `params.opts.levels[1]`."""
+    if not name:
+        return "params"
+    return f"params{name}" if name.startswith(("[", "{")) else f"params.{name}"
 
 
 def canonical_json(value: JSON) -> str:
@@ -54,7 +129,7 @@ def encode_params(
     name: str = "",
     substitute: Callable[[Any, str], JSON | None] | None = None,
 ) -> JSON:
-    """Encode a parameter tree canonically.
+    """Encode a parameter tree canonically and losslessly.
 
     Args:
         value: The value to encode (usually the params dict).
@@ -67,50 +142,150 @@ def encode_params(
         A JSON-native value.
 
     Raises:
-        ParamEncodingError: If a value has no stable encoding; the message
-            names the parameter.
+        ParamEncodingError: If a value has no stable, lossless encoding (an
+            unknown type, a structure that contains itself, nesting deeper
+            than 200 levels); the message names the param's path.
     """
-    if substitute is not None and isinstance(value, (str, os.PathLike)):
-        replaced = substitute(value, name)
-        if replaced is not None:
-            return replaced
-    # Enum members that subclass int or str are encoded as enums, below.
-    if (value is None or isinstance(value, (bool, int, str))) and not isinstance(
-        value, enum.Enum
-    ):
-        return value
+    return _Encoding(substitute).encode(value, name, 0)
+
+
+class _Encoding:
+    """One call of `encode_params`: the substitute and the containers being encoded."""
+
+    def __init__(self, substitute: Callable[[Any, str], JSON | None] | None) -> None:
+        self.substitute = substitute
+        # ids of the containers on the path from the root to the current value:
+        # meeting one again means the structure contains itself.
+        self.open: set[int] = set()
+
+    def encode(self, value: Any, name: str, depth: int) -> JSON:
+        if self.substitute is not None and isinstance(value, (str, os.PathLike)):
+            replaced = self.substitute(value, name)
+            if replaced is not None:
+                return replaced
+        scalar = _scalar(value, name)
+        if scalar is not _NOT_SCALAR:
+            return scalar
+        if depth >= _MAX_DEPTH:
+            raise ParamEncodingError(
+                f"param `{_where(name)}` is nested more than {_MAX_DEPTH} levels "
+                "deep; a cache key is not built from such a structure"
+            )
+        marker = id(value)
+        if marker in self.open:
+            raise ParamEncodingError(
+                f"param `{_where(name)}` contains itself (a recursive structure); "
+                "a cache key cannot be built from it"
+            )
+        self.open.add(marker)
+        try:
+            return self._container(value, name, depth + 1)
+        finally:
+            self.open.discard(marker)
+
+    def _container(self, value: Any, name: str, depth: int) -> JSON:
+        if isinstance(value, enum.Enum):
+            cls = type(value)
+            return {
+                "$enum": f"{cls.__module__}.{cls.__qualname__}.{value.name}",
+                "value": self.encode(value.value, _child(name, "value"), depth),
+            }
+        if isinstance(value, Mapping):
+            return self._mapping(value, name, depth)
+        if isinstance(value, list):
+            return [
+                self.encode(item, f"{name}[{i}]", depth) for i, item in enumerate(value)
+            ]
+        if isinstance(value, tuple):
+            items = [
+                self.encode(item, f"{name}[{i}]", depth) for i, item in enumerate(value)
+            ]
+            fields = getattr(value, "_fields", None)
+            if fields is not None:  # a NamedTuple: keep its field names
+                return {"$tuple": items, "fields": list(fields)}
+            return {"$tuple": items}
+        if isinstance(value, (set, frozenset)):
+            encoded = [self.encode(item, f"{name}{{}}", depth) for item in value]
+            return {"$set": sorted(encoded, key=canonical_json)}
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            cls = type(value)
+            return {
+                "$dataclass": f"{cls.__module__}.{cls.__qualname__}",
+                "fields": {
+                    f.name: self.encode(
+                        getattr(value, f.name), _child(name, f.name), depth
+                    )
+                    for f in dataclasses.fields(value)
+                },
+            }
+        encoder = _registered(value)
+        if encoder is not None:
+            cls = type(value)
+            return {
+                "$encoded": f"{cls.__module__}.{cls.__qualname__}",
+                "value": self.encode(encoder(value), name, depth),
+            }
+        if _is_numpy(value):
+            return self._numpy(value, name, depth)
+        return _refuse(value, name)
+
+    def _mapping(self, value: Mapping[Any, Any], name: str, depth: int) -> JSON:
+        # A str key starting with "$" could make a plain dict read as a tagged
+        # value ({"$set": [1, 2]} vs {1, 2}); such dicts take the pairs form.
+        if all(type(key) is str and not key.startswith("$") for key in value):
+            return {
+                key: self.encode(item, _child(name, key), depth)
+                for key, item in value.items()
+            }
+        pairs = [
+            [
+                self.encode(key, f"{name or 'params'} key {key!r}", depth),
+                self.encode(item, _child(name, repr(key)), depth),
+            ]
+            for key, item in value.items()
+        ]
+        return {"$dict": sorted(pairs, key=lambda pair: canonical_json(pair[0]))}
+
+    def _numpy(self, value: Any, name: str, depth: int) -> JSON:
+        dtype = str(value.dtype.str)
+        if getattr(value, "ndim", None) is None or not hasattr(value, "tobytes"):
+            return _refuse(value, name)
+        if value.dtype.hasobject:
+            # Object arrays hold pointers: encode the Python objects themselves.
+            return {
+                "$ndarray": dtype,
+                "shape": list(value.shape),
+                "items": self.encode(value.tolist(), name, depth),
+            }
+        if value.ndim == 0 and type(value).__name__ != "ndarray":
+            # A numpy scalar (np.int64(3)): its dtype and exact bytes.
+            return {"$numpy": dtype, "bytes": value.tobytes().hex()}
+        data = value.tobytes(order="C")
+        body = (
+            data.hex()
+            if len(data) <= _INLINE_ARRAY_BYTES
+            else "blake3:" + str(blake3(data).hexdigest())
+        )
+        return {"$ndarray": dtype, "shape": list(value.shape), "bytes": body}
+
+
+_NOT_SCALAR = object()
+
+
+def _scalar(value: Any, name: str) -> Any:
+    """Encode a value that holds no other values, or return `_NOT_SCALAR`."""
     if isinstance(value, enum.Enum):
-        enum_cls = type(value)
-        return {
-            "$enum": f"{enum_cls.__module__}.{enum_cls.__qualname__}.{value.name}",
-            "value": encode_params(value.value, name=_child(name, "value")),
-        }
+        return _NOT_SCALAR  # encoded with its class, as a container
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        if value.bit_length() > _BIG_INT_BITS:
+            return {"$int": format(value, "x")}
+        return int(value)
     if isinstance(value, float):
-        return _float(value)
+        return _float(float(value))
     if isinstance(value, os.PathLike):
         return {"$path": os.fspath(value)}
-    if isinstance(value, Mapping):
-        return _encode_mapping(value, name, substitute)
-    if isinstance(value, list):
-        return [
-            encode_params(item, name=f"{name}[{i}]", substitute=substitute)
-            for i, item in enumerate(value)
-        ]
-    if isinstance(value, tuple):
-        items = [
-            encode_params(item, name=f"{name}[{i}]", substitute=substitute)
-            for i, item in enumerate(value)
-        ]
-        fields = getattr(value, "_fields", None)
-        if fields is not None:  # a NamedTuple: keep its field names
-            return {"$tuple": items, "fields": list(fields)}
-        return {"$tuple": items}
-    if isinstance(value, (set, frozenset)):
-        items = [
-            encode_params(item, name=f"{name}{{}}", substitute=substitute)
-            for item in value
-        ]
-        return {"$set": sorted(items, key=canonical_json)}
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"$bytes": bytes(value).hex()}
     if isinstance(value, dt.datetime):
@@ -123,60 +298,50 @@ def encode_params(
         return {"$timedelta": [value.days, value.seconds, value.microseconds]}
     if isinstance(value, decimal.Decimal):
         return {"$decimal": str(value)}
+    if isinstance(value, fractions.Fraction):
+        return {"$fraction": [value.numerator, value.denominator]}
     if isinstance(value, complex):
         return {"$complex": [_float(value.real), _float(value.imag)]}
     if isinstance(value, uuid.UUID):
         return {"$uuid": str(value)}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        cls = type(value)
-        return {
-            "$dataclass": f"{cls.__module__}.{cls.__qualname__}",
-            "fields": {
-                f.name: encode_params(
-                    getattr(value, f.name),
-                    name=_child(name, f.name),
-                    substitute=substitute,
-                )
-                for f in dataclasses.fields(value)
-            },
-        }
-    return _encode_by_repr(value, name)
+    if isinstance(value, range):
+        return {"$range": [value.start, value.stop, value.step]}
+    if isinstance(value, re.Pattern):
+        pattern = value.pattern
+        text = pattern.hex() if isinstance(pattern, bytes) else pattern
+        return {"$regex": text, "flags": int(value.flags)}
+    if isinstance(value, types.BuiltinFunctionType):
+        # A builtin is named by its module and name in every process.
+        return {"$builtin": f"{value.__module__}.{value.__qualname__}"}
+    return _NOT_SCALAR
 
 
-def _encode_mapping(
-    value: Mapping[Any, Any],
-    name: str,
-    substitute: Callable[[Any, str], JSON | None] | None,
-) -> JSON:
-    # A str key starting with "$" could make a plain dict read as a tagged
-    # value ({"$set": [1, 2]} vs {1, 2}); such dicts take the pairs form.
-    if all(type(key) is str and not key.startswith("$") for key in value):
-        return {
-            key: encode_params(item, name=_child(name, key), substitute=substitute)
-            for key, item in value.items()
-        }
-    pairs = [
-        [
-            encode_params(key, name=f"{name or 'params'} key {key!r}"),
-            encode_params(item, name=_child(name, repr(key)), substitute=substitute),
-        ]
-        for key, item in value.items()
-    ]
-    return {"$dict": sorted(pairs, key=lambda pair: canonical_json(pair[0]))}
+def _is_numpy(value: object) -> bool:
+    # numpy is never imported here: a caller that passes arrays has it loaded.
+    module = type(value).__module__
+    return (module == "numpy" or module.startswith("numpy.")) and hasattr(
+        value, "dtype"
+    )
+
+
+def _refuse(value: object, name: str) -> JSON:
+    cls = type(value)
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    address = (
+        " (its only representation is its memory address)"
+        if " at 0x" in text or cls.__repr__ is object.__repr__
+        else ""
+    )
+    raise ParamEncodingError(
+        f"param `{_where(name)}` is a {cls.__module__}.{cls.__qualname__}{address}: "
+        f"{text}. A cache key is built only from values it can encode losslessly "
+        "(str, numbers, lists, dicts, paths, dataclasses, numpy arrays...). Pass "
+        "a plain value, or register an encoder for the class with "
+        "styxcache.register_encoder(cls, fn)."
+    )
 
 
 def _child(name: str, key: str) -> str:
     return f"{name}.{key}" if name else key
-
-
-def _encode_by_repr(value: object, name: str) -> JSON:
-    cls = type(value)
-    text = repr(value)
-    if " at 0x" in text or cls.__repr__ is object.__repr__:
-        raise ParamEncodingError(
-            f"param `{name or 'params'}` is a {cls.__module__}.{cls.__qualname__}"
-            f" whose only representation is its memory address ({text}); a cache "
-            "key cannot be built from it. Pass a plain value (str, number, list, "
-            "dict, path) or give the class a deterministic __repr__."
-        )
-    return {"$repr": f"{cls.__module__}.{cls.__qualname__}", "value": text}

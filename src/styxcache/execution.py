@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
+import shlex
 import shutil
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from styxdefs import Execution, InputPathType, Metadata, OutputPathType
 
 from styxcache import lease as leases
+from styxcache.canonical import ParamEncodingError
 from styxcache.events import CacheEvent, EventKind
 from styxcache.explain import nearest_entry
 from styxcache.fingerprint import (
@@ -29,12 +33,13 @@ from styxcache.fingerprint import (
     describe_fingerprint_change,
     replace_in_args,
 )
-from styxcache.hashing import ContentHasher, stat_signature
+from styxcache.hashing import ContentHasher, UnkeyableInputError, stat_signature
 from styxcache.key import KeyPayload, RegisteredInput, build_payload, tool_id
-from styxcache.logs import LineLog, replay
-from styxcache.manifest import Manifest, scan_outputs
+from styxcache.logs import LineLog, open_log, replay
+from styxcache.manifest import Manifest, OutsideRecord, scan_outputs
 from styxcache.modes import CacheMode
 from styxcache.store import CacheStore, remove_tree
+from styxcache.trust import seal_entry
 
 if TYPE_CHECKING:
     from styxcache.runner import CachingRunner
@@ -78,6 +83,7 @@ class _Plan:
     kind: EventKind = "miss"
     reason: str = ""
     signatures: tuple[str, ...] = ()
+    digests: tuple[str, ...] = ()  # of the registered inputs, in order
 
 
 def _innermost(execution: Any) -> Any:
@@ -160,6 +166,8 @@ class CachingExecution(Execution):
         self._inputs: list[RegisteredInput] = []
         self._params: dict[str, Any] | None = None
         self._outputs: list[tuple[str, bool]] = []
+        self._outside: list[str] = []  # absolute output names, as returned
+        self._escaping: list[str] = []  # names leaving the folder with ".."
         self._plan: _Plan | None = None
 
     @property
@@ -227,12 +235,23 @@ class CachingExecution(Execution):
         return local
 
     def output_file(self, local_file: str, *, optional: bool = False) -> OutputPathType:
-        """Return where an output will be: inside the cache entry."""
-        relative = _checked_relative(local_file, self._tool)
+        """Return where an output will be: inside the cache entry.
+
+        A name outside the output folder is never redirected: the caller gets
+        exactly the base runner's answer (docs/design/transparency.md).
+        """
+        kind, relative = _classify_output(local_file, self._tool)
         plan = self._settle()
-        self._outputs.append((relative, optional))
         if plan.where == "base":
             return self.base.output_file(local_file, optional=optional)
+        if kind == "absolute":
+            path = self._base_answer(local_file, optional)
+            self._outside.append(os.fspath(path))
+            return path
+        if kind == "parent":
+            self._escape(repr(os.fspath(local_file)))
+            return self.base.output_file(local_file, optional=optional)
+        self._outputs.append((relative, optional))
         assert plan.entry is not None
         path = plan.entry if relative == "." else plan.entry / relative
         if self._recorders:
@@ -253,13 +272,35 @@ class CachingExecution(Execution):
         if self._base_dir is not None:
             with contextlib.suppress(ValueError):
                 name = staged.relative_to(self._base_dir).as_posix()
-        relative = _checked_relative(name, self._tool)
+        kind, relative = _classify_output(name, self._tool)
+        if kind != "inside":
+            self._escape(f"the mutable copy {staged}")
+            return staged
         assert plan.entry is not None
         path = plan.entry / relative
         for layer in self._recorders:
             if layer.output_files and layer.output_files[-1] == staged:
                 layer.output_files[-1] = path
         return path
+
+    def _base_answer(self, local_file: str, optional: bool) -> OutputPathType:
+        """What the base execution returns for an output name, without redirecting it."""
+        if self._base is None:
+            # LocalRunner joins the name to its folder: an absolute name is
+            # returned as it is, so a hit need not create the folder.
+            return Path(os.fspath(local_file))
+        return self.base.output_file(local_file, optional=optional)
+
+    def _escape(self, what: str) -> None:
+        """Note an output that leaves the output folder: this call runs uncached."""
+        self._escaping.append(what)
+        if self._runner.warn_once(f"escaping:{self._tool}"):
+            _log.warning(
+                "%s: output %s leaves the output folder; the tool runs uncached, "
+                "in the base runner's own folder, as it would without the cache",
+                self._tool,
+                what,
+            )
 
     def run(
         self,
@@ -321,7 +362,20 @@ class CachingExecution(Execution):
             return _Plan(
                 "base", kind="bypass", reason="base runner cannot be redirected"
             )
-        payload, signatures = self._payload()
+        try:
+            payload, signatures = self._payload()
+        except (ParamEncodingError, UnkeyableInputError) as exc:
+            # Transparency: a call whose key cannot be built losslessly still
+            # runs, exactly as the base runner would, just without the cache.
+            if runner.policy.unkeyable_params == "error":
+                raise
+            if runner.warn_once(f"unkeyable:{self._tool}"):
+                _log.warning(
+                    "%s: not cached (runs as the base runner would): %s",
+                    self._tool,
+                    exc,
+                )
+            return _Plan("base", kind="bypass", reason=f"not keyable: {exc}")
         key = payload.key()
         store = runner.store
         plan = _Plan(
@@ -343,6 +397,12 @@ class CachingExecution(Execution):
                 if runner.writable
                 else (store.lookup(key, quarantine=False, **runner.verify_args()))
             )
+            if found.untrusted:
+                # Not ours to replace or delete: the result stays with the
+                # base runner (trust.py warned once, naming the culprit).
+                return _Plan(
+                    "base", key=key, payload=payload, kind="miss", reason=found.reason
+                )
             if found.manifest is not None:
                 max_age = runner.policy.max_age_s
                 if (
@@ -638,8 +698,7 @@ class CachingExecution(Execution):
             version=runner.version,
         )
         (staging / store.MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
-        if runner.policy.read_only_outputs:
-            _make_read_only(staging)
+        seal_entry(staging, read_only=runner.policy.read_only_outputs)
         store.commit(staging, key, replace=plan.replace)
         store.record_tool(self._tool, key)
         self._emit_run(plan, call, ok=True)
@@ -739,16 +798,6 @@ def _checked_relative(local_file: str, tool: str) -> str:
     if relative.split("/", 1)[0] in CacheStore.RESERVED:
         raise ValueError(f"{tool}: output file name {text!r} is reserved by styxcache")
     return relative
-
-
-def _make_read_only(root: Path) -> None:
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            if os.path.islink(path):
-                continue
-            mode = os.stat(path).st_mode
-            os.chmod(path, mode & ~0o222)
 
 
 def copy_entry(source: Path, target: Path) -> None:

@@ -19,6 +19,17 @@ def _short(value: Any) -> str:
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
 
 
+def _image(value: Any) -> str:
+    """An image identity short enough to read, long enough to tell apart."""
+    if not value:
+        return "(no image)"
+    text = str(value)
+    algorithm, sep, digest = text.partition(":")
+    if sep and len(digest) > 16:
+        return f"{algorithm}:{digest[:16]}"
+    return _short(text)
+
+
 def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     if isinstance(value, Mapping) and not any(k.startswith("$") for k in value):
         for key in sorted(value):
@@ -98,7 +109,8 @@ def describe_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list
 
     Returns:
         Sentences such as "param `fractional_intensity` 0.5 -> 0.4",
-        "input `infile` content changed", "image digest changed",
+        "input `infile` content changed", "image digest changed:
+        sha256:0a1b... -> sha256:9f8e...",
         "env FSLOUTPUTTYPE added"; empty when the payloads are equal.
     """
     out: list[str] = []
@@ -109,7 +121,10 @@ def describe_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list
             f"tool metadata {_short(old.get('tool'))} -> {_short(new.get('tool'))}"
         )
     if old.get("image") != new.get("image"):
-        out.append("image digest changed")
+        out.append(
+            f"image digest changed: {_image(old.get('image'))} -> "
+            f"{_image(new.get('image'))}"
+        )
     out += _env(old.get("env") or {}, new.get("env") or {})
     out += _inputs(list(old.get("inputs") or []), list(new.get("inputs") or []))
     out += _params(old.get("params"), new.get("params"))

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import stat
 import threading
 import time
 import uuid
@@ -32,6 +33,14 @@ from pathlib import Path
 from styxcache.inventory import EntryInfo, describe_entry, folder_size, scan_entries
 from styxcache.lease import LeaseOwner, owner_is_dead
 from styxcache.store import CacheStore, remove_tree
+from styxcache.walk import (
+    folder_entries,
+    housekeeping_dir,
+    is_cache_key,
+    is_shard_name,
+    real_dir,
+    unsafe_reason,
+)
 
 __all__ = [
     "GcLimits",
@@ -40,6 +49,7 @@ __all__ = [
     "Skip",
     "SweepAges",
     "Swept",
+    "Unsafe",
     "collect_garbage",
     "lease_is_live",
     "trim_after_commit",
@@ -138,6 +148,20 @@ class Swept:
     size: int
 
 
+@dataclasses.dataclass(frozen=True)
+class Unsafe:
+    """A link (or file) found where a cache folder should be: never followed.
+
+    Attributes:
+        path: Where it is.
+        reason: What it is, for example "is a symlink to /home/ana (not
+            followed)".
+    """
+
+    path: str
+    reason: str
+
+
 @dataclasses.dataclass
 class GcReport:
     """What a collection did.
@@ -150,6 +174,8 @@ class GcReport:
         removed: Entries removed, least recently used first.
         skipped: Entries that were selected but kept.
         swept: Leftovers removed from housekeeping folders.
+        unsafe: Links planted where cache folders should be; reported, never
+            followed nor deleted through.
     """
 
     dry_run: bool
@@ -159,6 +185,12 @@ class GcReport:
     removed: list[Removal] = dataclasses.field(default_factory=list)
     skipped: list[Skip] = dataclasses.field(default_factory=list)
     swept: list[Swept] = dataclasses.field(default_factory=list)
+    unsafe: list[Unsafe] = dataclasses.field(default_factory=list)
+
+    def note_unsafe(self, path: str, reason: str) -> None:
+        """Record a link skipped by a walk (once per path)."""
+        if all(item.path != path for item in self.unsafe):
+            self.unsafe.append(Unsafe(path, reason))
 
     @property
     def bytes_freed(self) -> int:
@@ -188,6 +220,7 @@ class GcReport:
             "removed": [{**r.entry.as_dict(), "why": r.why} for r in self.removed],
             "skipped": [dataclasses.asdict(s) for s in self.skipped],
             "swept": [dataclasses.asdict(s) for s in self.swept],
+            "unsafe": [dataclasses.asdict(u) for u in self.unsafe],
         }
 
 
@@ -246,9 +279,14 @@ def _selected_by(
 
 
 def _claim(store: CacheStore, path: Path) -> Path | None:
-    """Rename `path` into the trash; None if someone else took it first."""
-    trash = store.root / store.TRASH_DIR
-    trash.mkdir(parents=True, exist_ok=True)
+    """Rename `path` into the trash; None if someone else took it first.
+
+    Also None when `.trash` is a link (checked right before each rename): an
+    entry is never moved, nor deleted, through a planted link.
+    """
+    trash = housekeeping_dir(store.root, store.TRASH_DIR, create=True)
+    if trash is None:
+        return None
     target = trash / f"gc-{uuid.uuid4().hex}"
     try:
         os.rename(path, target)
@@ -267,9 +305,12 @@ def _remove_entry(store: CacheStore, entry: EntryInfo, keep_used_after: float) -
     """Remove one entry; return why it was kept, or "" when removed."""
     folder = store.entry_dir(entry.key)
     try:
-        before = folder.stat().st_mtime
+        st = os.lstat(folder)
     except FileNotFoundError:
         return "already gone"
+    if not stat.S_ISDIR(st.st_mode):
+        return "replaced by a link or file: not followed"
+    before = st.st_mtime
     if before != entry.last_used:
         return "used after gc started"
     if before > keep_used_after:
@@ -280,14 +321,23 @@ def _remove_entry(store: CacheStore, entry: EntryInfo, keep_used_after: float) -
     if claimed is None:
         return "already gone"
     # A hit may have touched the entry between the check and the rename.
-    if claimed.stat().st_mtime != before:
+    if os.lstat(claimed).st_mtime != before:
         try:
             os.rename(claimed, folder)
             return "used after gc started"
         except OSError:
             pass  # a newer commit took the slot; this copy is redundant
-    remove_tree(claimed)
+    _delete_claimed(claimed)
     return ""
+
+
+def _delete_claimed(claimed: Path) -> None:
+    # The item is ours alone once renamed; a failure here leaves a leftover
+    # for a later sweep and must not stop the collection.
+    try:
+        remove_tree(claimed)
+    except OSError as exc:
+        _log.warning("cannot delete %s (a later gc retries): %s", claimed, exc)
 
 
 def _remove_entries(
@@ -303,6 +353,7 @@ def _remove_entries(
         None if limits.older_than_s is None else report.started - limits.older_than_s
     )
     count, size = len(entries), sum(e.size for e in entries)
+    trash_problem = _unsafe_folder(store, store.TRASH_DIR, report)
     # Least recently used first: entries older than the cutoff are a prefix,
     # and a kept entry makes the next one go instead.
     for entry in sorted(entries, key=lambda e: (e.last_used, e.key)):
@@ -312,7 +363,9 @@ def _remove_entries(
         if entry.key in keep:
             report.skipped.append(Skip(entry.key, "in use by the current run"))
             continue
-        if report.dry_run:
+        if trash_problem:
+            reason = trash_problem
+        elif report.dry_run:
             reason = _dry_run_reason(store, entry, keep_used_after)
         else:
             reason = _remove_entry(store, entry, keep_used_after)
@@ -344,44 +397,46 @@ def _age(path: Path, now: float, *, use_ctime: bool = False) -> float | None:
     return now - (st.st_ctime if use_ctime else st.st_mtime)
 
 
+def _unsafe_folder(store: CacheStore, name: str, report: GcReport) -> str:
+    """Say why a housekeeping folder cannot be used ("" when it is fine or missing)."""
+    path = store.root / name
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return ""
+    if stat.S_ISDIR(st.st_mode):
+        return ""
+    reason = unsafe_reason(path, st)
+    report.note_unsafe(str(path), reason)
+    _log.warning("%s %s: entries cannot be removed safely", path, reason)
+    return f"cannot be removed safely: {path} {reason}"
+
+
 def _sweep_item(store: CacheStore, report: GcReport, kind: str, path: Path) -> None:
-    size = folder_size(path) if path.is_dir() else _file_size(path)
+    size = folder_size(path)
     if not report.dry_run:
-        if kind == "trash":
-            claimed: Path | None = path
-        else:
-            claimed = _claim(store, path)
+        claimed = _claim(store, path)
         if claimed is None:
             return
-        try:
-            remove_tree(claimed)
-        except FileNotFoundError:
-            return  # another collector is deleting the same leftover
+        _delete_claimed(claimed)
     report.swept.append(Swept(kind, str(path), size))
 
 
-def _file_size(path: Path) -> int:
-    try:
-        return path.lstat().st_size
-    except OSError:
-        return 0
-
-
-def _children(folder: Path) -> list[Path]:
-    try:
-        return sorted(folder.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
+def _children(store: CacheStore, name: str, report: GcReport) -> list[Path]:
+    """The items of a housekeeping folder; none when it is a planted link."""
+    folder = housekeeping_dir(store.root, name, on_unsafe=report.note_unsafe)
+    if folder is None:
         return []
+    return [Path(item.path) for item in folder_entries(folder)]
 
 
 def _staging_key(name: str) -> str:
     head = name.split(".", 1)[0]
-    return head if "." in name and len(head) >= 3 and head.isalnum() else ""
+    return head if "." in name and is_cache_key(head) else ""
 
 
 def _sweep(store: CacheStore, report: GcReport, ages: SweepAges, now: float) -> None:
-    root = store.root
-    for path in _children(root / store.STAGING_DIR):
+    for path in _children(store, store.STAGING_DIR, report):
         age = _age(path, now)
         if age is None or age < ages.staging_s:
             continue
@@ -389,15 +444,17 @@ def _sweep(store: CacheStore, report: GcReport, ages: SweepAges, now: float) -> 
         if key and lease_is_live(store, key):
             continue  # a long run still writing here
         _sweep_item(store, report, "staging", path)
-    for path in _children(root / store.FAILED_DIR):
+    for path in _children(store, store.FAILED_DIR, report):
         age = _age(path, now)
         if age is not None and age >= ages.failed_s:
             _sweep_item(store, report, "failed", path)
-    for path in _children(root / store.QUARANTINE_DIR):
+    for path in _children(store, store.QUARANTINE_DIR, report):
         age = _age(path, now, use_ctime=True)
         if age is not None and age >= ages.quarantine_s:
             _sweep_item(store, report, "quarantine", path)
-    for path in _children(root / store.TRASH_DIR):
+    for path in _children(store, store.TRASH_DIR, report):
+        # Claiming (a rename) renews the ctime, so a leftover another
+        # collector is deleting right now is too young to be taken twice.
         age = _age(path, now, use_ctime=True)
         if age is not None and age >= ages.trash_s:
             _sweep_item(store, report, "trash", path)
@@ -407,20 +464,29 @@ def _sweep(store: CacheStore, report: GcReport, ages: SweepAges, now: float) -> 
 
 def _sweep_index(store: CacheStore, report: GcReport) -> None:
     """Drop per-tool index records of entries that are gone."""
-    for tool_dir in _children(store.root / store.TOOLS_DIR):
-        for record in _children(tool_dir):
+    for tool_dir in _children(store, store.TOOLS_DIR, report):
+        if not real_dir(tool_dir):
+            with contextlib.suppress(OSError):
+                st = os.lstat(tool_dir)
+                if stat.S_ISLNK(st.st_mode):
+                    report.note_unsafe(str(tool_dir), unsafe_reason(tool_dir, st))
+            continue
+        for item in folder_entries(tool_dir):
+            # Only our own records: regular files named by a key.
+            if not (is_cache_key(item.name) and item.is_file(follow_symlinks=False)):
+                continue
             try:
-                gone = not store.entry_dir(record.name).exists()
+                gone = not os.path.lexists(store.entry_dir(item.name))
                 # record_tool() touches the record after a commit: a fresh
                 # record may belong to an entry committed just now.
-                fresh = record.stat().st_mtime >= report.started
+                fresh = item.stat(follow_symlinks=False).st_mtime >= report.started
             except (ValueError, FileNotFoundError):
                 continue
             if gone and not fresh:
                 if not report.dry_run:
                     with contextlib.suppress(FileNotFoundError):
-                        record.unlink()
-                report.swept.append(Swept("index", str(record), 0))
+                        os.unlink(item.path)
+                report.swept.append(Swept("index", item.path, 0))
 
 
 def _sweep_shards(
@@ -431,12 +497,12 @@ def _sweep_shards(
     A shard emptied just now is left for a later run: a commit may be about
     to move an entry into it.
     """
-    for shard in _children(store.root):
-        name = shard.name
-        if len(name) != 2 or name.startswith(".") or not shard.is_dir():
+    for item in folder_entries(store.root):
+        if not is_shard_name(item.name) or not item.is_dir(follow_symlinks=False):
             continue
+        shard = Path(item.path)
         age = _age(shard, now)
-        if age is None or age < ages.staging_s or _children(shard):
+        if age is None or age < ages.staging_s or folder_entries(shard):
             continue
         if not report.dry_run:
             try:
@@ -480,7 +546,7 @@ def collect_garbage(
     """
     started = clock()
     report = GcReport(dry_run=dry_run, started=started)
-    entries = list(scan_entries(store))
+    entries = list(scan_entries(store, on_unsafe=report.note_unsafe))
     report.entries_before = len(entries)
     report.bytes_before = sum(e.size for e in entries)
     _remove_entries(

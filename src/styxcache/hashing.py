@@ -24,7 +24,14 @@ from blake3 import blake3
 
 from styxcache.memo import DigestMemo, file_memo_key, is_settled
 
-__all__ = ["ContentHasher", "Digest", "InputHasher", "stat_signature"]
+__all__ = [
+    "DEFAULT_MAX_ENTRIES",
+    "ContentHasher",
+    "Digest",
+    "InputHasher",
+    "UnkeyableInputError",
+    "stat_signature",
+]
 
 _log = logging.getLogger("styxcache.hashing")
 
@@ -40,6 +47,14 @@ _BATCH_FILES = 512
 _PARALLEL_BYTES = 32 * 1024 * 1024
 """Small files are hashed on several threads only when they add up to this."""
 
+DEFAULT_MAX_ENTRIES = 50_000
+"""A folder input with more entries than this is not keyed by content.
+
+Walking /usr (140,000 entries, 5.8 GB) to build one key takes many seconds
+cold and would be repeated by every call; this bound stops the walk within
+about half a second. Raise it with `ContentHasher(max_entries=...)` for a
+dataset that really is one input."""
+
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 # One folder entry: (relative name, kind, lstat record, symlink text, stat
@@ -49,6 +64,60 @@ _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXE
 # one per file, and tuples are the cheapest record Python has.
 _Entry = tuple[str, str, os.stat_result, str, os.stat_result | None]
 _REL = itemgetter(0)
+
+
+class UnkeyableInputError(ValueError):
+    """An input whose content cannot be keyed without blocking or without bound.
+
+    A FIFO or a device has no content to read to its end (reading `/dev/zero`
+    or a FIFO nobody writes to never returns), and a folder with more entries
+    than the hasher's `max_entries` would cost every call a long walk. The
+    caching runner then runs the call uncached (or raises, by policy).
+
+    Attributes:
+        path: The input.
+        why: What makes it unkeyable, as a phrase.
+        param: The param that names it, when known.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], why: str, *, param: str = ""
+    ) -> None:
+        self.path = os.fspath(path)
+        self.why = why
+        self.param = param
+        where = f"param `{param}`: " if param else ""
+        super().__init__(f"{where}{self.path} {why}")
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def check_keyable(path: str | os.PathLike[str], st: os.stat_result) -> None:
+    """Raise `UnkeyableInputError` unless `st` is a regular file or a folder.
+
+    Args:
+        path: The path, for the message.
+        st: Its stat record (following symlinks).
+
+    Raises:
+        UnkeyableInputError: For a FIFO, a device or a socket.
+    """
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise UnkeyableInputError(
+            path,
+            f"is {_special_kind(st.st_mode)}: its content cannot be read to an "
+            "end, so it cannot be part of a cache key",
+        )
 
 
 @runtime_checkable
@@ -88,15 +157,31 @@ class ContentHasher:
         chunk_size: Read size for files that are not memory-mapped.
         threads: Worker threads for a folder's files and for large files
             (default: the CPU count).
+        max_entries: A folder with more entries than this raises
+            `UnkeyableInputError` instead of being walked to its end (None: no
+            bound).
     """
 
     def __init__(
-        self, chunk_size: int = 1 << 20, *, threads: int | None = None
+        self,
+        chunk_size: int = 1 << 20,
+        *,
+        threads: int | None = None,
+        max_entries: int | None = DEFAULT_MAX_ENTRIES,
     ) -> None:
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        if max_entries is not None and (
+            isinstance(max_entries, bool)
+            or not isinstance(max_entries, int)
+            or max_entries <= 0
+        ):
+            raise ValueError(
+                f"max_entries must be a positive int or None, got {max_entries!r}"
+            )
         self.chunk_size = chunk_size
         self.threads = max(1, threads or os.cpu_count() or 1)
+        self.max_entries = max_entries
 
     def hash_path(
         self,
@@ -136,8 +221,11 @@ class ContentHasher:
 
         Raises:
             FileNotFoundError: If the path does not exist.
+            UnkeyableInputError: If it is a FIFO, a device or a socket, or a folder
+                with more than `max_entries` entries.
         """
         st = os.stat(path)
+        check_keyable(path, st)
         if stat.S_ISDIR(st.st_mode):
             return self._folder_digest(os.fspath(path), memo, exclude)
         return self._file_digest(path, st, memo)
@@ -204,7 +292,7 @@ class ContentHasher:
     def _folder_digest(
         self, root: str, memo: DigestMemo | None, exclude: Collection[Path]
     ) -> Digest:
-        walk = _Walk(root, _identities(exclude))
+        walk = _Walk(root, _identities(exclude), self.max_entries)
         folder_key = f"d:{walk.fingerprint}"
         if memo is not None:
             known = memo.get(folder_key)
@@ -327,7 +415,12 @@ class _Walk:
     the same pass; the entries are sorted only when their content is needed.
     """
 
-    def __init__(self, root: str, excluded: frozenset[tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        root: str,
+        excluded: frozenset[tuple[int, int]],
+        max_entries: int | None = None,
+    ) -> None:
         self.root = root
         self.unsorted: list[_Entry] = []
         lines: list[str] = []
@@ -339,6 +432,12 @@ class _Walk:
             try:
                 with os.scandir(fd) as scan:
                     for item in scan:
+                        if max_entries is not None and len(entries) >= max_entries:
+                            raise UnkeyableInputError(
+                                root,
+                                f"is a folder of more than {max_entries:,} entries "
+                                "(ContentHasher(max_entries=...) raises the bound)",
+                            )
                         rel = prefix + item.name
                         st = item.stat(follow_symlinks=False)
                         kind = _KINDS.get(st.st_mode & _S_IFMT, "s")
@@ -388,7 +487,11 @@ def _link_target(name: str, dir_fd: int) -> os.stat_result | None:
     return target if stat.S_ISREG(target.st_mode) else None
 
 
-def stat_signature(path: Path, exclude: Collection[Path] = ()) -> str:
+def stat_signature(
+    path: Path,
+    exclude: Collection[Path] = (),
+    max_entries: int | None = DEFAULT_MAX_ENTRIES,
+) -> str:
     """Return a signature that changes whenever a file or folder tree changes.
 
     Reads only metadata: the stat record of a file, or of every entry of a
@@ -397,11 +500,16 @@ def stat_signature(path: Path, exclude: Collection[Path] = ()) -> str:
     Args:
         path: A file or folder.
         exclude: Folders left out of a folder's walk.
+        max_entries: Bound on a folder's entries, as in `ContentHasher`.
 
     Returns:
         The signature.
+
+    Raises:
+        UnkeyableInputError: For a folder of more than `max_entries` entries.
     """
     st = os.stat(path)
     if stat.S_ISDIR(st.st_mode):
-        return f"d:{_Walk(os.fspath(path), _identities(exclude)).fingerprint}"
+        walk = _Walk(os.fspath(path), _identities(exclude), max_entries)
+        return f"d:{walk.fingerprint}"
     return file_memo_key(st)

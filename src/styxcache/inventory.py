@@ -11,12 +11,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 from styxcache.manifest import Manifest, ManifestError
 from styxcache.store import CacheStore
+from styxcache.walk import (
+    UnsafeHandler,
+    folder_entries,
+    is_cache_key,
+    iter_entry_dirs,
+    real_dir,
+)
 
 __all__ = [
     "EntryInfo",
@@ -72,8 +80,15 @@ def folder_size(path: Path) -> int:
     """Return the total size of the files under a folder (symlinks not followed).
 
     Args:
-        path: A folder; a missing one counts 0.
+        path: A folder; a missing one counts 0, and a link or file counts
+            its own size (a link is never followed, even at the top).
     """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0
+    if not stat.S_ISDIR(st.st_mode):
+        return st.st_size
     total = 0
     for folder, _dirs, files in os.walk(path):
         for name in files:
@@ -90,12 +105,22 @@ def describe_entry(store: CacheStore, key: str) -> EntryInfo | None:
     Args:
         store: The cache.
         key: The entry's key.
+
+    Returns:
+        The record; None when the folder is gone or is not a folder (a
+        symlink planted in its place is never followed).
     """
     entry = store.entry_dir(key)
     try:
-        last_used = entry.stat().st_mtime
+        st = os.lstat(entry)
     except FileNotFoundError:
         return None
+    if not stat.S_ISDIR(st.st_mode):
+        return None
+    return _describe(store, key, entry, st.st_mtime)
+
+
+def _describe(store: CacheStore, key: str, entry: Path, last_used: float) -> EntryInfo:
     try:
         manifest = Manifest.read(entry / store.MANIFEST)
     except ManifestError:
@@ -110,7 +135,7 @@ def describe_entry(store: CacheStore, key: str) -> EntryInfo | None:
     extra = 0
     for name in store.RESERVED:
         try:
-            extra += (entry / name).stat().st_size
+            extra += os.lstat(entry / name).st_size
         except OSError:
             continue
     if (entry / store.DONE_MARKER).exists():
@@ -131,22 +156,25 @@ def describe_entry(store: CacheStore, key: str) -> EntryInfo | None:
     )
 
 
-def scan_entries(store: CacheStore) -> Iterator[EntryInfo]:
+def scan_entries(
+    store: CacheStore, *, on_unsafe: UnsafeHandler | None = None
+) -> Iterator[EntryInfo]:
     """Yield every entry folder of a cache, in key order.
 
-    Entries removed while the scan runs are skipped.
+    Entries removed while the scan runs are skipped, and so are names that
+    are not cache keys and links planted where a shard or entry should be
+    (those are reported to `on_unsafe`, never followed).
 
     Args:
         store: The cache.
+        on_unsafe: Told `(path, reason)` about each link skipped.
     """
-    for key in store.iter_keys():
+    for item in iter_entry_dirs(store.root, on_unsafe=on_unsafe):
         try:
-            info = describe_entry(store, key)
-        except ValueError:
-            _log.debug("skipping folder %s: not a cache key", key)
+            last_used = item.stat(follow_symlinks=False).st_mtime
+        except FileNotFoundError:
             continue
-        if info is not None:
-            yield info
+        yield _describe(store, item.name, Path(item.path), last_used)
 
 
 def resolve_key(store: CacheStore, prefix: str) -> str:
@@ -170,10 +198,15 @@ def resolve_key(store: CacheStore, prefix: str) -> str:
             "give at least 2 letters or digits of a key"
         )
     shard = store.root / text[:2]
-    try:
-        names = sorted(e.name for e in os.scandir(shard) if e.is_dir())
-    except (FileNotFoundError, NotADirectoryError):
-        names = []
+    names = (
+        [
+            e.name
+            for e in folder_entries(shard)
+            if is_cache_key(e.name) and e.is_dir(follow_symlinks=False)
+        ]
+        if real_dir(shard)
+        else []
+    )
     matches = [name for name in names if name.startswith(text)]
     if not matches:
         raise KeyPrefixError(

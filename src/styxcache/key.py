@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from typing import Any, Literal
 from styxdefs import Metadata
 
 from styxcache.canonical import JSON, canonical_json, encode_params
+from styxcache.hashing import UnkeyableInputError
 
 __all__ = [
     "KEY_FORMAT",
@@ -157,7 +159,11 @@ def key_of(payload: Mapping[str, JSON]) -> str:
     Returns:
         64 hex characters.
     """
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+    # surrogatepass: a file name that is not valid UTF-8 reaches params as
+    # lone surrogates (os.fsdecode); it must key, not crash.
+    return hashlib.sha256(
+        canonical_json(payload).encode("utf-8", "surrogatepass")
+    ).hexdigest()
 
 
 def _normalise(value: str | os.PathLike[str]) -> str:
@@ -209,9 +215,22 @@ def build_payload(
         if index is not None:
             first_param.setdefault(index, name)
             return {"$input": index}
-        if path_params == "ignore" or not isinstance(value, str):
+        if path_params == "ignore":
             return None
-        if not os.path.isabs(text) or text == os.sep or not os.path.exists(text):
+        # A str is a path only when absolute (a relative "out" is more often a
+        # name than a file here); a Path object says it is a path, so a
+        # relative one is taken from the working directory.
+        if isinstance(value, str) and not os.path.isabs(text):
+            return None
+        text = _normalise(text)
+        if text == os.sep:
+            return None
+        try:
+            st = os.stat(text)
+        except OSError:
+            return None
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            # /dev/null, a FIFO: a stream, not content; its name is the key.
             return None
         if path_params == "warn":
             _log.warning(
@@ -221,7 +240,10 @@ def build_payload(
                 text,
             )
             return None
-        digest = hash_path(Path(text))
+        try:
+            digest = hash_path(Path(text))
+        except UnkeyableInputError as exc:
+            raise UnkeyableInputError(exc.path, exc.why, param=name) from None
         hashed_params[name] = {"name": Path(text).name, "digest": digest}
         return {"$path_param": Path(text).name, "digest": digest}
 

@@ -21,6 +21,7 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "OutputRecord",
+    "OutsideRecord",
     "scan_outputs",
 ]
 
@@ -49,6 +50,26 @@ class OutputRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class OutsideRecord:
+    """A declared output outside the entry (an absolute name), as the run left it.
+
+    The cache never moves, copies or changes such a path; it only remembers
+    what was there after the run, and a hit requires it to be unchanged.
+
+    Attributes:
+        path: The absolute path the caller was given.
+        present: Whether anything existed there after the run.
+        size: Its size in bytes (0 when absent).
+        digest: Its content digest ("" when absent).
+    """
+
+    path: str
+    present: bool
+    size: int = 0
+    digest: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Manifest:
     """The record of one committed execution.
 
@@ -70,6 +91,9 @@ class Manifest:
         stderr_size: Size of the compressed stderr log in bytes.
         version: styxcache version that wrote the entry.
         format: Manifest format number.
+        absent: Declared outputs inside the entry that the tool did not
+            write (relative POSIX paths); a hit serves them absent too.
+        outside: Declared outputs outside the entry (absolute names).
     """
 
     key: str
@@ -88,6 +112,8 @@ class Manifest:
     stderr_size: int = 0
     version: str = ""
     format: int = MANIFEST_FORMAT
+    absent: tuple[str, ...] = ()
+    outside: tuple[OutsideRecord, ...] = ()
 
     @property
     def total_size(self) -> int:
@@ -118,6 +144,10 @@ class Manifest:
             if fmt != MANIFEST_FORMAT:
                 raise ManifestError(f"unknown manifest format {fmt!r}")
             data["outputs"] = tuple(OutputRecord(**o) for o in data["outputs"])
+            data["absent"] = tuple(str(name) for name in data.get("absent", ()))
+            data["outside"] = tuple(
+                OutsideRecord(**o) for o in data.get("outside", ())
+            )
             names = {f.name for f in dataclasses.fields(cls)}
             return cls(**{k: v for k, v in data.items() if k in names})
         except ManifestError:

@@ -85,7 +85,9 @@ def _explain_one(store: CacheStore, event: CacheEvent) -> MissExplanation:
             new.payload,
             limit=_CANDIDATES,
             skip_key=event.key,
-            created_before=new.created,
+            # The miss happened at event.time: an entry committed after it
+            # (another process, a later run) is not what it missed against.
+            created_before=min(event.time, new.created),
         )
         if found is not None:
             nearest_key, differences = found

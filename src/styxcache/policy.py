@@ -10,15 +10,20 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import fnmatch
+import logging
 import math
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 from styxdefs import Metadata
 
 from styxcache.hashing import ContentHasher, InputHasher
+from styxcache.trust import TrustSetting, parse_trust
+
+_log = logging.getLogger("styxcache.policy")
 
 __all__ = [
     "CachePolicy",
@@ -106,9 +111,40 @@ def _seconds(value: float | dt.timedelta | None, field: str) -> float | None:
     return float(seconds)
 
 
+def _warn_if_unmatchable(pattern: str) -> None:
+    """Warn about a `bypass_tools` pattern that can never match a tool.
+
+    Patterns are matched against `package/name` and `package/id`, so one
+    without a `/` (or a leading wildcard) matches nothing; Styx package ids
+    are lower case and matching is case-sensitive, so `FSL/bet` matches
+    nothing either. A silent no-op here would cache a tool the user meant to
+    keep out of the cache.
+    """
+    if "/" not in pattern and not pattern.startswith("*"):
+        _log.warning(
+            "CachePolicy.bypass_tools pattern %r has no '/': patterns are matched "
+            "against 'package/name' and 'package/id', so it matches no tool; "
+            "did you mean '*/%s'?",
+            pattern,
+            pattern,
+        )
+        return
+    package = pattern.split("/", 1)[0]
+    if package != package.lower() and not any(c in package for c in "*?["):
+        _log.warning(
+            "CachePolicy.bypass_tools pattern %r names the package %r, but package "
+            "ids are lower case and matching is case-sensitive; did you mean %r?",
+            pattern,
+            package,
+            f"{package.lower()}/{pattern.split('/', 1)[1]}",
+        )
+
+
 PathParamsMode = Literal["hash", "warn", "ignore"]
 VerifyMode = Literal["size", "full"]
 ReadOnlyMissMode = Literal["warn", "error"]
+RequiredOutputsMode = Literal["any", "all"]
+UnkeyableMode = Literal["run", "error"]
 
 
 @dataclasses.dataclass
@@ -152,6 +188,23 @@ class CachePolicy:
             inspection.
         check_command: Store a fingerprint of the command line (and of the
             local executable) and rerun a hit whose fingerprint differs.
+        required_outputs: When a run that exited 0 is committed. `"any"`: it
+            wrote at least one file, or declared no output inside its folder
+            (FSL `bet` declares 16 outputs and writes one); absent ones are
+            listed in the manifest. `"all"`: every non-optional declared
+            output must exist.
+        unkeyable_params: What a call does when its key cannot be built
+            losslessly: a param of a type the key cannot encode (register an
+            encoder with `styxcache.register_encoder`), a structure that
+            contains itself, an input that is a FIFO or a device, or a folder
+            over the hasher's `max_entries`. `"run"`: run it uncached, as the
+            base runner would, with one warning per tool naming the param;
+            `"error"`: raise, naming it.
+        trust: Whose entries are served (docs/security.md): `"self"` (you,
+            root and the cache folder's owner), `"group"` (also every member
+            of the cache folder's group), a list of user names and uids, or
+            `"any"` (no ownership checks). An entry someone untrusted could
+            have written is not served; the call runs uncached.
     """
 
     hasher: InputHasher = dataclasses.field(default_factory=ContentHasher)
@@ -172,13 +225,19 @@ class CachePolicy:
     read_only_miss: ReadOnlyMissMode = "warn"
     keep_failed: int = 5
     check_command: bool = True
+    required_outputs: RequiredOutputsMode = "any"
+    unkeyable_params: UnkeyableMode = "run"
+    trust: TrustSetting | Iterable[int | str] = "self"
 
     def __post_init__(self) -> None:
         """Check every knob now, so a bad policy fails before anything runs."""
+        # The Literal types are the one list of each knob's choices.
         choices: dict[str, tuple[str, ...]] = {
-            "path_params": ("hash", "warn", "ignore"),
-            "verify": ("size", "full"),
-            "read_only_miss": ("warn", "error"),
+            "path_params": get_args(PathParamsMode),
+            "verify": get_args(VerifyMode),
+            "read_only_miss": get_args(ReadOnlyMissMode),
+            "required_outputs": get_args(RequiredOutputsMode),
+            "unkeyable_params": get_args(UnkeyableMode),
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -209,6 +268,7 @@ class CachePolicy:
                 raise TypeError(
                     f"CachePolicy.bypass_tools must hold str patterns; got {pattern!r}"
                 )
+            _warn_if_unmatchable(pattern)
         if not isinstance(self.extra, dict):
             raise TypeError(
                 f"CachePolicy.extra must be a dict of str to str, got {self.extra!r}"
@@ -256,6 +316,7 @@ class CachePolicy:
             raise TypeError(
                 f"CachePolicy.keep_failed must be an int, got {self.keep_failed!r}"
             )
+        self.trust = parse_trust(self.trust)
         if self.keep_failed < 0:
             raise ValueError(
                 f"CachePolicy.keep_failed must not be negative, got {self.keep_failed}"

@@ -144,6 +144,8 @@ class CachingRunner(Runner):
         self.memo = DigestMemo(memo_dir) if memo_dir is not None else None
         self._events = EventLog(self.store.root) if self.writable else None
         self._stats_lock = threading.Lock()
+        self._warned: set[str] = set()
+        self._warned_lock = threading.Lock()
         self._default_hasher = ContentHasher()
         self._executables: dict[
             tuple[str, str | None], tuple[float, str, str, str]
@@ -180,11 +182,30 @@ class CachingRunner(Runner):
 
     # Services for executions --------------------------------------------------
 
+    def warn_once(self, topic: str) -> bool:
+        """Return True the first time this runner sees `topic`.
+
+        Some warnings are given once per tool, not once per call: a pipeline
+        of 200 subjects must not print the same sentence 200 times.
+
+        Args:
+            topic: What the warning is about (usually a kind and the tool).
+
+        Returns:
+            Whether to warn now.
+        """
+        with self._warned_lock:
+            if topic in self._warned:
+                return False
+            self._warned.add(topic)
+            return True
+
     def verify_args(self) -> dict[str, Any]:
         """Keyword arguments for `CacheStore.lookup` under this policy."""
         return {
             "verify": self.policy.verify,
             "hash_file": self.policy_hasher().hash_file,
+            "trust": self.policy.trust,
         }
 
     def policy_hasher(self) -> ContentHasher:

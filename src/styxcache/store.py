@@ -21,6 +21,7 @@ either the old entry or the new one, never a half-written tree.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import logging
@@ -34,6 +35,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from styxcache.manifest import Manifest, ManifestError
+from styxcache.trust import TrustSetting, check_entry
+from styxcache.walk import folder_entries, housekeeping_dir, iter_entry_dirs
 
 __all__ = ["CacheStore", "Lookup"]
 
@@ -48,11 +51,14 @@ class Lookup:
         manifest: The verified manifest, or None for a miss.
         reason: Why it is a miss (empty for a hit).
         damaged: The entry existed but was damaged and has been quarantined.
+        untrusted: The entry exists but someone untrusted could have written
+            it (trust.py): it is left alone and the call runs uncached.
     """
 
     manifest: Manifest | None
     reason: str = ""
     damaged: bool = False
+    untrusted: bool = False
 
 
 def _make_writable_and_retry(
@@ -145,17 +151,13 @@ class CacheStore:
         return (self.entry_dir(key) / self.DONE_MARKER).exists()
 
     def iter_keys(self) -> Iterator[str]:
-        """Yield the key of every entry folder, complete or not."""
-        try:
-            shards = sorted(os.scandir(self.root), key=lambda e: e.name)
-        except FileNotFoundError:
-            return
-        for shard in shards:
-            if len(shard.name) != 2 or shard.name.startswith(".") or not shard.is_dir():
-                continue
-            for entry in sorted(os.scandir(shard.path), key=lambda e: e.name):
-                if entry.name.startswith(shard.name) and entry.is_dir():
-                    yield entry.name
+        """Yield the key of every entry folder, complete or not.
+
+        Links planted where a shard or entry should be are skipped (never
+        followed), and names that are not keys are ignored (walk.py).
+        """
+        for entry in iter_entry_dirs(self.root):
+            yield entry.name
 
     # Verification ---------------------------------------------------------
 
@@ -166,6 +168,7 @@ class CacheStore:
         verify: str = "size",
         hash_file: Callable[[str, int], str] | None = None,
         quarantine: bool = True,
+        trust: TrustSetting = "any",
     ) -> Lookup:
         """Find and verify an entry.
 
@@ -178,11 +181,18 @@ class CacheStore:
             verify: `"size"` or `"full"` (also compares content digests).
             hash_file: `(path, size) -> digest`, needed for `"full"`.
             quarantine: Move a damaged entry aside (False for read-only tiers).
+            trust: Whose entries may be served (`CachePolicy.trust`).
 
         Returns:
             The lookup result.
         """
         entry = self.entry_dir(key)
+        doubt = check_entry(self.root, entry, trust)
+        if doubt is not None:
+            if doubt.own:
+                return self._damaged(key, doubt.reason, quarantine)
+            reason = f"entry is not trusted ({doubt.reason})"
+            return Lookup(None, reason, untrusted=True)
         try:
             manifest = Manifest.read(entry / self.MANIFEST)
         except ManifestError as exc:
@@ -202,6 +212,9 @@ class CacheStore:
         return Lookup(manifest)
 
     def _damaged(self, key: str, reason: str, quarantine: bool) -> Lookup:
+        if not self.entry_dir(key).is_dir():
+            # Removed while we looked (a concurrent gc or clear): a plain miss.
+            return Lookup(None, "entry removed concurrently")
         if quarantine:
             where = self.quarantine(key, reason)
             _log.warning(
@@ -222,8 +235,10 @@ class CacheStore:
         Returns:
             Where it went, or None if it was already gone.
         """
-        folder = self.root / self.QUARANTINE_DIR
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = housekeeping_dir(self.root, self.QUARANTINE_DIR, create=True)
+        if folder is None:  # a planted link: never move an entry through it
+            self._to_trash(self.entry_dir(key))
+            return None
         target = (
             folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{key}-{uuid.uuid4().hex[:6]}"
         )
@@ -249,7 +264,9 @@ class CacheStore:
         """
         name = uuid.uuid4().hex if key is None else f"{key}.{uuid.uuid4().hex[:12]}"
         path = self.root / self.STAGING_DIR / name
-        path.mkdir(parents=True)
+        # Never group-writable: on a shared cache a member could plant files
+        # in a run's outputs before they are sealed and committed.
+        path.mkdir(parents=True, mode=0o755)
         return path
 
     def discard(self, staging: Path) -> None:
@@ -314,7 +331,12 @@ class CacheStore:
         Returns:
             The entry folder.
         """
-        (staging / self.UNCOMMITTED).write_text(reason + "\n")
+        try:
+            (staging / self.UNCOMMITTED).write_text(reason + "\n")
+        except OSError:
+            # Without its note the folder would look like a damaged entry.
+            self.discard(staging)
+            raise
         entry = self.entry_dir(key)
         entry.parent.mkdir(parents=True, exist_ok=True)
         if (entry / self.DONE_MARKER).exists():
@@ -328,9 +350,13 @@ class CacheStore:
         return entry
 
     def _to_trash(self, entry: Path) -> None:
-        trash = self.root / self.TRASH_DIR
-        trash.mkdir(parents=True, exist_ok=True)
-        target = trash / uuid.uuid4().hex
+        # Beside the entry when `.trash` is a planted link (never followed).
+        trash = housekeeping_dir(self.root, self.TRASH_DIR, create=True)
+        target = (
+            entry.parent / f".trash-{uuid.uuid4().hex}"
+            if trash is None
+            else trash / uuid.uuid4().hex
+        )
         try:
             os.rename(entry, target)
         except FileNotFoundError:
@@ -369,20 +395,28 @@ class CacheStore:
         if limit <= 0:
             self.discard(staging)
             return None
-        folder = self.root / self.FAILED_DIR
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = housekeeping_dir(self.root, self.FAILED_DIR, create=True)
+        if folder is None:  # a planted link: never prune through it
+            self.discard(staging)
+            return None
         target = (
             folder
             / f"{time.strftime('%Y%m%dT%H%M%S')}-{key[:16]}-{uuid.uuid4().hex[:6]}"
         )
         os.rename(staging, target)
-        (target / ".styxcache.failed").write_text(reason + "\n")
+        with contextlib.suppress(OSError):  # a full disk must not hide the failure
+            (target / ".styxcache.failed").write_text(reason + "\n")
+        with contextlib.suppress(OSError):  # a concurrent gc may prune meanwhile
+            self._prune_failed(folder, limit)
+        return target
+
+    def _prune_failed(self, folder: Path, limit: int) -> None:
         kept = sorted(
-            (p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime
+            (p for p in folder_entries(folder) if p.is_dir(follow_symlinks=False)),
+            key=lambda p: p.stat(follow_symlinks=False).st_mtime,
         )
         for old in kept[: max(0, len(kept) - limit)]:
-            remove_tree(old)
-        return target
+            remove_tree(Path(old.path))
 
     def touch(self, key: str) -> bool:
         """Record a use of the entry: bump its folder's modification time.
@@ -482,6 +516,9 @@ def _check_outputs(
             except OSError:
                 return f"output {record.path} is not a symlink any more"
             continue
+        if not stat.S_ISREG(st.st_mode):
+            # A symlink or folder of the same size where a file was recorded.
+            return f"output {record.path} is not a regular file any more"
         if st.st_size != record.size:
             return (
                 f"output {record.path} has {st.st_size} bytes, expected {record.size}"

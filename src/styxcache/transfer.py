@@ -14,6 +14,7 @@ one; a good entry already in the cache is never replaced.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -24,14 +25,17 @@ import shutil
 import tarfile
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from styxcache.hashing import ContentHasher
 from styxcache.inventory import EntryInfo, scan_entries
+from styxcache.key import key_of
 from styxcache.manifest import Manifest, ManifestError
 from styxcache.store import CacheStore, remove_tree
+from styxcache.walk import housekeeping_dir, is_cache_key, is_shard_name, real_dir
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -89,10 +93,12 @@ class ImportReport:
     Attributes:
         imported: Keys committed to the cache.
         present: Keys already in the cache (left as they were).
+        skipped: Keys not imported because the cache is unsafe there, with why.
     """
 
     imported: list[str] = dataclasses.field(default_factory=list)
     present: list[str] = dataclasses.field(default_factory=list)
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         """Return the report as a JSON-ready dictionary."""
@@ -214,6 +220,9 @@ def _write_entries(
             report.skipped[info.key] = f"symlink {escaping} points outside the entry"
             continue
         snapshot = work / info.key
+        if not real_dir(store.entry_dir(info.key)):
+            report.skipped[info.key] = "replaced by a link or file: not followed"
+            continue
         try:
             _snapshot(store.entry_dir(info.key), snapshot)
         except (FileNotFoundError, OSError) as exc:
@@ -256,95 +265,302 @@ def _snapshot_whole(snapshot: Path, key: str) -> bool:
 
 # Import ------------------------------------------------------------------------
 
+MAX_LINK_HOPS = 40
+"""Symlinks followed while resolving one link of an archive (as the kernel's limit)."""
 
-def _check_member(member: tarfile.TarInfo) -> str:
-    """Return the key a member belongs to ("" for the index); raise if unsafe."""
+_CHUNK = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class _Member:
+    """One member of an entry, as checked: where it goes and what it is."""
+
+    info: tarfile.TarInfo
+    key: str
+    inside: str
+    """Path inside the entry ("" for the entry folder itself)."""
+
+
+@dataclasses.dataclass
+class _Plan:
+    """A fully checked archive: what to write, in archive order."""
+
+    keys: list[str]
+    members: list[_Member]
+    manifests: dict[str, Manifest]
+    total: int
+
+
+def _fail_name(name: str, problem: str) -> TransferError:
+    return TransferError(f"archive member {name!r} {problem}")
+
+
+def _split_member(member: tarfile.TarInfo) -> tuple[str, str] | None:
+    """Return `(key, path inside the entry)`; None for the index and folders above."""
     name = member.name
     if name == INDEX_NAME:
         if not member.isfile():
             raise TransferError(f"{INDEX_NAME} in the archive is not a regular file")
-        return ""
+        return None
     if name.startswith("/") or posixpath.isabs(name) or "\\" in name:
-        raise TransferError(f"archive member {name!r} has an absolute path")
+        raise _fail_name(name, "has an absolute path")
     parts = name.split("/")
     if ".." in parts:
-        raise TransferError(
-            f"archive member {name!r} leaves the extraction folder (..)"
-        )
+        raise _fail_name(name, "leaves the extraction folder (..)")
+    if any(part in ("", ".") for part in parts) or "\0" in name:
+        raise _fail_name(name, "has an empty or '.' path component")
     if parts == [ENTRIES_DIR] and member.isdir():
-        return ""
+        return None
     if parts[0] != ENTRIES_DIR or len(parts) < 2:
-        raise TransferError(
-            f"archive member {name!r} is not part of a styxcache export"
-        )
+        raise _fail_name(name, "is not part of a styxcache export")
     if len(parts) == 2:
-        if not member.isdir() or len(parts[1]) != 2:
-            raise TransferError(f"archive member {name!r} is not a styxcache entry")
-        return ""
+        if not member.isdir() or not is_shard_name(parts[1]):
+            raise _fail_name(name, "is not a styxcache entry")
+        return None
     shard, key = parts[1], parts[2]
-    if not (len(key) >= 3 and key.isalnum() and key.startswith(shard)):
-        raise TransferError(f"archive member {name!r}: {key!r} is not a cache key")
+    if not (is_cache_key(key) and key.startswith(shard)):
+        raise _fail_name(name, f"is in {key!r}, which is not a cache key")
     if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-        raise TransferError(f"archive member {name!r} is not a file, folder or link")
+        raise _fail_name(name, "is not a file, folder or link (device or fifo)")
     inside = "/".join(parts[3:])
-    if member.issym() and not _link_stays_inside(inside or ".", member.linkname):
+    if not inside and not member.isdir():
+        raise _fail_name(name, "stands where an entry folder should be")
+    return key, inside
+
+
+def _resolve_in_entry(
+    start: str, links: dict[str, str], kinds: dict[str, str], name: str
+) -> str:
+    """Resolve a link fully inside its entry's tree as the archive would build it.
+
+    Every hop is checked: a chain of links that each look harmless but
+    together leave the entry is refused.
+
+    Args:
+        start: The link's own path inside the entry.
+        links: Every symlink of the entry: path -> target text.
+        kinds: Every member of the entry: path -> "file", "dir" or "link".
+        name: The member's name, for errors.
+
+    Returns:
+        The final path inside the entry ("" for the entry itself).
+    """
+    pending = links[start]
+    base = posixpath.dirname(start)
+    hops = 0
+    while True:
+        if posixpath.isabs(pending):
+            raise _fail_name(
+                name, f"is a symlink to {links[start]!r}, outside its entry"
+            )
+        parts: list[str] = [p for p in base.split("/") if p]
+        remaining = [p for p in pending.split("/") if p not in ("", ".")]
+        restart = False
+        while remaining:
+            part = remaining.pop(0)
+            if part == "..":
+                if not parts:
+                    raise _fail_name(
+                        name, f"is a symlink to {links[start]!r}, outside its entry"
+                    )
+                parts.pop()
+                continue
+            parts.append(part)
+            here = "/".join(parts)
+            if kinds.get(here) == "link":
+                hops += 1
+                if hops > MAX_LINK_HOPS:
+                    raise _fail_name(name, "is part of a symlink loop")
+                parts.pop()
+                base = "/".join(parts)
+                pending = "/".join([links[here], *remaining])
+                restart = True
+                break
+        if not restart:
+            return "/".join(parts)
+
+
+def _check_links(members: list[_Member]) -> None:
+    """Refuse links that resolve outside their entry, and paths through links."""
+    by_key: dict[str, dict[str, str]] = {}
+    links: dict[str, dict[str, str]] = {}
+    for item in members:
+        kind = "dir" if item.info.isdir() else "link" if item.info.issym() else "file"
+        kinds = by_key.setdefault(item.key, {})
+        if item.inside in kinds:
+            raise _fail_name(item.info.name, "appears twice in the archive")
+        kinds[item.inside] = kind
+        if kind == "link":
+            links.setdefault(item.key, {})[item.inside] = item.info.linkname
+    earlier: set[str] = set()
+    for item in members:
+        kinds = by_key[item.key]
+        parents = item.inside.split("/")[:-1]
+        for depth in range(1, len(parents) + 1):
+            above = "/".join(parents[:depth])
+            if kinds.get(above) == "link":
+                raise _fail_name(
+                    item.info.name, f"is written through the symlink {above!r}"
+                )
+        if item.info.issym():
+            _resolve_in_entry(item.inside, links[item.key], kinds, item.info.name)
+        elif item.info.islnk():
+            prefix = f"{ENTRIES_DIR}/{item.key[:2]}/{item.key}/"
+            target = item.info.linkname
+            inside = target[len(prefix) :] if target.startswith(prefix) else None
+            if inside is None or ".." in target.split("/"):
+                raise _fail_name(
+                    item.info.name,
+                    f"is a hard link to {target!r}, outside its entry",
+                )
+            if kinds.get(inside) != "file" or target not in earlier:
+                raise _fail_name(
+                    item.info.name,
+                    f"is a hard link to {target!r}, which is not an earlier file "
+                    "of its entry",
+                )
+        elif item.info.isfile():
+            earlier.add(item.info.name)
+
+
+def _check_entry(
+    key: str,
+    manifest: Manifest,
+    files: dict[str, tarfile.TarInfo],
+    sizes: dict[str, int],
+) -> None:
+    """Check an entry's members against its manifest (before anything is written)."""
+    short = key[:12]
+    try:
+        recomputed = key_of(manifest.payload)
+    except (TypeError, ValueError) as exc:
         raise TransferError(
-            f"archive member {name!r} is a symlink to {member.linkname!r}, "
-            "outside its entry"
+            f"entry {short}: its key payload cannot be hashed: {exc}"
+        ) from exc
+    if manifest.key != key or recomputed != key:
+        raise TransferError(
+            f"entry {short}: its manifest's key payload hashes to {recomputed[:12]}, "
+            "not to its key; refusing a forged or damaged entry"
         )
-    if member.islnk():
-        prefix = f"{ENTRIES_DIR}/{shard}/{key}/"
-        target = member.linkname
-        if not target.startswith(prefix) or ".." in target.split("/"):
+    if CacheStore.DONE_MARKER not in files:
+        raise TransferError(f"entry {short} has no done marker: it is not complete")
+    if CacheStore.UNCOMMITTED in files:
+        raise TransferError(f"entry {short} is an uncommitted run")
+    listed = {record.path: record for record in manifest.outputs}
+    for inside, info in files.items():
+        if inside in CacheStore.RESERVED:
+            continue
+        record = listed.get(inside)
+        if record is None:
             raise TransferError(
-                f"archive member {name!r} is a hard link to {target!r}, "
-                "outside its entry"
+                f"entry {short}: file {inside!r} is not listed in its manifest"
             )
-    return key
-
-
-def _read_archive(path: Path) -> tuple[tarfile.TarFile, list[str]]:
-    try:
-        archive = tarfile.open(path, "r:*")  # noqa: SIM115 - the caller closes it
-    except FileNotFoundError:
-        raise TransferError(f"{path} does not exist") from None
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise TransferError(f"{path} is not a readable tar archive: {exc}") from exc
-    try:
-        members = archive.getmembers()
-        keys: list[str] = []
-        has_index = False
-        for member in members:
-            key = _check_member(member)
-            has_index = has_index or member.name == INDEX_NAME
-            if key and key not in keys:
-                keys.append(key)
-        if not has_index:
+        if record.link is not None:
+            if not info.issym() or info.linkname != record.link:
+                raise TransferError(
+                    f"entry {short}: {inside!r} should be a symlink to {record.link!r}"
+                )
+        elif info.issym() or sizes.get(inside) != record.size:
             raise TransferError(
-                f"{path} is not a styxcache export (no {INDEX_NAME}); "
-                "make one with `styxcache export`"
+                f"entry {short}: {inside!r} should be a file of {record.size} bytes"
             )
-        index = _read_index(archive)
-        listed = {str(item.get("key")) for item in index.get("entries", [])}
-        if listed != set(keys):
-            raise TransferError(
-                f"{path}: the entries in the archive do not match its {INDEX_NAME}"
-            )
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        archive.close()
-        raise TransferError(f"{path} is damaged: {exc}") from exc
-    except BaseException:
-        archive.close()
-        raise
-    return archive, keys
+    for path in listed:
+        if path not in files:
+            raise TransferError(f"entry {short}: output {path!r} is missing")
+    for log, lines in (
+        (CacheStore.STDOUT_LOG, manifest.stdout_lines),
+        (CacheStore.STDERR_LOG, manifest.stderr_lines),
+    ):
+        if lines and log not in files:
+            raise TransferError(f"entry {short}: its log {log} is missing")
 
 
-def _read_index(archive: tarfile.TarFile) -> dict[str, Any]:
-    handle = archive.extractfile(INDEX_NAME)
+def _plan_import(archive: tarfile.TarFile, path: Path, limit: int | None) -> _Plan:
+    """Check every member, link, size and manifest; write nothing."""
+    members: list[_Member] = []
+    keys: list[str] = []
+    name_of: dict[str, str] = {}
+    has_index = False
+    total = 0
+    manifest_text: dict[str, bytes] = {}
+    index_text = b""
+    # One pass over the (compressed) stream: small manifests and the index
+    # are read as they go by, so the archive is decompressed only twice.
+    for info in archive:
+        if info.name in name_of:
+            raise _fail_name(info.name, "appears twice in the archive")
+        name_of[info.name] = "file" if info.isfile() else "other"
+        where = _split_member(info)
+        has_index = has_index or info.name == INDEX_NAME
+        if info.isfile():
+            total += info.size
+            if limit is not None and total > limit:
+                raise TransferError(
+                    f"{path} unpacks to more than {limit} bytes (the limit); "
+                    "nothing was imported"
+                )
+        if info.name == INDEX_NAME:
+            index_text = _member_bytes(archive, info)
+        if where is None:
+            continue
+        key, inside = where
+        if inside == CacheStore.MANIFEST and info.isfile():
+            manifest_text[key] = _member_bytes(archive, info)
+        if key not in keys:
+            keys.append(key)
+        members.append(_Member(info, key, inside))
+    if not has_index:
+        raise TransferError(
+            f"{path} is not a styxcache export (no {INDEX_NAME}); "
+            "make one with `styxcache export`"
+        )
+    index = _read_index(index_text)
+    listed = {str(item.get("key")) for item in index.get("entries", [])}
+    if listed != set(keys):
+        raise TransferError(
+            f"{path}: the entries in the archive do not match its {INDEX_NAME}"
+        )
+    _check_links(members)
+    manifests: dict[str, Manifest] = {}
+    files: dict[str, dict[str, tarfile.TarInfo]] = {key: {} for key in keys}
+    sizes: dict[str, dict[str, int]] = {key: {} for key in keys}
+    by_name = {m.info.name: m for m in members}
+    for item in members:
+        if item.info.isdir():
+            continue
+        files[item.key][item.inside] = item.info
+        source = by_name[item.info.linkname].info if item.info.islnk() else item.info
+        sizes[item.key][item.inside] = source.size
+        if item.inside == CacheStore.MANIFEST:
+            if not item.info.isfile():
+                raise _fail_name(item.info.name, "is not a regular file")
+            manifests[item.key] = _parse_manifest(item, manifest_text[item.key])
+    for key in keys:
+        if key not in manifests:
+            raise TransferError(f"entry {key[:12]} in the archive has no manifest")
+        _check_entry(key, manifests[key], files[key], sizes[key])
+    return _Plan(keys, members, manifests, total)
+
+
+def _member_bytes(archive: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+    if info.size > 64 << 20:
+        raise _fail_name(info.name, "is too large for a manifest or index")
+    handle = archive.extractfile(info)
     if handle is None:
-        raise TransferError(f"{INDEX_NAME} in the archive is not a regular file")
+        raise _fail_name(info.name, "is not a regular file")
+    return handle.read()
+
+
+def _parse_manifest(item: _Member, data: bytes) -> Manifest:
     try:
-        data = json.loads(handle.read().decode("utf-8"))
+        return Manifest.from_json(data.decode("utf-8"))
+    except (ManifestError, UnicodeDecodeError) as exc:
+        raise TransferError(f"entry {item.key[:12]}: {exc}") from exc
+
+
+def _read_index(raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise TransferError(f"{INDEX_NAME} in the archive is not JSON: {exc}") from exc
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
@@ -358,56 +574,163 @@ def _read_index(archive: tarfile.TarFile) -> dict[str, Any]:
     return data
 
 
+def _open_archive(path: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(path, "r:*")
+    except FileNotFoundError:
+        raise TransferError(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise TransferError(f"{path} is a folder, not an archive") from None
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise TransferError(f"{path} is not a readable tar archive: {exc}") from exc
+
+
+def _extract(archive: tarfile.TarFile, plan: _Plan, into: Path) -> None:
+    """Write the checked members under `into/<key>/`, never following a link.
+
+    Our own code, not `extractall`: it does not depend on the interpreter
+    having tarfile's extraction filters, and every file is created with
+    `O_EXCL | O_NOFOLLOW` in a private folder.
+    """
+    for key in plan.keys:
+        os.mkdir(into / key, 0o700)
+    for item in plan.members:
+        target = os.path.join(into, item.key, *item.inside.split("/"))
+        info = item.info
+        if info.isdir():
+            if item.inside:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(target, 0o700)
+                if not real_dir(target):
+                    raise TransferError(f"cannot extract {info.name}: not a folder")
+            continue
+        _make_parents(into / item.key, item.inside)
+        if info.issym():
+            os.symlink(info.linkname, target)
+        elif info.islnk():
+            source = info.linkname.split("/", 3)[3]
+            os.link(os.path.join(into, item.key, *source.split("/")), target)
+        else:
+            _write_file(archive, info, target)
+    # Folder modes and times last: a read-only folder could not be filled,
+    # and writing into a folder bumps its time (an entry's time is its last use).
+    for item in reversed(plan.members):
+        if item.info.isdir():
+            folder = os.path.join(into, item.key, *item.inside.split("/"))
+            os.chmod(folder, (item.info.mode & 0o777) | 0o700)
+            os.utime(folder, (item.info.mtime, item.info.mtime))
+
+
+def _make_parents(root: Path, inside: str) -> None:
+    folder = str(root)
+    for part in inside.split("/")[:-1]:
+        folder = os.path.join(folder, part)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder, 0o700)
+        if not real_dir(folder):
+            raise TransferError(f"cannot extract {inside}: {part} is not a folder")
+
+
+def _write_file(archive: tarfile.TarFile, info: tarfile.TarInfo, target: str) -> None:
+    handle = archive.extractfile(info)
+    if handle is None:  # pragma: no cover - checked to be a regular file
+        raise TransferError(f"cannot read {info.name} from the archive")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(target, flags, 0o600)
+    written = 0
+    with os.fdopen(fd, "wb") as out:
+        while chunk := handle.read(_CHUNK):
+            written += len(chunk)
+            if written > info.size:
+                raise TransferError(f"{info.name} is longer than its header says")
+            out.write(chunk)
+    if written != info.size:
+        raise TransferError(f"{info.name} is shorter than its header says")
+    # Keep the exported modes, minus anything setuid/setgid/sticky.
+    os.chmod(target, info.mode & 0o777)
+    os.utime(target, (info.mtime, info.mtime))
+
+
 def import_entries(
     store: CacheStore,
     source: Path,
     *,
     on_verified: Callable[[str], None] | None = None,
+    max_bytes: int | None = None,
 ) -> ImportReport:
     """Import the entries of an export into a cache, after verifying all of them.
 
-    Nothing is committed unless every member is safe and every entry's
-    content matches its manifest; the error then names the problem.
+    Before anything is written, every member is checked (type, path, size
+    against `max_bytes`, every link resolved through the others), and every
+    entry's manifest: its key payload must hash to the entry's key, and it
+    must list exactly the files the entry holds. Then the archive is
+    extracted by our own code into a private staging folder, every file's
+    content is compared with its manifest digest, and only then are entries
+    committed. A rejected archive leaves nothing behind.
 
     Args:
         store: The cache to import into (created if needed).
         source: The archive made by `export_entries`.
         on_verified: Called with each key once its content is verified.
+        max_bytes: Refuse an archive that unpacks to more than this
+            (default: the free space of the cache's filesystem).
 
     Returns:
         What was imported and what was already there.
 
     Raises:
         TransferError: If the archive is unsafe, not an export, or holds a
-            damaged entry.
+            damaged or forged entry.
     """
-    archive, keys = _read_archive(Path(source))
-    with archive:
-        store.root.mkdir(parents=True, exist_ok=True)
-        temp = store.root / store.STAGING_DIR / f"import-{uuid.uuid4().hex[:12]}"
-        temp.mkdir(parents=True)
+    source = Path(source)
+    limit = _free_space(store.root) if max_bytes is None else max_bytes
+    with _open_archive(source) as archive:
         try:
-            # Our own checks above already reject what the "data" filter
-            # would; it is a second line where Python has it (3.10.12+).
-            safety: dict[str, Any] = (
-                {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            plan = _plan_import(archive, source, limit)
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
+            raise TransferError(f"{source} is damaged: {exc}") from exc
+        staging_root = housekeeping_dir(store.root, store.STAGING_DIR, create=True)
+        if staging_root is None:
+            raise TransferError(
+                f"{store.root / store.STAGING_DIR} is not a folder (a symlink?); "
+                "refusing to extract through it"
             )
+        temp = staging_root / f"import-{uuid.uuid4().hex[:12]}"
+        temp.mkdir(mode=0o700)
+        try:
             try:
-                archive.extractall(temp, **safety)
-            except (tarfile.TarError, OSError, EOFError) as exc:
+                _extract(archive, plan, temp)
+            except (tarfile.TarError, EOFError, zlib.error) as exc:
                 raise TransferError(f"{source} cannot be extracted: {exc}") from exc
-            staged = CacheStore(temp / ENTRIES_DIR)
-            manifests = _verify_all(staged, keys, on_verified)
-            return _commit_all(store, staged, manifests)
+            staged = _StagedEntries(temp)
+            _verify_all(staged, plan.keys, on_verified)
+            return _commit_all(store, staged, plan.manifests)
         finally:
             remove_tree(temp)
 
 
+def _free_space(root: Path) -> int | None:
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+class _StagedEntries(CacheStore):
+    """Extracted entries at `<temp>/<key>`: a store without shard folders."""
+
+    def entry_dir(self, key: str) -> Path:
+        """Return `<temp>/<key>`."""
+        return self.root / key
+
+
 def _verify_all(
     staged: CacheStore, keys: list[str], on_verified: Callable[[str], None] | None
-) -> dict[str, Manifest]:
+) -> None:
     hasher = ContentHasher()
-    manifests: dict[str, Manifest] = {}
     problems: list[str] = []
     for key in keys:
         found = staged.lookup(
@@ -416,7 +739,6 @@ def _verify_all(
         if found.manifest is None:
             problems.append(f"{key[:12]}: {found.reason}")
             continue
-        manifests[key] = found.manifest
         if on_verified is not None:
             on_verified(key)
     if problems:
@@ -424,7 +746,6 @@ def _verify_all(
             f"{len(problems)} of {len(keys)} entries in the archive failed "
             "verification; nothing was imported: " + "; ".join(problems)
         )
-    return manifests
 
 
 def _commit_all(
@@ -432,11 +753,16 @@ def _commit_all(
 ) -> ImportReport:
     report = ImportReport()
     for key, manifest in manifests.items():
+        shard = store.root / key[:2]
+        if os.path.lexists(shard) and not real_dir(shard):
+            report.skipped[key] = f"{shard} is not a folder (a symlink?): not followed"
+            _log.warning("not importing %s: %s", key[:12], report.skipped[key])
+            continue
         # lookup() quarantines a damaged entry, so a good one is never replaced.
         if store.lookup(key, verify="size").manifest is not None:
             report.present.append(key)
             continue
-        entry_mtime = staged.entry_dir(key).stat().st_mtime
+        entry_mtime = os.lstat(staged.entry_dir(key)).st_mtime
         target = store.commit(staged.entry_dir(key), key)
         try:
             if Manifest.read(target / store.MANIFEST).key != key:

@@ -14,6 +14,9 @@ import pytest
 
 from styxcache.scheduler import FakeClock, InlineExecutor, Scheduler
 
+# The PostgreSQL server fixtures of the run-store tests.
+from pg_fixtures import pg_schema, pg_server  # noqa: F401
+
 
 def _root_conftest() -> Any:
     # Every conftest here is imported as the module "conftest", so tests that

@@ -30,6 +30,7 @@ from styxcache.misses import explain_misses
 from styxcache.store import CacheStore
 from styxcache.transfer import TransferError, export_entries, import_entries
 from styxcache.usage import usage_report, zero_stats
+from styxcache.walk import iter_entry_dirs, real_dir
 
 from . import _report
 from ._common import (
@@ -319,7 +320,14 @@ def verify(*, cache_dir: Path | None, full: bool, as_json: bool) -> None:
     """  # noqa: D301 - click's \b keeps the examples unwrapped
     store = open_store(cache_dir)
     hasher = ContentHasher()
-    keys = list(store.iter_keys())
+    unsafe: list[dict[str, str]] = []
+    keys = [
+        item.name
+        for item in iter_entry_dirs(
+            store.root,
+            on_unsafe=lambda path, why: unsafe.append({"path": path, "reason": why}),
+        )
+    ]
     damaged: list[dict[str, str]] = []
     uncommitted = 0
     checked = 0
@@ -343,10 +351,12 @@ def verify(*, cache_dir: Path | None, full: bool, as_json: bool) -> None:
                 "checked": checked,
                 "damaged": damaged,
                 "uncommitted": uncommitted,
+                "unsafe": unsafe,
             }
         )
     else:
         console = out_console()
+        _print_unsafe(unsafe)
         for item in damaged:
             console.print(f"damaged {item['key'][:12]}: {item['reason']}", markup=False)
         console.print(
@@ -355,8 +365,16 @@ def verify(*, cache_dir: Path | None, full: bool, as_json: bool) -> None:
             + (f", {uncommitted} uncommitted runs" if uncommitted else "")
             + "."
         )
-    if damaged:
+    if damaged or unsafe:
         raise SystemExit(1)
+
+
+def _print_unsafe(unsafe: list[dict[str, str]]) -> None:
+    console = err_console()
+    for item in unsafe:
+        console.print(
+            f"warning: skipped {item['path']}: it {item['reason']}", markup=False
+        )
 
 
 def _verify_one(
@@ -364,16 +382,24 @@ def _verify_one(
 ) -> str | None:
     """Return "" for a good entry, "uncommitted", a damage reason, or None if gone."""
     mode = "full" if full else "size"
-    first = store.lookup(key, verify=mode, hash_file=hasher.hash_file, quarantine=False)
-    if first.manifest is not None:
-        return ""
-    if not first.damaged:
-        return "uncommitted" if store.entry_dir(key).exists() else None
-    # Look again before moving it: gc or a refresh may have been mid-move.
-    second = store.lookup(
-        key, verify=mode, hash_file=hasher.hash_file, quarantine=False
-    )
-    if second.manifest is not None or not second.damaged:
+    try:
+        first = store.lookup(
+            key, verify=mode, hash_file=hasher.hash_file, quarantine=False
+        )
+        if first.manifest is not None:
+            return ""
+        if not first.damaged:
+            return "uncommitted" if real_dir(store.entry_dir(key)) else None
+        # Look again before moving it: gc or a refresh may have been mid-move.
+        second = store.lookup(
+            key, verify=mode, hash_file=hasher.hash_file, quarantine=False
+        )
+    except OSError:
+        # A file vanished while it was read: gc or a refresh took the entry.
+        return None if not real_dir(store.entry_dir(key)) else ""
+    if second.manifest is None and not second.damaged:
+        return None if not real_dir(store.entry_dir(key)) else "uncommitted"
+    if second.manifest is not None:
         return ""
     if store.quarantine(key, second.reason) is None:
         return None
@@ -468,7 +494,10 @@ def gc(
     if as_json:
         emit_json({"cache_dir": str(store.root), **report.as_dict()})
     else:
+        _print_unsafe([dataclasses.asdict(u) for u in report.unsafe])
         _report.print_gc(out_console(), report)
+    if report.unsafe:
+        raise SystemExit(1)
 
 
 @click.command(cls=CacheCommand)
@@ -500,7 +529,10 @@ def clear(*, cache_dir: Path | None, yes: bool, as_json: bool) -> None:
     if as_json:
         emit_json({"cache_dir": str(store.root), **report.as_dict()})
     else:
+        _print_unsafe([dataclasses.asdict(u) for u in report.unsafe])
         _report.print_gc(out_console(), report)
+    if report.unsafe:
+        raise SystemExit(1)
 
 
 # export and import -------------------------------------------------------------

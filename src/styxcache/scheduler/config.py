@@ -162,6 +162,9 @@ class ScheduleEntry:
         retries: How many times a run the executor lost (worker died,
             no answer in time) is started again; a target that raised is
             never retried.
+        runner_is_default: `runner` was not written in the entry: it is the
+            file's default cache, used only when the worker's global Styx
+            runner is not already a `CachingRunner`.
     """
 
     name: str
@@ -180,6 +183,7 @@ class ScheduleEntry:
     executor: Any = None
     runner: RunnerSpec | None = None
     retries: int = 0
+    runner_is_default: bool = False
 
     @property
     def fingerprint(self) -> str:

@@ -21,12 +21,14 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 __all__ = [
+    "DispatcherExecutor",
     "Executor",
     "FuturesExecutor",
     "InlineExecutor",
     "ProcessExecutor",
     "ThreadExecutor",
     "as_executor",
+    "dispatches_work",
     "make_executor",
 ]
 
@@ -284,6 +286,96 @@ class ProcessExecutor(FuturesExecutor):
             process.terminate()
 
 
+class DispatcherExecutor:
+    """Adapts an object that dispatches jobs: `dispatch(job)` or `submit(job)`.
+
+    Seed 001 builds its scheduler on a dispatcher (`Scheduler(dispatcher)`);
+    whatever that object does with a job (run it now, queue it, hand it to a
+    thread), the job is a zero-argument callable that performs the run and
+    settles the future the scheduler waits on.
+
+    Example:
+        >>> class Dispatcher:
+        ...     def dispatch(self, job):
+        ...         job()
+        >>> DispatcherExecutor(Dispatcher()).submit(abs, -2).result()
+        2
+    """
+
+    def __init__(self, dispatcher: Any) -> None:
+        """Wrap a dispatcher.
+
+        Args:
+            dispatcher: An object with a `dispatch` or a `submit` method.
+
+        Raises:
+            TypeError: If it has neither.
+        """
+        method = getattr(dispatcher, "dispatch", None)
+        if not callable(method):
+            method = getattr(dispatcher, "submit", None)
+        if not callable(method):
+            raise TypeError(
+                f"{type(dispatcher).__name__} has no dispatch() or submit() method"
+            )
+        self._send: Callable[[Callable[[], Any]], Any] = method
+        self.dispatcher = dispatcher
+        self.name = type(dispatcher).__name__
+
+    def submit(
+        self, fn: Callable[[A], T], arg: A, /, on_done: DoneCallback | None = None
+    ) -> cf.Future[T]:
+        """Hand `fn(arg)` to the dispatcher as a zero-argument job.
+
+        Args:
+            fn: The function.
+            arg: Its argument.
+            on_done: Called with the future when done.
+
+        Returns:
+            The future the job settles.
+        """
+        future: cf.Future[T] = cf.Future()
+        if on_done is not None:
+            future.add_done_callback(on_done)
+
+        def job() -> T | None:
+            if not future.set_running_or_notify_cancel():
+                return None
+            try:
+                result = fn(arg)
+            except BaseException as exc:
+                future.set_exception(exc)
+                raise
+            future.set_result(result)
+            return result
+
+        try:
+            self._send(job)
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+        return future
+
+    def shutdown(self, *, wait: bool = True, cancel_pending: bool = False) -> None:
+        """Leave the dispatcher alone: it belongs to the caller."""
+
+
+def dispatches_work(obj: Any) -> bool:
+    """Whether `obj` is somewhere runs can go (rather than a routine).
+
+    Args:
+        obj: Anything.
+
+    Returns:
+        True for an `Executor`, a `concurrent.futures.Executor`, or an object
+        with a `dispatch()` or `submit()` method.
+    """
+    return isinstance(obj, (cf.Executor, Executor)) or any(
+        callable(getattr(obj, name, None)) for name in ("dispatch", "submit")
+    )
+
+
 def make_executor(kind: str, max_workers: int = 4) -> Executor:
     """Build an executor by name.
 
@@ -319,8 +411,9 @@ def as_executor(obj: Any) -> Executor:
     """Adapt what a caller may pass as an executor.
 
     Args:
-        obj: An `Executor`, a `distributed.Client` or any
-            `concurrent.futures.Executor`.
+        obj: An `Executor`, a `distributed.Client`, any
+            `concurrent.futures.Executor`, or an object with `dispatch(job)`
+            or `submit(job)` (see `DispatcherExecutor`).
 
     Returns:
         An `Executor`.
@@ -336,7 +429,10 @@ def as_executor(obj: Any) -> Executor:
         return FuturesExecutor(obj, type(obj).__name__)
     if isinstance(obj, Executor):
         return obj
+    if dispatches_work(obj):
+        return DispatcherExecutor(obj)
     raise TypeError(
-        "expected an Executor, a concurrent.futures.Executor or a"
-        f" distributed.Client, got {type(obj).__name__}"
+        "expected an Executor, a concurrent.futures.Executor, a"
+        " distributed.Client or an object with dispatch() or submit(),"
+        f" got {type(obj).__name__}"
     )

@@ -1,10 +1,17 @@
-"""A NATS worker: takes runs from `<prefix>.tasks.*`, reports on the results subject.
+"""A NATS worker: runs registered entries when a signed task names them.
+
+A worker runs only the entries it was given at start (from its own schedule
+file or an allowlist): a task message names the entry and carries data (the
+item, the nominal time, the attempt), never code. It subscribes only to the
+run subjects of those entries (`<prefix>.runs.<entry>`); a task for another
+entry, an unsigned, mis-signed, stale or replayed task is dropped, logged
+and counted, and nothing of it runs.
 
 Workers subscribe in one queue group, so the server hands each task to one
 of them. A worker says `accepted` at once, sends a `heartbeat` for every run
 it holds (queued or running) every `heartbeat_seconds`, and a `result` at
-the end. That is what the dispatcher's lost-run rule watches: a worker that
-dies goes silent, and its runs are retried elsewhere.
+the end, all signed. That is what the dispatcher's lost-run rule watches: a
+worker that dies goes silent, and its runs are retried elsewhere.
 
 Runs execute in worker threads through `execute_run`, so the cache mode,
 the cached runner built from the entry's `runner:` settings and the cache
@@ -20,25 +27,51 @@ import dataclasses
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from styxcache.scheduler.nats_connect import NatsSettings, redact
+from styxcache.scheduler.nats_dispatch import log_drop
+from styxcache.scheduler.runner_spec import RunnerSpec
 from styxcache.scheduler.runs import RunOutcome, RunRequest, execute_run
-from styxcache.scheduler.wire import WireError, decode_task, encode_report
+from styxcache.scheduler.signing import BadMessage, MessageAuth
+from styxcache.scheduler.wire import (
+    WireError,
+    decode_task,
+    encode_report,
+    results_subject,
+    runs_subject,
+)
 
-__all__ = ["WorkerSettings", "serve"]
+__all__ = ["WorkerEntry", "WorkerSettings", "serve"]
 
 _log = logging.getLogger("styxcache.scheduler.nats_worker")
 
 
 @dataclasses.dataclass(frozen=True)
-class WorkerSettings:
-    """How a worker connects and works.
+class WorkerEntry:
+    """One entry a worker agrees to run.
 
     Attributes:
-        url: The NATS server.
-        schedules: Only take runs of these schedules (all when empty).
-        subject_prefix: Same prefix as the scheduler's `nats:` section.
+        target: The callable (or `module:function`) from the worker's own
+            schedule file or command line.
+        pass_context: Call `target(ctx)` rather than `target()`.
+        runner: Settings of the cached runner built for it.
+    """
+
+    target: str | Callable[..., Any]
+    pass_context: bool = True
+    runner: RunnerSpec | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    """How a worker connects and what it runs.
+
+    Attributes:
+        nats: Server, credentials, TLS, signing key and subject prefix (the
+            same as the scheduler's `nats:` section).
+        entries: The entries this worker runs, by name; nothing else runs.
         queue: Queue group shared by the workers.
         concurrency: Runs executed at once by this worker.
         heartbeat_seconds: Interval of the heartbeats; keep it well below
@@ -48,9 +81,8 @@ class WorkerSettings:
             at startup (later disconnections are retried forever).
     """
 
-    url: str
-    schedules: Sequence[str] = ()
-    subject_prefix: str = "styxcache"
+    nats: NatsSettings
+    entries: Mapping[str, WorkerEntry]
     queue: str = "styxcache-workers"
     concurrency: int = 1
     heartbeat_seconds: float = 5.0
@@ -63,6 +95,11 @@ class WorkerSettings:
         Raises:
             ValueError: Naming the setting.
         """
+        if not self.entries:
+            raise ValueError(
+                "a worker needs the entries it may run: a schedule file"
+                " (--schedule FILE) or an allowlist (--allow NAME=module:function)"
+            )
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
         if not self.heartbeat_seconds > 0:
@@ -73,31 +110,52 @@ class WorkerSettings:
             raise ValueError(f"max_runs must be >= 1, got {self.max_runs}")
 
 
-async def _log_error(exc: Exception) -> None:
-    # nats-py's default handler logs a full traceback for every refused retry.
-    _log.warning("NATS: %s: %s", type(exc).__name__, exc)
-
-
-async def serve(settings: WorkerSettings, stop: asyncio.Event | None = None) -> int:
+async def serve(
+    settings: WorkerSettings,
+    stop: asyncio.Event | None = None,
+    *,
+    auth: MessageAuth | None = None,
+) -> int:
     """Work until `stop` is set or `max_runs` results were sent.
 
     Args:
         settings: Connection and work settings.
         stop: Set it to stop; the runs in hand are finished first.
+        auth: Message signer/checker (default: from `settings.nats`).
 
     Returns:
         How many runs this worker reported.
+
+    Raises:
+        OSError: Without a signing key (unless insecure mode was asked
+            for), or when no server answers in time or it refuses the
+            credentials (never shown).
     """
     import nats
 
+    nats_settings = settings.nats
+    auth = auth if auth is not None else nats_settings.message_auth()
+    secrets = nats_settings.secrets()
+    if not auth.enabled:
+        _log.warning(
+            "NATS messages are NOT signed (insecure_no_signing): anyone who can"
+            " publish to %s can make this worker run its entries",
+            nats_settings.display_url,
+        )
     stop = stop or asyncio.Event()
     me = f"{socket.gethostname()}:{os.getpid()}"
+    prefix = nats_settings.subject_prefix
+
+    async def log_error(exc: Exception) -> None:
+        # nats-py's default handler logs a full traceback for every refused retry.
+        _log.warning("NATS: %s: %s", type(exc).__name__, redact(str(exc), secrets))
+
     connecting = asyncio.ensure_future(
         nats.connect(
-            settings.url,
+            **nats_settings.connect_options(),
             name=f"styxcache-worker-{me}",
             max_reconnect_attempts=-1,
-            error_cb=_log_error,
+            error_cb=log_error,
         )
     )
     stopped = asyncio.ensure_future(stop.wait())
@@ -113,31 +171,61 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event | None = None) -> 
         if stop.is_set():
             return 0
         raise OSError(
-            f"no NATS server answered within {settings.connect_timeout_seconds:g}s"
+            f"no NATS server answered at {nats_settings.display_url} within"
+            f" {settings.connect_timeout_seconds:g}s"
         )
-    nc = connecting.result()
+    try:
+        nc = connecting.result()
+    except Exception as exc:
+        raise OSError(
+            f"cannot connect to NATS at {nats_settings.display_url}:"
+            f" {redact(f'{type(exc).__name__}: {exc}', secrets)}"
+        ) from None
     queue: asyncio.Queue[tuple[RunRequest, str]] = asyncio.Queue()
     held: dict[str, tuple[int, str]] = {}
     done = 0
     pool = cf.ThreadPoolExecutor(settings.concurrency, "styxcache-worker")
     loop = asyncio.get_running_loop()
 
+    async def report(subject: str, body: bytes, key: str) -> None:
+        headers = auth.sign(subject, body, run=key)
+        await nc.publish(subject, body, headers=headers or None)
+
     async def on_task(msg: Any) -> None:
         try:
-            request, reply_to = decode_task(msg.data)
-        except WireError as exc:
-            _log.warning("ignoring a bad task on %s: %s", msg.subject, exc)
+            task = decode_task(msg.data)
+            auth.check(msg.subject, msg.data, msg.headers, run=task.key)
+        except (WireError, BadMessage) as exc:
+            log_drop(_log, auth, msg.subject, exc)
             return
-        key, attempt = request.context.key, request.context.attempt
+        entry = settings.entries.get(task.schedule)
+        if entry is None or msg.subject != runs_subject(prefix, task.schedule):
+            auth.count("unknown-entry")
+            _log.warning(
+                "refused run %s: entry %r is not registered on this worker",
+                task.key,
+                task.schedule,
+            )
+            return
+        key, attempt = task.key, task.attempt
+        reply_to = results_subject(prefix, task.schedule)
+        request = RunRequest(
+            target=entry.target,
+            context=task.context(),
+            pass_context=entry.pass_context,
+            runner=entry.runner,
+        )
         held[key] = (attempt, reply_to)
-        await nc.publish(reply_to, encode_report("accepted", key, attempt, me))
+        await report(reply_to, encode_report("accepted", key, attempt, me), key)
         await queue.put((request, reply_to))
 
     async def heartbeats() -> None:
         while True:
             await asyncio.sleep(settings.heartbeat_seconds)
             for key, (attempt, reply_to) in list(held.items()):
-                await nc.publish(reply_to, encode_report("heartbeat", key, attempt, me))
+                await report(
+                    reply_to, encode_report("heartbeat", key, attempt, me), key
+                )
 
     async def work() -> None:
         nonlocal done
@@ -153,8 +241,8 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event | None = None) -> 
                 # Reported, not swallowed: a run held without a result would
                 # be heartbeated forever and never counted as lost.
                 outcome = RunOutcome(ok=False, error=f"{type(exc).__name__}: {exc}")
-            await nc.publish(
-                reply_to, encode_report("result", key, attempt, me, outcome)
+            await report(
+                reply_to, encode_report("result", key, attempt, me, outcome), key
             )
             held.pop(key, None)
             done += 1
@@ -162,16 +250,19 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event | None = None) -> 
             if settings.max_runs is not None and done >= settings.max_runs:
                 stop.set()
 
-    subjects = [
-        f"{settings.subject_prefix}.tasks.{name.replace('.', '_')}"
-        for name in settings.schedules
-    ] or [f"{settings.subject_prefix}.tasks.>"]
+    subjects = sorted({runs_subject(prefix, name) for name in settings.entries})
     subscriptions = [
         await nc.subscribe(subject, queue=settings.queue, cb=on_task)
         for subject in subjects
     ]
     await nc.flush()
-    _log.info("worker %s listening on %s", me, ", ".join(subjects))
+    _log.info(
+        "worker %s listening on %s (entries: %s; messages %s)",
+        me,
+        ", ".join(subjects),
+        ", ".join(sorted(settings.entries)),
+        "signed" if auth.enabled else "NOT signed",
+    )
     tasks = [asyncio.ensure_future(heartbeats())]
     tasks += [asyncio.ensure_future(work()) for _ in range(settings.concurrency)]
     try:
@@ -192,4 +283,6 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event | None = None) -> 
         except Exception:
             await nc.close()
         pool.shutdown(wait=False)
+        if auth.counts():
+            _log.warning("messages refused: %s", auth.counts())
     return done

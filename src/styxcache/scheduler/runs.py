@@ -90,12 +90,26 @@ class RunRequest:
         context: The run's context.
         pass_context: Whether to call `target(context)` or `target()`.
         runner: Settings the worker builds its cached runner from.
+        runner_is_default: `runner` is the file's default cache, not the
+            entry's own choice: it is used only when the worker's global
+            Styx runner is not already a `CachingRunner`.
+        clock: The scheduler's clock, for stamping the real start and end
+            on the same clock as the due time; process-local (dropped when
+            the request is pickled, then the worker's wall clock is used).
     """
 
     target: str | Target
     context: RunContext
     pass_context: bool = True
     runner: RunnerSpec | None = None
+    runner_is_default: bool = False
+    clock: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the clock (it holds locks; other processes use theirs)."""
+        state = dict(self.__dict__)
+        state["clock"] = None
+        return state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +124,9 @@ class RunOutcome:
         misses: Cache misses (refreshes count as misses: the tool ran).
         bypassed: Executions that bypassed the cache.
         duration_s: Monotonic duration of the run in the worker.
+        started: When the target really started (Unix seconds, on the
+            scheduler's clock in-process, else the worker's wall clock).
+        ended: When it returned.
     """
 
     ok: bool
@@ -119,6 +136,19 @@ class RunOutcome:
     misses: int = 0
     bypassed: int = 0
     duration_s: float = 0.0
+    started: float | None = None
+    ended: float | None = None
+
+
+def _global_is_caching() -> bool:
+    from styxdefs import get_global_runner
+
+    from styxcache.runner import CachingRunner
+
+    try:
+        return isinstance(get_global_runner(), CachingRunner)
+    except Exception:  # no global runner yet
+        return False
 
 
 def execute_run(request: RunRequest) -> RunOutcome:
@@ -132,11 +162,17 @@ def execute_run(request: RunRequest) -> RunOutcome:
     Returns:
         The outcome.
     """
+    wall = request.clock.time if request.clock is not None else time.time
+    started_at = wall()
     started = time.monotonic()
     error, trace = "", ""
+    spec = request.runner
+    if spec is not None and request.runner_is_default and _global_is_caching():
+        # The program already put a cache in front of Styx: keep it.
+        spec = None
     with cache_mode(request.context.cache), collect_events() as events:
         try:
-            with using_runner(request.runner) as runner:
+            with using_runner(spec) as runner:
                 context = request.context
                 if runner is not None:
                     context = dataclasses.replace(context, runner=runner)
@@ -159,4 +195,6 @@ def execute_run(request: RunRequest) -> RunOutcome:
         misses=misses,
         bypassed=bypassed,
         duration_s=time.monotonic() - started,
+        started=started_at,
+        ended=wall(),
     )

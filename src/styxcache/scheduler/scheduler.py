@@ -51,8 +51,10 @@ from styxcache.scheduler.config import (
 )
 from styxcache.scheduler.executors import (
     Executor,
+    InlineExecutor,
     ThreadExecutor,
     as_executor,
+    dispatches_work,
     make_executor,
 )
 from styxcache.scheduler.ledger import Ledger, RunRecord, RunStore, run_key
@@ -86,6 +88,7 @@ class _Fire:
     future: cf.Future[RunOutcome] | None = None
     action: str = "start"
     attempt: int = 1
+    settled: bool = False
 
 
 @dataclasses.dataclass(slots=True)
@@ -143,7 +146,11 @@ class Scheduler:
         """Create a scheduler; nothing runs until `run()`, `start()` or `run_pending()`.
 
         Args:
-            routine: Called as `routine(scheduler)` once per cycle.
+            routine: Called as `routine(scheduler)` once per cycle. An object
+                that dispatches work instead (seed 001's
+                `Scheduler(dispatcher)`: anything with `dispatch(job)` or
+                `submit(...)`, such as a `concurrent.futures.Executor`) is
+                taken as the `executor`: where runs go.
             wait_ms: Milliseconds between routine cycles (anchored to the
                 start, so slow cycles do not accumulate drift).
             logger: Where lifecycle and run lines go.
@@ -176,11 +183,23 @@ class Scheduler:
                 `threads` or `processes`.
 
         Raises:
-            TypeError: If `routine` is given but not callable.
+            TypeError: If `routine` is neither callable nor a dispatcher, or
+                a dispatcher is given both positionally and as `executor`.
             ValueError: If a numeric setting is out of range.
         """
         if routine is not None and not callable(routine):
-            raise TypeError(f"routine must be callable, got {type(routine).__name__}")
+            if not dispatches_work(routine):
+                raise TypeError(
+                    "the first argument must be a routine (callable) or an object"
+                    " that dispatches runs (with dispatch() or submit()), got"
+                    f" {type(routine).__name__}"
+                )
+            if executor is not None:
+                raise TypeError(
+                    f"got a dispatcher ({type(routine).__name__}) and executor=;"
+                    " pass only one"
+                )
+            executor, routine = routine, None
         if wait_ms < 0:
             raise ValueError(f"wait_ms must not be negative, got {wait_ms}")
         if max_cycles is not None and max_cycles < 0:
@@ -206,6 +225,14 @@ class Scheduler:
         )
         self.nats = nats
         self.pool_size = pool_size
+        self.test_mode = False
+        """Run every fire inline in the thread that calls `run_pending()` or
+        `run()`, whatever the executors (no pool, no dispatcher, no NATS
+        message, so nothing is signed). For deterministic tests (seed 001)."""
+        self._inline = InlineExecutor()
+        # Fires started by the current thread's run_pending() (it waits for them).
+        self._tls = threading.local()
+        self._settle = threading.Condition()
         # Executors built from entries' `executor:` strings (shut down with
         # the scheduler) and adapters of objects passed in code (not ours).
         self._executors: dict[str, Executor] = {}
@@ -439,8 +466,10 @@ class Scheduler:
 
         Returns:
             The entry's own executor (built once per kind), else the
-            scheduler's.
+            scheduler's; in `test_mode`, always inline.
         """
+        if self.test_mode:
+            return self._inline
         spec = entry.executor
         if spec is None:
             return self.executor
@@ -754,22 +783,56 @@ class Scheduler:
             ended=ended,
         )
 
-    def run_pending(self, lookahead: float = 0.0) -> int:
-        """Handle everything that is due now, then return.
+    def run_pending(self, lookahead: float = 0.0, *, wait: bool = True) -> int:
+        """Run everything that is due now, and return once it has run.
+
+        As in seed 001 and the `schedule` library: the due fires are
+        collected and claimed under the lock, their callbacks run outside it
+        (so a callback may register tasks), then the results are recorded
+        under the lock. The callbacks run on the executor (the scheduler's
+        thread pool by default, in parallel; inline or in `test_mode`, in
+        this thread) and this call waits until each of them has finished and
+        is in the ledger, so a script that calls `run_pending()` and exits
+        loses nothing. The long-running loop (`run()`, `start()`) does not
+        wait: it hands fires to the pool and goes back to the clock.
 
         Safe to call from several threads at once and while other threads
-        register tasks: state is read and claimed under a lock, targets run
-        outside it (inline executors run them in the calling thread).
+        register tasks.
 
         Args:
             lookahead: Also claim fires due within this many seconds, then
-                wait for their due instant before dispatching them. The
-                loop uses a few milliseconds so the ledger write is off the
-                critical path; the default handles only what is due now.
+                wait for their due instant before dispatching them.
+            wait: Wait for the started runs (False: hand them to the
+                executor and return, as the loop does).
 
         Returns:
             How many runs were started by this call.
         """
+        outer = getattr(self._tls, "batch", None)
+        batch: list[_Fire] = []
+        self._tls.batch = batch if wait else None
+        try:
+            started = self._dispatch_due(lookahead)
+        finally:
+            self._tls.batch = outer
+        if wait and batch:
+            self._wait_settled(batch)
+        return started
+
+    def _wait_settled(self, fires: list[_Fire]) -> None:
+        """Record completions until every fire in `fires` has ended."""
+        while True:
+            self._drain_completions()
+            if all(f.settled for f in fires):
+                return
+            with self._settle:
+                if self._completions.empty() and not all(f.settled for f in fires):
+                    # Woken by each completion; the timeout only guards
+                    # against a completion drained by another thread.
+                    self._settle.wait(self.max_sleep_seconds)
+
+    def _dispatch_due(self, lookahead: float) -> int:
+        """Claim what is due by now + `lookahead` and hand it to executors."""
         # Completions free overlap slots first; their bookkeeping waits until
         # the due fires are on their way.
         started = self._drain_completions(report=False)
@@ -803,6 +866,9 @@ class Scheduler:
 
     def _start(self, fire: _Fire, *, persisted: bool = False) -> int:
         """Start one claimed fire (outside the lock); return runs started."""
+        batch = getattr(self._tls, "batch", None)
+        if batch is not None:
+            batch.append(fire)
         record = fire.record
         if not persisted:
             now = self.clock.time()
@@ -815,7 +881,10 @@ class Scheduler:
                 self.ledger.update([record])
         now = record.started if record.started is not None else self.clock.time()
         if fire.expand:
-            return self._expand(fire, now)
+            try:
+                return self._expand(fire, now)
+            finally:
+                fire.settled = True
         context = RunContext(
             schedule=fire.entry.name,
             key=record.key,
@@ -830,6 +899,8 @@ class Scheduler:
             context,
             fire.entry.pass_context,
             fire.entry.runner,
+            runner_is_default=fire.entry.runner_is_default,
+            clock=self.clock,
         )
         with self._lock:
             self._inflight[record.key] = fire
@@ -850,6 +921,8 @@ class Scheduler:
 
     def _on_done(self, fire: _Fire) -> None:
         self._completions.put(fire)
+        with self._settle:
+            self._settle.notify_all()
         # The loop thread drains its own completions before it next waits;
         # waking it from inside would only cost an empty cycle.
         if self._loop_ident is not None and threading.get_ident() != self._loop_ident:
@@ -998,10 +1071,21 @@ class Scheduler:
         record.state = "ok" if outcome.ok else "failed"
         record.error = outcome.error
         record.hits, record.misses = outcome.hits, outcome.misses
+        if outcome.started is not None and outcome.ended is not None:
+            # When the target really ran, not when the fire was claimed.
+            record.started, record.ended = outcome.started, outcome.ended
+            due = record.due if record.due is not None else record.nominal
+            record.lateness = outcome.started - due
         with self._lock:
             self._inflight.pop(record.key, None)
             self._finish_slot(fire.entry.name)
+        self._settled(fire)
         return outcome
+
+    def _settled(self, fire: _Fire) -> None:
+        fire.settled = True
+        with self._settle:
+            self._settle.notify_all()
 
     def _lost(
         self, fire: _Fire, lost: RunLostError, outcome: RunOutcome
@@ -1017,6 +1101,7 @@ class Scheduler:
             with self._lock:
                 self._inflight.pop(record.key, None)
                 self._finish_slot(fire.entry.name)
+            self._settled(fire)
             return outcome
         record.reason += f"; retry {fire.attempt} of {retries} follows"
         # Written now: the restart below overwrites the row with "running".
@@ -1159,7 +1244,7 @@ class Scheduler:
                 if self._reload_requested:
                     self._reload_requested = False
                     self.reload()
-                self.run_pending(self.dispatch_lead_seconds)
+                self.run_pending(self.dispatch_lead_seconds, wait=False)
                 if self.routine is not None:
                     if self.clock.monotonic() >= next_routine:
                         self._run_routine()

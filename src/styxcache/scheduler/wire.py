@@ -2,15 +2,23 @@
 
 Subjects (prefix `styxcache` by default):
 
-* `<prefix>.tasks.<schedule>`: one message per run to do (`encode_task`).
+* `<prefix>.runs.<schedule>`: one message per run to do (`encode_task`).
   Workers subscribe in a queue group, so each message reaches one worker.
 * `<prefix>.results.<schedule>`: a worker's word about a run
   (`encode_report`): `accepted` on receipt, `heartbeat` while it holds the
   run, `result` with the outcome at the end.
-* `<prefix>.control.<name>`: requests to one scheduler (status, reload).
+* `<prefix>.control.<name>`: commands to one scheduler (status, reload);
+  `<prefix>.control.reload`: a reload broadcast to every scheduler;
+  `<prefix>.scheduler.<name>`: health checks.
+* `<prefix>.goals.incoming` / `<prefix>.tasks.incoming`: what publish
+  entries send to other services (`styxcache.scheduler.publish`).
 
+A task message names the schedule entry and carries data only (the item,
+the nominal time, the attempt): never a code reference. A worker runs the
+entry of that name from its *own* schedule file or allowlist, or nothing.
 Every message carries `v` (the format version); a reader rejects versions
-it does not know rather than guessing.
+it does not know rather than guessing. Authentication (HMAC headers) is
+`styxcache.scheduler.signing`'s business.
 """
 
 from __future__ import annotations
@@ -20,42 +28,51 @@ import datetime as dt
 import json
 from typing import Any
 
-from styxcache.scheduler.runner_spec import RunnerSpec
-from styxcache.scheduler.runs import RunContext, RunOutcome, RunRequest
+from styxcache.scheduler.runs import RunContext, RunOutcome
 
 __all__ = [
     "VERSION",
+    "Report",
+    "TaskMessage",
     "WireError",
+    "control_subject",
     "decode_report",
     "decode_task",
     "encode_report",
     "encode_task",
+    "health_subject",
+    "reload_subject",
     "results_subject",
-    "tasks_subject",
+    "runs_subject",
 ]
 
-VERSION = 1
-"""Message format version."""
+VERSION = 2
+"""Message format version (1 carried a target to import: no longer read)."""
 
 REPORT_KINDS = ("accepted", "heartbeat", "result")
+_CACHE_MODES = ("normal", "refresh", "bypass")
 
 
 class WireError(ValueError):
     """A message that is not a valid styxcache task or report."""
 
 
-def tasks_subject(prefix: str, schedule: str) -> str:
+def _token(schedule: str) -> str:
+    # A dot separates subject tokens.
+    return schedule.replace(".", "_")
+
+
+def runs_subject(prefix: str, schedule: str) -> str:
     """Return the subject a schedule's runs are published to.
 
     Args:
         prefix: Subject prefix.
-        schedule: Schedule name (dots in it become `_`: a dot separates
-            subject tokens).
+        schedule: Schedule name (dots in it become `_`).
 
     Returns:
-        `<prefix>.tasks.<schedule>`.
+        `<prefix>.runs.<schedule>`.
     """
-    return f"{prefix}.tasks.{schedule.replace('.', '_')}"
+    return f"{prefix}.runs.{_token(schedule)}"
 
 
 def results_subject(prefix: str, schedule: str) -> str:
@@ -68,47 +85,86 @@ def results_subject(prefix: str, schedule: str) -> str:
     Returns:
         `<prefix>.results.<schedule>`.
     """
-    return f"{prefix}.results.{schedule.replace('.', '_')}"
+    return f"{prefix}.results.{_token(schedule)}"
 
 
-def encode_task(request: RunRequest, reply_to: str) -> bytes:
-    """Serialise one run for a worker.
+def control_subject(prefix: str, name: str) -> str:
+    """Return the command subject of one scheduler (`<prefix>.control.<name>`)."""
+    return f"{prefix}.control.{name}"
+
+
+def reload_subject(prefix: str) -> str:
+    """Return the reload broadcast subject (`<prefix>.control.reload`)."""
+    return f"{prefix}.control.reload"
+
+
+def health_subject(prefix: str, name: str) -> str:
+    """Return the health-check subject of one scheduler (`<prefix>.scheduler.<name>`)."""
+    return f"{prefix}.scheduler.{name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskMessage:
+    """A decoded task: which entry to run, and its data.
+
+    Attributes:
+        schedule: Entry name; the worker looks it up in its own registry.
+        key: Run key.
+        nominal_time: The fire instant (aware).
+        item: The fan-out context dict.
+        item_key: The item's key.
+        cache: Cache mode: normal, refresh or bypass.
+        attempt: Attempt number.
+    """
+
+    schedule: str
+    key: str
+    nominal_time: dt.datetime
+    item: dict[str, Any]
+    item_key: str = ""
+    cache: str = "normal"
+    attempt: int = 1
+
+    def context(self) -> RunContext:
+        """Return the `RunContext` the worker's target receives."""
+        return RunContext(
+            schedule=self.schedule,
+            key=self.key,
+            nominal_time=self.nominal_time,
+            item=dict(self.item),
+            item_key=self.item_key,
+            cache=self.cache,
+            attempt=self.attempt,
+        )
+
+
+def encode_task(context: RunContext) -> bytes:
+    """Serialise one run for a worker: the entry name and the run's data.
 
     Args:
-        request: The run; its target must be a `module:function` string.
-        reply_to: Subject the worker reports on.
+        context: The run's context.
 
     Returns:
         UTF-8 JSON.
 
     Raises:
-        TypeError: For a callable target or an item that is not JSON.
+        TypeError: For an item that is not JSON.
     """
-    if not isinstance(request.target, str):
-        raise TypeError(
-            "NATS workers import their target by name: give the entry's target"
-            f" as 'module:function', not {request.target!r}"
-        )
-    ctx = request.context
     message = {
         "v": VERSION,
-        "key": ctx.key,
-        "schedule": ctx.schedule,
-        "nominal_time": ctx.nominal_time.isoformat(),
-        "item": ctx.item,
-        "item_key": ctx.item_key,
-        "cache": ctx.cache,
-        "attempt": ctx.attempt,
-        "target": request.target,
-        "pass_context": request.pass_context,
-        "runner": request.runner.as_dict() if request.runner is not None else None,
-        "reply_to": reply_to,
+        "key": context.key,
+        "schedule": context.schedule,
+        "nominal_time": context.nominal_time.isoformat(),
+        "item": context.item,
+        "item_key": context.item_key,
+        "cache": context.cache,
+        "attempt": context.attempt,
     }
     try:
-        return json.dumps(message).encode()
+        return json.dumps(message, allow_nan=False).encode()
     except (TypeError, ValueError) as exc:
         raise TypeError(
-            f"run {ctx.key}: the fan-out item must be JSON for NATS: {exc}"
+            f"run {context.key}: the fan-out item must be JSON for NATS: {exc}"
         ) from None
 
 
@@ -124,37 +180,42 @@ def _load(data: bytes) -> dict[str, Any]:
     return message
 
 
-def decode_task(data: bytes) -> tuple[RunRequest, str]:
+def decode_task(data: bytes) -> TaskMessage:
     """Read a task message.
 
     Args:
         data: The message body.
 
     Returns:
-        The run request and the subject to report on.
+        The task. Keys other than the data fields (a `target` of the old
+        format, say) are ignored: a task never names code.
 
     Raises:
         WireError: If the message is malformed.
     """
     message = _load(data)
     try:
-        runner = message.get("runner")
-        context = RunContext(
+        item = message.get("item") or {}
+        if not isinstance(item, dict):
+            raise TypeError(f"item must be an object, got {type(item).__name__}")
+        nominal = dt.datetime.fromisoformat(message["nominal_time"])
+        if nominal.tzinfo is None:
+            raise ValueError("nominal_time needs a UTC offset")
+        cache = str(message.get("cache", "normal"))
+        if cache not in _CACHE_MODES:
+            raise ValueError(f"unknown cache mode {cache!r}")
+        attempt = message.get("attempt", 1)
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise ValueError(f"bad attempt {attempt!r}")
+        return TaskMessage(
             schedule=str(message["schedule"]),
             key=str(message["key"]),
-            nominal_time=dt.datetime.fromisoformat(message["nominal_time"]),
-            item=dict(message.get("item") or {}),
+            nominal_time=nominal,
+            item=item,
             item_key=str(message.get("item_key", "")),
-            cache=str(message.get("cache", "normal")),
-            attempt=int(message.get("attempt", 1)),
+            cache=cache,
+            attempt=attempt,
         )
-        request = RunRequest(
-            target=str(message["target"]),
-            context=context,
-            pass_context=bool(message.get("pass_context", True)),
-            runner=RunnerSpec.from_mapping(runner) if runner is not None else None,
-        )
-        return request, str(message["reply_to"])
     except (KeyError, TypeError, ValueError) as exc:
         raise WireError(f"bad task message: {type(exc).__name__}: {exc}") from None
 

@@ -1,0 +1,236 @@
+"""Publish entries: a timer that hands a goal or a task to *other* services.
+
+Seeds 002/003 describe a scheduler that, when an entry fires, publishes an
+orchestrator goal to `<prefix>.goals.incoming` or a task message to
+`<prefix>.tasks.incoming` for whatever service consumes those subjects. An
+entry says so with `dispatch_type: goal` and a `goal_config:` (or
+`dispatch_type: task` and a `task_config:`) instead of a `target:`::
+
+    schedules:
+      - name: morning-brief
+        cron: "0 7 * * *"
+        dispatch_type: goal
+        goal_config:
+          instruction: "Summarise yesterday's sessions"
+          context: {source: scheduler}
+          priority: normal
+      - name: per-session-digest
+        interval_seconds: 3600
+        dispatch_type: task
+        task_config:
+          worker_type: summarizer
+          payload: {style: short}
+        expand_from: myapp.sessions.active   # [{"session_id": "s1"}, ...]
+
+With `expand_from`, one message is published per returned dict, the dict
+merged over the goal's `context` (goals) or the task's `payload` (tasks):
+keys of the dict win. Each message is one run in the ledger (the fan-out
+item's run), so catch-up, overlap and history work as for any entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "DISPATCH_TYPES",
+    "GOAL_KEYS",
+    "TASK_KEYS",
+    "PublishAction",
+    "PublishConfigError",
+    "publish_subject",
+]
+
+DISPATCH_TYPES = ("goal", "task")
+GOAL_KEYS = frozenset({"instruction", "context", "priority", "metadata"})
+"""Keys of a `goal_config:` mapping."""
+TASK_KEYS = frozenset({"worker_type", "payload", "model_tier", "priority", "metadata"})
+"""Keys of a `task_config:` mapping."""
+
+# Message ids derive from run keys: a retried or re-published run carries the
+# same id, so a consumer can drop duplicates.
+_ID_NAMESPACE = uuid.UUID("5f0b8e53-8f1e-4d7c-9a55-6b0c3f1f2a11")
+
+
+class PublishConfigError(ValueError):
+    """An invalid publish entry.
+
+    Attributes:
+        field: The offending key (`goal_config.context`, ...).
+    """
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def publish_subject(prefix: str, dispatch_type: str) -> str:
+    """Return where a goal or task is published.
+
+    Args:
+        prefix: Subject prefix.
+        dispatch_type: `goal` or `task`.
+
+    Returns:
+        `<prefix>.goals.incoming` or `<prefix>.tasks.incoming`.
+    """
+    return f"{prefix}.{dispatch_type}s.incoming"
+
+
+def _jsonable(value: Any, field: str) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PublishConfigError(f"must be plain JSON data: {exc}", field) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishAction:
+    """What one publish entry sends; stands where a target would be.
+
+    It is data, not code: the scheduler hands it to the NATS dispatcher,
+    which builds and publishes the message. Calling it is an error.
+
+    Attributes:
+        dispatch_type: `goal` or `task`.
+        config: The entry's `goal_config` or `task_config` (JSON text, so the
+            action stays hashable and immutable).
+    """
+
+    dispatch_type: str
+    config_json: str
+
+    @classmethod
+    def from_entry(
+        cls,
+        dispatch_type: Any,
+        goal_config: Any,
+        task_config: Any,
+    ) -> PublishAction:
+        """Validate the publish keys of an entry.
+
+        Args:
+            dispatch_type: `goal` or `task`.
+            goal_config: Mapping for goals (None otherwise).
+            task_config: Mapping for tasks (None otherwise).
+
+        Returns:
+            The action.
+
+        Raises:
+            PublishConfigError: Naming the offending key.
+        """
+        if dispatch_type not in DISPATCH_TYPES:
+            raise PublishConfigError(
+                f"must be goal or task; got {dispatch_type!r}", "dispatch_type"
+            )
+        name = f"{dispatch_type}_config"
+        other = "task_config" if dispatch_type == "goal" else "goal_config"
+        if (task_config if dispatch_type == "goal" else goal_config) is not None:
+            raise PublishConfigError(
+                f"does not go with dispatch_type: {dispatch_type} (use {name})", other
+            )
+        config = goal_config if dispatch_type == "goal" else task_config
+        if config is None:
+            config = {}
+        if not isinstance(config, Mapping):
+            raise PublishConfigError(
+                f"must be a mapping, got {type(config).__name__}", name
+            )
+        allowed = GOAL_KEYS if dispatch_type == "goal" else TASK_KEYS
+        unknown = sorted(set(config) - allowed)
+        if unknown:
+            raise PublishConfigError(
+                f"unknown key(s) {', '.join(map(repr, unknown))};"
+                f" allowed: {', '.join(sorted(allowed))}",
+                f"{name}.{unknown[0]}",
+            )
+        merged_into = "context" if dispatch_type == "goal" else "payload"
+        for key in (merged_into, "metadata"):
+            if key in config and not isinstance(config[key], Mapping):
+                raise PublishConfigError(
+                    f"must be a mapping, got {config[key]!r}", f"{name}.{key}"
+                )
+        text_keys = ("instruction", "priority") if dispatch_type == "goal" else (
+            "worker_type",
+            "model_tier",
+            "priority",
+        )
+        for key in text_keys:
+            if key in config and not isinstance(config[key], str):
+                raise PublishConfigError(
+                    f"must be a string, got {config[key]!r}", f"{name}.{key}"
+                )
+        if dispatch_type == "task" and not config.get("worker_type"):
+            raise PublishConfigError(
+                "is required: the service that should take the task",
+                "task_config.worker_type",
+            )
+        _jsonable(dict(config), name)
+        return cls(str(dispatch_type), json.dumps(dict(config), sort_keys=True))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The entry's goal or task settings (a fresh copy)."""
+        value: dict[str, Any] = json.loads(self.config_json)
+        return value
+
+    def __call__(self, *_args: Any) -> None:
+        """Refuse to run: a publish entry runs nowhere but on NATS.
+
+        Raises:
+            TypeError: Always.
+        """
+        raise TypeError(
+            f"a dispatch_type: {self.dispatch_type} entry publishes to NATS; it"
+            " needs the 'nats' executor, not a local one"
+        )
+
+    def message(
+        self,
+        *,
+        schedule: str,
+        run_key: str,
+        nominal_time: str,
+        item: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """Build the goal or task message of one run.
+
+        Args:
+            schedule: Entry name (`metadata.scheduled_by`).
+            run_key: The run's key (source of the message id).
+            nominal_time: ISO fire time.
+            item: The `expand_from` context dict (empty without fan-out),
+                merged over the goal's `context` or the task's `payload`.
+
+        Returns:
+            The JSON-able message.
+        """
+        config = self.config
+        metadata = {
+            **config.get("metadata", {}),
+            "scheduled_by": schedule,
+            "run_key": run_key,
+            "nominal_time": nominal_time,
+        }
+        message_id = str(uuid.uuid5(_ID_NAMESPACE, run_key))
+        if self.dispatch_type == "goal":
+            return {
+                "goal_id": message_id,
+                "instruction": config.get("instruction", ""),
+                "context": {**config.get("context", {}), **item},
+                "priority": config.get("priority", "normal"),
+                "metadata": metadata,
+            }
+        return {
+            "task_id": message_id,
+            "worker_type": config["worker_type"],
+            "payload": {**config.get("payload", {}), **item},
+            "model_tier": config.get("model_tier", "local"),
+            "priority": config.get("priority", "normal"),
+            "metadata": metadata,
+        }

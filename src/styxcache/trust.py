@@ -1,0 +1,394 @@
+"""Whose cache entries are served: the trust model of a (shared) cache.
+
+A hit hands the caller files that somebody else's run wrote. On a cache that
+several Unix users share, a member who can rewrite an entry (or rename a folder
+above it) could make everybody else's pipeline consume forged results; content
+digests do not help, because the forger rewrites the manifest too. So before an
+entry is served, the files themselves must show that only trusted users could
+have written them, the way ssh checks the permissions of `authorized_keys`:
+
+* every file, folder and link of the entry is owned by a trusted user, and no
+  file or folder in it is writable by group or others (commits are sealed so);
+* the shard folder, the cache folder and every folder above it are owned by a
+  trusted user (or root) and, when others may write to them, carry the sticky
+  bit (as `/tmp` does), so nobody can rename or delete what they do not own.
+
+Trusted, always: root, yourself (the effective uid) and the owner of the cache
+folder (who could replace the whole tree anyway). `CachePolicy(trust=...)`
+adds more: `"group"` (every member of the cache folder's group), or user names
+and uids. `"any"` switches the checks off (the pre-0.4 behaviour).
+
+An entry that fails the check is not served and not deleted: if it is your own
+entry (its folder is yours) it is treated as damaged and moved aside; otherwise
+the call runs uncached, as the base runner alone would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import grp
+import logging
+import os
+import pwd
+import stat
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+__all__ = [
+    "Doubt",
+    "TrustSetting",
+    "check_entry",
+    "parse_trust",
+    "prepare_shared_cache",
+    "seal_entry",
+    "user_name",
+]
+
+_log = logging.getLogger("styxcache.trust")
+
+TrustSetting = Literal["self", "group", "any"] | tuple[int, ...]
+"""`"self"`, `"group"`, `"any"`, or the uids trusted besides yourself."""
+
+_KEYWORDS = ("self", "group", "any")
+_OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
+
+
+def parse_trust(value: object) -> TrustSetting:
+    """Validate a `CachePolicy.trust` value.
+
+    Args:
+        value: `"self"`, `"group"`, `"any"`, or a sequence of user names and
+            uids (yourself, root and the cache owner are always trusted).
+
+    Returns:
+        The keyword, or the sorted tuple of uids.
+
+    Raises:
+        ValueError: An unknown keyword or user name.
+        TypeError: A value of another type.
+    """
+    if isinstance(value, str):
+        if value in _KEYWORDS:
+            return value  # type: ignore[return-value]
+        raise ValueError(
+            "CachePolicy.trust must be 'self', 'group', 'any' or a list of user "
+            f"names and uids; got {value!r} (for one user, write [{value!r}])"
+        )
+    if not isinstance(value, Iterable):
+        raise TypeError(
+            "CachePolicy.trust must be 'self', 'group', 'any' or a list of user "
+            f"names and uids; got {value!r}"
+        )
+    uids: set[int] = set()
+    for item in value:
+        if isinstance(item, bool):
+            raise TypeError(f"CachePolicy.trust: not a user name or uid: {item!r}")
+        if isinstance(item, int):
+            if item < 0:
+                raise ValueError(f"CachePolicy.trust: not a uid: {item}")
+            uids.add(item)
+        elif isinstance(item, str):
+            try:
+                uids.add(pwd.getpwnam(item).pw_uid)
+            except KeyError:
+                raise ValueError(f"CachePolicy.trust: no such user: {item!r}") from None
+        else:
+            raise TypeError(f"CachePolicy.trust: not a user name or uid: {item!r}")
+    return tuple(sorted(uids))
+
+
+def user_name(uid: int) -> str:
+    """Return `name (uid)` for a uid, or just the uid when it has no name."""
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _in_group(uid: int, gid: int) -> bool:
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    if user.pw_gid == gid:
+        return True
+    try:
+        return user.pw_name in grp.getgrgid(gid).gr_mem
+    except KeyError:
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Doubt:
+    """Why an entry cannot be trusted.
+
+    Attributes:
+        reason: What was found, naming the path and its owner or mode.
+        own: The entry folder is yours: it is damage you may move aside,
+            rather than someone else's entry you must leave alone.
+    """
+
+    reason: str
+    own: bool
+
+
+class _Checker:
+    """The checks for one cache folder under one trust setting."""
+
+    def __init__(self, root: Path, setting: TrustSetting) -> None:
+        self.root = Path(os.path.realpath(root))
+        self.setting = setting
+        self.me = os.geteuid()
+        self._lock = threading.Lock()
+        self._root_seen: tuple[int, int, int, int] | None = None
+        self._root_problem = ""
+        self._owner = -1
+        self._gid = -1
+        self._read_only = False
+
+    def trusted(self, uid: int) -> bool:
+        if uid in (0, self.me, self._owner):
+            return True
+        if self.setting == "group":
+            return _in_group(uid, self._gid)
+        return isinstance(self.setting, tuple) and uid in self.setting
+
+    def _folder_problem(self, path: str, st: os.stat_result) -> str:
+        """Check a folder above an entry: trusted owner, sticky if shared."""
+        if not stat.S_ISDIR(st.st_mode):
+            return f"{path} is not a folder (a symlink or file stands in its place)"
+        if not self.trusted(st.st_uid):
+            return (
+                f"folder {path} belongs to {user_name(st.st_uid)}, who is not trusted"
+            )
+        if (
+            st.st_mode & _OTHERS_WRITE
+            and not st.st_mode & stat.S_ISVTX
+            and not self._read_only
+        ):
+            if st.st_uid == self.me:
+                # Ours: the sticky bit stops others renaming what they do not
+                # own, and adding it changes nothing for us.
+                try:
+                    os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_ISVTX)
+                    _log.info("made shared folder %s sticky (like /tmp)", path)
+                    return ""
+                except OSError as exc:
+                    _log.debug("cannot make %s sticky: %s", path, exc)
+            return (
+                f"folder {path} is writable by others without the sticky bit "
+                f"(chmod +t {path})"
+            )
+        return ""
+
+    def _check_root(self) -> str:
+        try:
+            st = os.lstat(self.root)
+        except OSError as exc:
+            return f"cannot inspect cache folder {self.root}: {exc.strerror}"
+        seen = (st.st_dev, st.st_ino, st.st_uid, st.st_mode)
+        with self._lock:
+            if seen == self._root_seen:
+                return self._root_problem
+        self._owner = st.st_uid
+        self._gid = st.st_gid
+        try:
+            self._read_only = bool(os.statvfs(self.root).f_flag & os.ST_RDONLY)
+        except OSError:
+            self._read_only = False
+        problem = ""
+        # Every folder above the cache could rename it and plant another one.
+        for folder in (*reversed(self.root.parents), self.root):
+            try:
+                above = os.lstat(folder)
+            except OSError as exc:
+                problem = f"cannot inspect {folder}: {exc.strerror}"
+                break
+            problem = self._folder_problem(str(folder), above)
+            if problem:
+                break
+        with self._lock:
+            self._root_seen = (st.st_dev, st.st_ino, st.st_uid, st.st_mode)
+            self._root_problem = problem
+        return problem
+
+    def check(self, entry: Path) -> Doubt | None:
+        problem = self._check_root()
+        if problem:
+            return Doubt(problem, own=False)
+        shard = os.path.join(self.root, entry.parent.name)
+        try:
+            problem = self._folder_problem(shard, os.lstat(shard))
+            top = os.lstat(os.path.join(shard, entry.name))
+        except FileNotFoundError:
+            return None  # no entry: an ordinary miss
+        except OSError as exc:
+            return Doubt(f"cannot inspect {entry}: {exc.strerror}", own=False)
+        if problem:
+            return Doubt(problem, own=False)
+        own = top.st_uid == self.me and stat.S_ISDIR(top.st_mode)
+        found = self._walk(os.path.join(shard, entry.name), top)
+        return None if not found else Doubt(found, own=own)
+
+    def _walk(self, path: str, st: os.stat_result) -> str:
+        problem = self._item_problem(path, st)
+        if problem or not stat.S_ISDIR(st.st_mode):
+            return problem
+        pending = [path]
+        while pending:
+            folder = pending.pop()
+            try:
+                items = list(os.scandir(folder))
+            except OSError as exc:
+                return f"cannot list {folder}: {exc.strerror}"
+            for item in items:
+                try:
+                    info = item.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                problem = self._item_problem(item.path, info)
+                if problem:
+                    return problem
+                if stat.S_ISDIR(info.st_mode):
+                    pending.append(item.path)
+        return ""
+
+    def _item_problem(self, path: str, st: os.stat_result) -> str:
+        if not self.trusted(st.st_uid):
+            return f"{path} belongs to {user_name(st.st_uid)}, who is not trusted"
+        if (
+            not stat.S_ISLNK(st.st_mode)
+            and st.st_mode & _OTHERS_WRITE
+            and not self._read_only
+        ):
+            return (
+                f"{path} is writable by group or others "
+                f"(mode {stat.filemode(st.st_mode)})"
+            )
+        return ""
+
+
+_checkers: dict[tuple[str, TrustSetting], _Checker] = {}
+_checkers_lock = threading.Lock()
+_warned: set[tuple[str, str]] = set()
+
+
+def check_entry(root: Path, entry: Path, setting: TrustSetting) -> Doubt | None:
+    """Check that only trusted users could have written an entry.
+
+    Args:
+        root: The cache folder.
+        entry: The entry's folder, `<root>/<key[:2]>/<key>`.
+        setting: `CachePolicy.trust`.
+
+    Returns:
+        None when the entry may be served (or does not exist), else why not.
+    """
+    if setting == "any":
+        return None
+    index = (os.fspath(root), setting)
+    with _checkers_lock:
+        checker = _checkers.get(index)
+        if checker is None:
+            if len(_checkers) >= 256:
+                _checkers.clear()
+            checker = _checkers[index] = _Checker(root, setting)
+    doubt = checker.check(entry)
+    if doubt is not None and not doubt.own:
+        warned = (os.fspath(root), entry.name)
+        if warned not in _warned:
+            _warned.add(warned)
+            _log.warning(
+                "cache entry %s in %s is not trusted: %s; not served "
+                "(CachePolicy(trust=...) says whose entries to trust, "
+                "see docs/security.md)",
+                entry.name[:12],
+                root,
+                doubt.reason,
+            )
+    return doubt
+
+
+def seal_entry(folder: Path, *, read_only: bool) -> None:
+    """Make a staged entry writable by its owner only (or by nobody).
+
+    Group and others lose write access to every file and folder, so no member
+    of a shared cache can edit another's entry; with `read_only` the files lose
+    the owner's write bit too. Symlinks are never followed.
+
+    Args:
+        folder: The staged entry.
+        read_only: Also make the files read-only for their owner.
+    """
+    strip = stat.S_IWUSR | _OTHERS_WRITE if read_only else _OTHERS_WRITE
+    for current, dirs, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(current, name)
+            st = os.lstat(path)
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & strip:
+                os.chmod(path, stat.S_IMODE(st.st_mode) & ~strip)
+        for name in (*dirs, ""):
+            path = os.path.join(current, name) if name else current
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode) and st.st_mode & _OTHERS_WRITE:
+                os.chmod(path, stat.S_IMODE(st.st_mode) & ~_OTHERS_WRITE)
+
+
+def prepare_shared_cache(root: Path | str, group: str | int | None = None) -> Path:
+    """Lay out a cache folder for several users, as its owner.
+
+    Creates the cache folder, its 256 shard folders and its working folders
+    (`.incoming`, `.locks`, ...) owned by you, group-writable, setgid and
+    sticky (mode 3775, like `/tmp` for a group): every member can add entries,
+    nobody but you (the cache owner) and root can rename or delete another
+    member's. Run it once, as the account that owns the cache (and runs `gc`).
+
+    Args:
+        root: The cache folder (created if needed; may exist).
+        group: The group sharing it (name or gid); None keeps the folder's.
+
+    Returns:
+        The cache folder.
+
+    Raises:
+        ValueError: If the group does not exist.
+    """
+    # Imported here: store.py imports this module for its hit check.
+    from styxcache.store import CacheStore
+
+    path = Path(root)
+    gid = -1
+    if isinstance(group, str):
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ValueError(f"no such group: {group!r}") from None
+    elif isinstance(group, int):
+        gid = group
+    names = [f"{i:02x}" for i in range(256)]
+    names += [
+        CacheStore.STAGING_DIR,
+        CacheStore.LOCKS_DIR,
+        CacheStore.QUARANTINE_DIR,
+        CacheStore.FAILED_DIR,
+        CacheStore.TRASH_DIR,
+        CacheStore.TOOLS_DIR,
+        ".events",
+    ]
+    # Leases, the tool index and event files are taken over, pruned and
+    # shared by every member: losing them costs a rerun, never a wrong hit,
+    # so those folders are not sticky (a sticky one would stop a member
+    # breaking a dead colleague's lease).
+    cooperative = {CacheStore.LOCKS_DIR, CacheStore.TOOLS_DIR, CacheStore.FAILED_DIR}
+    cooperative |= {".events", CacheStore.QUARANTINE_DIR, CacheStore.TRASH_DIR}
+    path.mkdir(parents=True, exist_ok=True)
+    for folder in (path, *(path / name for name in names)):
+        folder.mkdir(exist_ok=True)
+        if gid >= 0:
+            os.chown(folder, -1, gid)
+        os.chmod(folder, 0o2775 if folder.name in cooperative else 0o3775)
+    return path
