@@ -91,7 +91,7 @@ def test_input_file_after_output_file(runner: CachingRunner, tmp_path: Path) -> 
 
 @pytest.mark.parametrize(
     "name",
-    ["", ".styxcache.done", ".styxcache.manifest.json", ".styxcache.stdout.gz"],
+    [".styxcache.done", ".styxcache.manifest.json", ".styxcache.stdout.gz"],
 )
 def test_empty_or_reserved_output_names(
     runner: CachingRunner, tmp_cache: Path, name: str

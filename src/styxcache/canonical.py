@@ -185,9 +185,8 @@ class _Encoding:
 
     def _container(self, value: Any, name: str, depth: int) -> JSON:
         if isinstance(value, enum.Enum):
-            cls = type(value)
             return {
-                "$enum": f"{cls.__module__}.{cls.__qualname__}.{value.name}",
+                "$enum": f"{_qualified(value)}.{value.name}",
                 "value": self.encode(value.value, _child(name, "value"), depth),
             }
         if isinstance(value, Mapping):
@@ -208,9 +207,8 @@ class _Encoding:
             encoded = [self.encode(item, f"{name}{{}}", depth) for item in value]
             return {"$set": sorted(encoded, key=canonical_json)}
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            cls = type(value)
             return {
-                "$dataclass": f"{cls.__module__}.{cls.__qualname__}",
+                "$dataclass": _qualified(value),
                 "fields": {
                     f.name: self.encode(
                         getattr(value, f.name), _child(name, f.name), depth
@@ -220,9 +218,8 @@ class _Encoding:
             }
         encoder = _registered(value)
         if encoder is not None:
-            cls = type(value)
             return {
-                "$encoded": f"{cls.__module__}.{cls.__qualname__}",
+                "$encoded": _qualified(value),
                 "value": self.encode(encoder(value), name, depth),
             }
         if _is_numpy(value):
@@ -341,6 +338,11 @@ def _refuse(value: object, name: str) -> JSON:
         "a plain value, or register an encoder for the class with "
         "styxcache.register_encoder(cls, fn)."
     )
+
+
+def _qualified(value: object) -> str:
+    cls = type(value)
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _child(name: str, key: str) -> str:

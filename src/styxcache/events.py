@@ -63,6 +63,9 @@ class CacheEvent:
         host: Host name of the producing process.
         pid: Process id of the producing process.
         ok: False when the tool ran and failed.
+        remote: What the remote tier did (`remote.RemoteOutcome`): `"hit"`,
+            `"miss"`, `"uploaded"`, `"present"`, `"damaged"`, `"error"`,
+            `"offline"`, or `""` without a remote tier.
     """
 
     kind: EventKind
@@ -76,6 +79,7 @@ class CacheEvent:
     host: str = _HOST
     pid: int = dataclasses.field(default_factory=os.getpid)
     ok: bool = True
+    remote: str = ""
 
     def to_json(self) -> str:
         """Return the event as one line of JSON."""
@@ -106,6 +110,11 @@ class CacheStats:
         refreshed: Executions rerun on purpose by `refresh()` or `max_age`.
         time_saved_s: Sum of the stored durations of the runs that hits replaced.
         bytes_served: Sum of the output sizes served by hits.
+        remote_hits: Hits downloaded from the remote tier.
+        remote_uploads: Entries uploaded to the remote tier.
+        remote_damaged: Remote entries refused because they failed verification.
+        remote_errors: Remote operations that failed (network, credentials...).
+        remote_offline: Executions that skipped the remote after a failure.
     """
 
     hits: int = 0
@@ -114,6 +123,11 @@ class CacheStats:
     refreshed: int = 0
     time_saved_s: float = 0.0
     bytes_served: int = 0
+    remote_hits: int = 0
+    remote_uploads: int = 0
+    remote_damaged: int = 0
+    remote_errors: int = 0
+    remote_offline: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -137,10 +151,23 @@ class CacheStats:
             self.bypassed += 1
         else:
             self.refreshed += 1
+        if event.remote:
+            counter = _REMOTE_COUNTERS.get(event.remote)
+            if counter is not None:
+                setattr(self, counter, getattr(self, counter) + 1)
 
     def as_dict(self) -> dict[str, float | int]:
         """Return the totals and the hit rate as a plain dictionary."""
         return {**dataclasses.asdict(self), "hit_rate": self.hit_rate}
+
+
+_REMOTE_COUNTERS = {
+    "hit": "remote_hits",
+    "uploaded": "remote_uploads",
+    "damaged": "remote_damaged",
+    "error": "remote_errors",
+    "offline": "remote_offline",
+}
 
 
 _COLLECTORS: contextvars.ContextVar[tuple[list[CacheEvent], ...]] = (
@@ -265,6 +292,7 @@ def _well_formed(event: CacheEvent) -> bool:
         event.kind in ("hit", "miss", "bypass", "refresh")
         and isinstance(event.tool, str)
         and isinstance(event.key, str)
+        and isinstance(event.remote, str)
         and all(
             isinstance(n, (int, float)) and not isinstance(n, bool) for n in numbers
         )

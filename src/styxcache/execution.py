@@ -20,12 +20,13 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from styxdefs import Execution, InputPathType, Metadata, OutputPathType
 
 from styxcache import lease as leases
 from styxcache.canonical import ParamEncodingError
+from styxcache.catalog import record_commit
 from styxcache.events import CacheEvent, EventKind
 from styxcache.explain import nearest_entry
 from styxcache.fingerprint import (
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["CacheReadOnlyError", "CachingExecution"]
 
 _TWIN = "computed by a concurrent identical execution"
+_LEASE_ATTEMPTS = 3
 _EXPLAIN_CANDIDATES = 8
 """Newest entries of a tool compared on a miss: enough to find the sibling run
 that differs in one param, few enough to keep a miss cheap."""
@@ -83,7 +85,7 @@ class _Plan:
     kind: EventKind = "miss"
     reason: str = ""
     signatures: tuple[str, ...] = ()
-    digests: tuple[str, ...] = ()  # of the registered inputs, in order
+    remote: str = ""  # what the remote tier did (remote.RemoteOutcome)
 
 
 def _innermost(execution: Any) -> Any:
@@ -168,6 +170,7 @@ class CachingExecution(Execution):
         self._outputs: list[tuple[str, bool]] = []
         self._outside: list[str] = []  # absolute output names, as returned
         self._escaping: list[str] = []  # names leaving the folder with ".."
+        self._input_digests: list[str] = []  # in the key, in input order
         self._plan: _Plan | None = None
 
     @property
@@ -284,7 +287,7 @@ class CachingExecution(Execution):
         return path
 
     def _base_answer(self, local_file: str, optional: bool) -> OutputPathType:
-        """What the base execution returns for an output name, without redirecting it."""
+        """The base execution's answer for an output name, not redirected."""
         if self._base is None:
             # LocalRunner joins the name to its folder: an absolute name is
             # returned as it is, so a hit need not create the folder.
@@ -315,10 +318,19 @@ class CachingExecution(Execution):
         if plan.where == "base":
             self._run_uncached(plan, call)
             return
+        if self._escaping:
+            self._run_escaping(plan, call)
+            return
         fingerprint, parts = self._fingerprint(cargs, plan)
         if plan.manifest is not None and not plan.replace:
             stored = plan.manifest
             stale = stored.fingerprint != fingerprint
+            outside = self._outside_problem(stored)
+            if outside and plan.where == "cache":
+                # The tool must write (or not write) its outside outputs again.
+                plan.replace, plan.kind, plan.reason = True, "refresh", outside
+                self._run_and_store(plan, call, fingerprint, parts)
+                return
             if stale and plan.where == "tier":
                 # A read-only tier is only served when the main cache cannot
                 # take a copy, so there is nowhere to store a rerun either.
@@ -430,6 +442,12 @@ class CachingExecution(Execution):
                         manifest,
                     )
                     return plan
+                fetched = runner.fetch_remote(key)
+                if fetched is not None:
+                    plan.remote = fetched.outcome
+                    if fetched.manifest is not None:
+                        plan.manifest = fetched.manifest
+                        return plan
                 plan.reason = found.reason if found.damaged else self._explain(payload)
         if not runner.writable:
             if runner.policy.read_only_miss == "error":
@@ -470,6 +488,7 @@ class CachingExecution(Execution):
                 raise FileNotFoundError(
                     f"{self._tool}: input not found: {registered.hashed_path}"
                 ) from None
+        self._input_digests = list(digests)
         container_tag = getattr(self._inner, "container_tag", None)
         image = policy.image_digest(container_tag) if container_tag else None
         payload = build_payload(
@@ -537,6 +556,7 @@ class CachingExecution(Execution):
         assert plan.entry is not None
         if plan.where == "cache" and not self._runner.store.touch(plan.key):
             return False
+        replays: list[tuple[IO[str], LineHandler]] = []
         for name, lines, handler, stream in (
             (
                 CacheStore.STDOUT_LOG,
@@ -553,7 +573,16 @@ class CachingExecution(Execution):
         ):
             target = handler or self._default_handler(stream)
             if lines and target is not None:
-                replay(plan.entry / name, target)
+                try:
+                    replays.append((open_log(plan.entry / name), target))
+                except OSError:  # removed by a concurrent gc: run the tool
+                    for handle, _ in replays:
+                        handle.close()
+                    return False
+        # Both logs are open before any line is handed out: an entry removed
+        # now is still read in full, and nothing is delivered twice.
+        for handle, target in replays:
+            replay(handle, target)
         for layer in self._recorders:
             layer.graph_runner.record_execution(
                 layer.metadata, layer.input_files, layer.output_files
@@ -568,15 +597,29 @@ class CachingExecution(Execution):
                 saved_s=manifest.duration_s,
                 bytes_served=manifest.total_size,
                 reason=reason,
+                remote=plan.remote,
             )
         )
         return True
 
     def _drop_base_dir(self) -> None:
-        """Remove the folder the base runner made eagerly, if the tool never used it."""
-        if self._base is not None and self._base_dir is not None:
-            with contextlib.suppress(OSError):
-                self._base_dir.rmdir()
+        """Remove the folder the base runner made eagerly, if the tool never used it.
+
+        NiWrap's `metadata.name` is often a sentence with "/" in it, and
+        LocalRunner's folder `<data_dir>/<uid>_<n>_<name>` is then nested:
+        every empty level up to the data folder goes, not just the last.
+        """
+        if self._base is None or self._base_dir is None:
+            return
+        folder = Path(os.path.abspath(self._base_dir))
+        data_dir = self._runner.base_data_dir()
+        stop = Path(os.path.abspath(data_dir)) if data_dir else folder.parent
+        while folder != stop and folder.is_relative_to(stop):
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+            folder = folder.parent
 
     def _run_uncached(self, plan: _Plan, call: _Call) -> None:
         ok = False
@@ -590,6 +633,39 @@ class CachingExecution(Execution):
         finally:
             self._emit_run(plan, call, ok=ok)
 
+    def _run_escaping(self, plan: _Plan, call: _Call) -> None:
+        """Run a call with an output that leaves its folder, as the base would.
+
+        The tool runs in the base runner's own folder, so a name like
+        `../x` lands where the base runner said it would. Paths inside the
+        entry were handed out already; the folder's files are moved there
+        afterwards, marked uncommitted (never served), and the base folder
+        itself stays, since `<folder>/../x` only resolves while it exists.
+        """
+        plan.kind, plan.reason = (
+            "bypass",
+            f"output {self._escaping[0]} leaves its folder",
+        )
+        self._run_uncached(plan, call)
+        if not self._outputs or self._base_dir is None:
+            return
+        store = self._runner.store
+        if store.is_hit(plan.key):
+            return  # the entry paths handed out hold a committed result
+        try:
+            staging = store.stage(plan.key)
+            for item in os.scandir(self._base_dir):
+                shutil.move(item.path, staging / item.name)
+            store.place_uncommitted(staging, plan.key, plan.reason)
+        except OSError as exc:
+            _log.warning(
+                "%s: cannot move outputs from %s to %s: %s",
+                self._tool,
+                self._base_dir,
+                plan.entry,
+                exc,
+            )
+
     # Running and storing -------------------------------------------------------
 
     def _run_and_store(
@@ -601,32 +677,39 @@ class CachingExecution(Execution):
         def twin_done() -> bool:
             return not plan.replace and store.is_hit(key)
 
-        with leases.acquire(
-            store.root / store.LOCKS_DIR,
-            key,
-            lease_seconds=runner.policy.lease_seconds,
-            timeout=runner.policy.lock_timeout_s,
-            done=twin_done,
-        ) as held:
-            # A twin may have committed while we waited, or between our lookup
-            # and taking the lease.
-            if (held is None and twin_done()) or (
-                held is not None and not plan.replace
-            ):
-                found = store.lookup(key, **runner.verify_args())
-                if (
-                    found.manifest is not None
-                    and (held is None or found.manifest.fingerprint == fingerprint)
-                    and self._serve(plan, found.manifest, call, reason=_TWIN)
-                ):
+        for attempt in range(_LEASE_ATTEMPTS):
+            with leases.acquire(
+                store.root / store.LOCKS_DIR,
+                key,
+                lease_seconds=runner.policy.lease_seconds,
+                timeout=runner.policy.lock_timeout_s,
+                done=twin_done,
+            ) as held:
+                # A twin may have committed while we waited, or between our
+                # lookup and taking the lease.
+                twin = held is None and twin_done()
+                if twin or (held is not None and not plan.replace):
+                    found = store.lookup(key, **runner.verify_args())
+                    if (
+                        found.manifest is not None
+                        and (held is None or found.manifest.fingerprint == fingerprint)
+                        and not self._outside_problem(found.manifest)
+                        and self._serve(plan, found.manifest, call, reason=_TWIN)
+                    ):
+                        return
+                # Without the lease only after a timeout: a twin's entry that
+                # vanished (a concurrent gc) means waiting for the lease again,
+                # since gc sweeps staging folders no live lease protects.
+                if held is not None or not twin or attempt == _LEASE_ATTEMPTS - 1:
+                    self._execute(plan, call, fingerprint, parts)
                     return
-            self._execute(plan, call, fingerprint, parts)
 
     def _execute(
         self, plan: _Plan, call: _Call, fingerprint: str, parts: dict[str, str]
     ) -> None:
         runner, store = self._runner, self._runner.store
         key = plan.key
+        store.drop_uncommitted(key)
         staging = store.stage(key)
         base = self.base
         self._inner.output_dir = staging
@@ -636,54 +719,96 @@ class CachingExecution(Execution):
         user_out = call.handle_stdout or self._default_handler("stdout")
         user_err = call.handle_stderr or self._default_handler("stderr")
         tees = (_Tee(out_log, user_out), _Tee(err_log, user_err))
+        real_cargs = self._real_cargs(call.cargs)
         tool_started = time.perf_counter()
         try:
-            base.run(
-                self._real_cargs(call.cargs),
-                handle_stdout=tees[0],
-                handle_stderr=tees[1],
-            )
+            base.run(real_cargs, handle_stdout=tees[0], handle_stderr=tees[1])
         except BaseException as exc:
+            # Closing never raises: on a full disk the tool's (or the OS's)
+            # error is the one the caller must see.
             out_log.close()
             err_log.close()
-            kept = store.keep_failed(
-                staging,
-                key,
-                f"{type(exc).__name__}: {exc}",
-                limit=runner.policy.keep_failed,
-            )
-            if kept is not None:
-                note = f"styxcache: the failed run's files are kept in {kept}"
-                if hasattr(exc, "add_note"):
-                    exc.add_note(note)
-                _log.error(
-                    "%s failed; %s", self._tool, note.removeprefix("styxcache: ")
-                )
+            self._keep_failed(key, staging, exc, (out_log, err_log))
             self._emit_run(plan, call, ok=False)
             raise
         duration = time.perf_counter() - tool_started
         out_log.close()
         err_log.close()
-        problem = self._missing_outputs(staging) or self._changed_inputs(plan)
+        self._drop_runner_script(staging, real_cargs)
+        problem = (
+            _log_problem(out_log, err_log)
+            or self._commit_problem(staging)
+            or self._changed_inputs(plan)
+        )
         if problem:
-            _log.warning(
-                "%s: %s; the result is not cached and will run again",
-                self._tool,
-                problem,
-            )
-            store.place_uncommitted(staging, key, problem)
+            self._place_uncommitted(key, staging, problem)
             self._emit_run(plan, call, ok=True)
             _raise_handler_error(*tees)
             return
-        hasher = runner.policy_hasher()
+        try:
+            manifest = self._manifest(
+                plan,
+                staging=staging,
+                fingerprint=fingerprint,
+                parts=parts,
+                duration=duration,
+                logs=(out_log, err_log),
+            )
+            (staging / store.MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+            seal_entry(staging, read_only=runner.policy.read_only_outputs)
+            store.commit(
+                staging, key, replace=plan.replace, trust=runner.policy.trust_setting
+            )
+        except OSError as exc:
+            # The tool succeeded and only storing failed (a full disk): the
+            # caller still gets its files where they were promised.
+            self._place_uncommitted(key, staging, f"cannot store the result: {exc}")
+            self._emit_run(plan, call, ok=True)
+            _raise_handler_error(*tees)
+            return
+        try:
+            store.record_tool(self._tool, key)
+        except OSError as exc:  # only explanations of later misses need it
+            _log.debug("cannot index %s under %s: %s", key[:12], self._tool, exc)
+        record_commit(store.root, key, store.entry_dir(key), manifest)  # never raises
+        plan.remote = runner.upload_remote(key, plan.remote, replace=plan.replace)
+        self._emit_run(plan, call, ok=True)
+        runner.after_commit(key)
+        _raise_handler_error(*tees)
+
+    def _manifest(
+        self,
+        plan: _Plan,
+        *,
+        staging: Path,
+        fingerprint: str,
+        parts: dict[str, str],
+        duration: float,
+        logs: tuple[LineLog, LineLog],
+    ) -> Manifest:
+        runner, store = self._runner, self._runner.store
         assert plan.payload is not None
         now = time.time()
-        manifest = Manifest(
-            key=key,
+        absent = sorted(
+            {
+                relative
+                for relative, _optional in self._outputs
+                if relative != "." and not os.path.lexists(staging / relative)
+            }
+        )
+        if absent:
+            _log.info(
+                "%s: declared outputs not written (stored as absent): %s",
+                self._tool,
+                _shorten(absent),
+            )
+        out_log, err_log = logs
+        return Manifest(
+            key=plan.key,
             tool=self._tool,
             payload=plan.payload.to_json(),
             outputs=scan_outputs(
-                staging, skip=store.RESERVED, hash_file=hasher.hash_file
+                staging, skip=store.RESERVED, hash_file=runner.policy_hasher().hash_file
             ),
             fingerprint=fingerprint,
             fingerprint_parts=parts,
@@ -696,14 +821,76 @@ class CachingExecution(Execution):
             stdout_size=out_log.path.stat().st_size,
             stderr_size=err_log.path.stat().st_size,
             version=runner.version,
+            absent=tuple(absent),
+            outside=tuple(self._outside_state(path) for path in self._outside_paths()),
         )
-        (staging / store.MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
-        seal_entry(staging, read_only=runner.policy.read_only_outputs)
-        store.commit(staging, key, replace=plan.replace)
-        store.record_tool(self._tool, key)
-        self._emit_run(plan, call, ok=True)
-        runner.after_commit(key)
-        _raise_handler_error(*tees)
+
+    def _place_uncommitted(self, key: str, staging: Path, problem: str) -> None:
+        _log.warning(
+            "%s: %s; the result is not cached and will run again", self._tool, problem
+        )
+        self._runner.store.place_uncommitted(staging, key, problem)
+
+    def _keep_failed(
+        self,
+        key: str,
+        staging: Path,
+        exc: BaseException,
+        logs: tuple[LineLog, LineLog],
+    ) -> None:
+        """Keep a failed run's files for inspection, unless the disk is full.
+
+        Never raises: the tool's error is what the caller must see.
+        """
+        limit = self._runner.policy.keep_failed
+        full = _out_of_space(exc, logs, staging)
+        try:
+            kept = self._runner.store.keep_failed(
+                staging, key, f"{type(exc).__name__}: {exc}", limit=0 if full else limit
+            )
+        except OSError as error:
+            _log.debug("cannot keep the failed run %s: %s", staging, error)
+            kept = None
+            with contextlib.suppress(OSError):
+                self._runner.store.discard(staging)
+        if full and limit > 0:
+            _log.warning(
+                "%s failed and the cache's disk is full; its partial files were "
+                "removed to free the space",
+                self._tool,
+            )
+        if kept is None:
+            return
+        note = f"styxcache: the failed run's files are kept in {kept}"
+        if hasattr(exc, "add_note"):
+            # Once, with the error itself; a log record would repeat it.
+            exc.add_note(note)
+            _log.debug("%s failed; %s", self._tool, note)
+        else:
+            _log.error("%s failed; %s", self._tool, note.removeprefix("styxcache: "))
+
+    def _drop_runner_script(self, staging: Path, cargs: list[str]) -> None:
+        """Remove the `run.sh` a container runner wrote beside the outputs.
+
+        styxdocker, styxpodman and styxsingularity write the command line
+        into `<output folder>/run.sh` before starting the container. It is the
+        runner's file, not the tool's: it is not stored unless the tool
+        declared an output of that name or wrote something else there.
+        """
+        if any(relative == _RUN_SCRIPT for relative, _ in self._outputs):
+            return
+        script = staging / _RUN_SCRIPT
+        make = getattr(self._inner, "_make_run_script_content", None)
+        try:
+            if not stat.S_ISREG(os.lstat(script).st_mode):
+                return
+            expected = (
+                make(cargs) if callable(make) else f"#!/bin/bash\n{shlex.join(cargs)}\n"
+            )
+            if script.read_text(encoding="utf-8") == expected:
+                script.unlink()
+        except (OSError, UnicodeDecodeError, TypeError):
+            return
 
     def _real_cargs(self, cargs: list[str]) -> list[str]:
         """Swap provisional input paths for the ones the base execution returned."""
@@ -720,34 +907,109 @@ class CachingExecution(Execution):
                 duration_s=time.perf_counter() - call.started,
                 reason=plan.reason,
                 ok=ok,
+                remote=plan.remote,
             )
         )
 
-    def _missing_outputs(self, staging: Path) -> str:
-        missing = sorted(
-            {
-                relative
-                for relative, optional in self._outputs
-                if not optional
-                and relative != "."
-                and not os.path.lexists(staging / relative)
-            }
-        )
-        if not missing:
+    def _commit_problem(self, staging: Path) -> str:
+        """Why a run that exited 0 must not be committed, or "".
+
+        Committed when it wrote at least one file, or declared no output
+        inside its folder (stdout-only tools): FSL's `bet` declares 16
+        outputs and writes the ones its flags ask for. An empty result where
+        outputs were declared is not served (FSL tools exit 0 after some
+        errors). `required_outputs="all"` also requires every non-optional
+        declared output.
+        """
+        inside = [(rel, optional) for rel, optional in self._outputs if rel != "."]
+        if not inside:
             return ""
-        return "the tool exited 0 but required outputs are missing: " + ", ".join(
-            missing
+        if self._runner.policy.required_outputs == "all":
+            missing = sorted(
+                {
+                    rel
+                    for rel, optional in inside
+                    if not optional and not os.path.lexists(staging / rel)
+                }
+            )
+            if missing:
+                return (
+                    "the tool exited 0 but required outputs are missing: "
+                    + ", ".join(missing)
+                )
+        if _wrote_any(staging):
+            return ""
+        return "the tool exited 0 but wrote none of its declared outputs: " + (
+            _shorten(sorted({rel for rel, _ in inside}))
         )
 
+    def _digest_value(self, path: Path) -> str:
+        runner = self._runner
+        hasher = runner.policy.hasher
+        if isinstance(hasher, ContentHasher):
+            return hasher.digest(
+                path, memo=runner.memo, exclude=runner.hash_exclusions()
+            ).value
+        return hasher.hash_path(path)
+
     def _changed_inputs(self, plan: _Plan) -> str:
+        """Name an input whose content changed while the tool ran, or "".
+
+        The stat record is only the quick check: a `touch`, or an rsync that
+        rewrites identical bytes, changes it without changing the content,
+        and such a run is kept.
+        """
         exclude = self._runner.hash_exclusions()
-        for registered, before in zip(self._inputs, plan.signatures, strict=False):
+        for index, (registered, before) in enumerate(
+            zip(self._inputs, plan.signatures, strict=False)
+        ):
+            path = registered.hashed_path
             try:
-                after = stat_signature(registered.hashed_path, exclude)
+                after = stat_signature(path, exclude)
             except OSError:
                 after = ""
-            if after != before:
-                return f"input {registered.hashed_path} changed while the tool ran"
+            if after == before:
+                continue
+            try:
+                same = (
+                    index < len(self._input_digests)
+                    and self._digest_value(path) == self._input_digests[index]
+                )
+            except OSError:
+                same = False
+            if not same:
+                return f"input {path} changed while the tool ran"
+        return ""
+
+    def _outside_paths(self) -> list[str]:
+        return sorted(set(self._outside))
+
+    def _outside_state(self, path: str) -> OutsideRecord:
+        """What is at an outside output's path now (read only, never changed)."""
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return OutsideRecord(path, present=False)
+        if stat.S_ISLNK(st.st_mode):
+            return OutsideRecord(path, True, st.st_size, "link:" + os.readlink(path))
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            # A FIFO or device is never read: it could block forever.
+            return OutsideRecord(path, True, 0, f"mode:{stat.S_IFMT(st.st_mode):o}")
+        size = st.st_size if stat.S_ISREG(st.st_mode) else 0
+        try:
+            return OutsideRecord(path, True, size, self._digest_value(Path(path)))
+        except OSError as exc:
+            return OutsideRecord(path, True, size, f"unreadable:{exc.errno}")
+
+    def _outside_problem(self, manifest: Manifest) -> str:
+        """Why an entry's outside outputs do not match this call, or ""."""
+        declared = self._outside_paths()
+        recorded = {record.path: record for record in manifest.outside}
+        if declared != sorted(recorded):
+            return "outputs outside the cache differ from the stored run's"
+        for path in declared:
+            if self._outside_state(path) != recorded[path]:
+                return f"output {path} outside the cache changed since the stored run"
         return ""
 
 
@@ -781,23 +1043,88 @@ def _raise_handler_error(*tees: _Tee) -> None:
             raise tee.error
 
 
-def _checked_relative(local_file: str, tool: str) -> str:
-    """Validate an output name: relative and inside the entry."""
+_RUN_SCRIPT = "run.sh"
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _classify_output(local_file: str, tool: str) -> tuple[str, str]:
+    """Say where an output name points.
+
+    Returns:
+        ("inside", relative POSIX path), ("absolute", name), or ("parent",
+        name) for a name that leaves the folder with "..".
+
+    Raises:
+        ValueError: For a name reserved by styxcache inside the entry.
+    """
     text = os.fspath(local_file)
-    if not text:
-        raise ValueError(f"{tool}: empty output file name")
     if os.path.isabs(text) or PurePosixPath(text).is_absolute():
-        raise ValueError(
-            f"{tool}: output file name {text!r} is absolute; outputs must be relative "
-            "to the execution's output folder"
-        )
-    normal = os.path.normpath(text)
+        return "absolute", text
+    normal = os.path.normpath(text)  # "" and "a/.." are the folder itself
     if normal == ".." or normal.startswith(".." + os.sep) or normal.startswith("../"):
-        raise ValueError(f"{tool}: output file name {text!r} leaves the output folder")
+        return "parent", text
     relative = normal.replace(os.sep, "/")
     if relative.split("/", 1)[0] in CacheStore.RESERVED:
         raise ValueError(f"{tool}: output file name {text!r} is reserved by styxcache")
-    return relative
+    return "inside", relative
+
+
+def _shorten(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    more = len(names) - limit
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _wrote_any(staging: Path) -> bool:
+    """Whether the run left any file or symlink of its own in its folder."""
+    for folder, dirs, files in os.walk(staging):
+        top = folder == os.fspath(staging)
+        if any(not (top and name in CacheStore.RESERVED) for name in files):
+            return True
+        if any(os.path.islink(os.path.join(folder, name)) for name in dirs):
+            return True
+    return False
+
+
+def _log_problem(*logs: LineLog) -> str:
+    for log in logs:
+        if log.error is not None:
+            return f"its output log could not be written ({log.error})"
+    return ""
+
+
+def _tree_size(root: Path) -> int:
+    total = 0
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_blocks * 512
+    return total
+
+
+def _out_of_space(
+    exc: BaseException, logs: tuple[LineLog, LineLog], staging: Path
+) -> bool:
+    """Whether a failed run most likely failed on a full disk.
+
+    True when the error (or one it came from) is ENOSPC/EDQUOT, when our own
+    logs hit it, or when the disk has less room left than the failed run's
+    files take: keeping them would only make the next run fail too.
+    """
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _NO_SPACE:
+            return True
+        error = error.__cause__ or error.__context__
+    if any(log.error is not None and log.error.errno in _NO_SPACE for log in logs):
+        return True
+    try:
+        info = os.statvfs(staging)
+    except OSError:
+        return False
+    return info.f_bavail * info.f_frsize < _tree_size(staging)
 
 
 def copy_entry(source: Path, target: Path) -> None:

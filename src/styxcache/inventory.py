@@ -14,8 +14,15 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
+from styxcache.catalog import (
+    CatalogRow,
+    append_rows,
+    foldable,
+    load_catalog,
+    write_snapshot,
+)
 from styxcache.manifest import Manifest, ManifestError
 from styxcache.store import CacheStore
 from styxcache.walk import (
@@ -27,13 +34,16 @@ from styxcache.walk import (
 )
 
 __all__ = [
+    "EntryDescriber",
     "EntryInfo",
+    "EntryStamp",
     "EntryState",
     "KeyPrefixError",
     "describe_entry",
     "folder_size",
     "resolve_key",
     "scan_entries",
+    "scan_stamps",
 ]
 
 _log = logging.getLogger("styxcache.inventory")
@@ -156,6 +166,102 @@ def _describe(store: CacheStore, key: str, entry: Path, last_used: float) -> Ent
     )
 
 
+class EntryStamp(NamedTuple):
+    """An entry folder found by a scan, before anything else is read.
+
+    Attributes:
+        key: The cache key.
+        last_used: The folder's modification time (its last use).
+        inode: The folder's inode.
+        path: The folder.
+    """
+
+    key: str
+    last_used: float
+    inode: int
+    path: str
+
+
+def scan_stamps(
+    store: CacheStore, *, on_unsafe: UnsafeHandler | None = None
+) -> Iterator[EntryStamp]:
+    """Yield every entry folder with its last use, at one `lstat` each, key order.
+
+    Args:
+        store: The cache.
+        on_unsafe: Told `(path, reason)` about each link skipped.
+    """
+    for item in iter_entry_dirs(store.root, on_unsafe=on_unsafe):
+        try:
+            st = item.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        yield EntryStamp(item.name, st.st_mtime, st.st_ino, item.path)
+
+
+class EntryDescriber:
+    """Describes entry folders: from the catalog when it knows them, else the manifest.
+
+    Args:
+        store: The cache.
+    """
+
+    def __init__(self, store: CacheStore) -> None:
+        self.store = store
+        self.catalog = load_catalog(store.root)
+        self.valid: list[CatalogRow] = []
+        self.learned = 0
+
+    def describe(self, stamp: EntryStamp) -> EntryInfo:
+        """Describe one entry found by `scan_stamps`.
+
+        Args:
+            stamp: The entry.
+        """
+        row = self.catalog.rows.get(stamp.key)
+        if row is not None and row.inode == stamp.inode:
+            self.valid.append(row)
+            return EntryInfo(
+                row.key,
+                row.tool,
+                row.size,
+                row.files,
+                row.created,
+                stamp.last_used,
+                row.duration_s,
+                "complete",
+            )
+        info = _describe(self.store, stamp.key, Path(stamp.path), stamp.last_used)
+        if info.state == "complete":
+            self.learned += 1
+            self.valid.append(
+                CatalogRow(
+                    info.key,
+                    stamp.inode,
+                    info.tool,
+                    info.size,
+                    info.files,
+                    info.created,
+                    info.duration_s,
+                )
+            )
+        return info
+
+    def fold(self, *, complete: bool) -> None:
+        """Write a catalog snapshot when the scan had to read many manifests.
+
+        Args:
+            complete: Every entry of the cache was described (only then may
+                the snapshot replace the files it folds).
+        """
+        if not complete:
+            if self.learned >= FOLD_AFTER:
+                append_rows(self.store.root, self.valid[-self.learned :])
+            return
+        if self.learned >= FOLD_AFTER or foldable(self.catalog.files) > FOLD_FILES:
+            write_snapshot(self.store.root, self.valid, self.catalog.files)
+
+
 def scan_entries(
     store: CacheStore, *, on_unsafe: UnsafeHandler | None = None
 ) -> Iterator[EntryInfo]:
@@ -165,16 +271,25 @@ def scan_entries(
     are not cache keys and links planted where a shard or entry should be
     (those are reported to `on_unsafe`, never followed).
 
+    An entry the catalog knows (same key, same folder inode) costs one
+    `lstat`, for its last use; others are described from their manifest and
+    added to the catalog when the scan completes (catalog.py).
+
     Args:
         store: The cache.
         on_unsafe: Told `(path, reason)` about each link skipped.
     """
-    for item in iter_entry_dirs(store.root, on_unsafe=on_unsafe):
-        try:
-            last_used = item.stat(follow_symlinks=False).st_mtime
-        except FileNotFoundError:
-            continue
-        yield _describe(store, item.name, Path(item.path), last_used)
+    describer = EntryDescriber(store)
+    for stamp in scan_stamps(store, on_unsafe=on_unsafe):
+        yield describer.describe(stamp)
+    # Reached only when the caller read the whole scan.
+    describer.fold(complete=True)
+
+
+FOLD_AFTER = 64
+"""A scan that had to read this many manifests writes a catalog snapshot."""
+FOLD_FILES = 16
+"""...and so does one that finds more catalog files than this to fold."""
 
 
 def resolve_key(store: CacheStore, prefix: str) -> str:

@@ -213,6 +213,13 @@ def _try_create(path: Path, owner: LeaseOwner) -> bool:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
+    except FileNotFoundError:
+        # A concurrent `gc` or `clear` removed the locks folder: make it again.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(dataclasses.asdict(owner), handle)
     return True

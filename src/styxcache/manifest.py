@@ -145,9 +145,7 @@ class Manifest:
                 raise ManifestError(f"unknown manifest format {fmt!r}")
             data["outputs"] = tuple(OutputRecord(**o) for o in data["outputs"])
             data["absent"] = tuple(str(name) for name in data.get("absent", ()))
-            data["outside"] = tuple(
-                OutsideRecord(**o) for o in data.get("outside", ())
-            )
+            data["outside"] = tuple(OutsideRecord(**o) for o in data.get("outside", ()))
             names = {f.name for f in dataclasses.fields(cls)}
             return cls(**{k: v for k, v in data.items() if k in names})
         except ManifestError:

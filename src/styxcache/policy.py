@@ -366,6 +366,11 @@ class CachePolicy:
         )
 
     @property
+    def trust_setting(self) -> TrustSetting:
+        """`trust`, validated: a keyword or the tuple of trusted uids."""
+        return parse_trust(self.trust)
+
+    @property
     def lock_timeout_s(self) -> float:
         """`lock_timeout` in seconds."""
         value = _seconds(self.lock_timeout, "lock_timeout")

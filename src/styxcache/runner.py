@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import shutil
@@ -25,10 +26,12 @@ from styxdefs import (
 from styxcache.events import CacheEvent, CacheStats, EventLog, publish
 from styxcache.execution import CachingExecution, copy_entry
 from styxcache.hashing import ContentHasher
+from styxcache.key import tool_id
 from styxcache.manifest import Manifest
 from styxcache.memo import DigestMemo, file_memo_key
 from styxcache.modes import CacheMode, current_mode
 from styxcache.policy import CachePolicy
+from styxcache.remote import Fetched, RemoteTier
 from styxcache.store import CacheStore
 
 __all__ = ["CacheDirectoryError", "CachingRunner", "use_cache"]
@@ -106,10 +109,17 @@ class CachingRunner(Runner):
             the main cache.
         on_event: Called with a `CacheEvent` for every hit, miss, bypass and
             refresh, in the thread that ran the execution.
+        remote: An object-store cache behind the local one
+            (`s3://bucket/prefix`, also `gs://`, `az://`, `file:///`): looked
+            up on a local miss, written after each commit. None reads
+            `STYXCACHE_REMOTE`; `""` disables it. See `styxcache.remote`.
+        remote_write: Upload to the remote (False for read-only consumers);
+            None reads `STYXCACHE_REMOTE_WRITE` (default true).
 
     Raises:
         CacheDirectoryError: If the cache directory cannot be created.
         TypeError: If `base` is not a runner.
+        RemoteConfigError: If the remote URL is malformed.
     """
 
     def __init__(
@@ -120,6 +130,8 @@ class CachingRunner(Runner):
         policy: CachePolicy | None = None,
         read_only_caches: Iterable[str | os.PathLike[str]] = (),
         on_event: Callable[[CacheEvent], None] | None = None,
+        remote: str | None = None,
+        remote_write: bool | None = None,
     ) -> None:
         if isinstance(base, type):
             raise TypeError(
@@ -136,6 +148,7 @@ class CachingRunner(Runner):
         self.policy = policy if policy is not None else CachePolicy()
         self.store = CacheStore(Path(cache_dir).absolute())
         self.tiers = [CacheStore(Path(p).absolute()) for p in read_only_caches]
+        self.remote = RemoteTier.from_settings(remote, remote_write)
         self.on_event = on_event
         self.stats = CacheStats()
         self.version = _version()
@@ -164,12 +177,16 @@ class CachingRunner(Runner):
             metadata: The tool's metadata.
 
         Returns:
-            A caching execution wrapping the base runner's execution.
+            A caching execution wrapping the base runner's execution; under
+            `bypass()` or a `bypass_tools` match, the base runner's execution
+            itself (as in styxcache 0.3.0), still counted as a bypass.
         """
         mode = current_mode()
+        if mode is CacheMode.BYPASS:
+            return self._bypassed(metadata, "bypassed")
         if self.policy.bypasses(metadata):
-            mode = CacheMode.BYPASS
-        if mode is not CacheMode.BYPASS and type(self.base) is LocalRunner:
+            return self._bypassed(metadata, "matches CachePolicy.bypass_tools")
+        if type(self.base) is LocalRunner:
             return CachingExecution(
                 self,
                 metadata,
@@ -179,6 +196,43 @@ class CachingRunner(Runner):
         return CachingExecution(
             self, metadata, mode, base=self.base.start_execution(metadata)
         )
+
+    def _bypassed(self, metadata: Metadata, reason: str) -> Execution:
+        """Start the base execution and count its run as a bypass event."""
+        execution = self.base.start_execution(metadata)
+        original = execution.run
+        tool = tool_id(metadata)
+
+        @functools.wraps(original)
+        def run(*args: Any, **kwargs: Any) -> None:
+            started = time.perf_counter()
+            ok = False
+            try:
+                original(*args, **kwargs)
+                ok = True
+            finally:
+                self.emit(
+                    CacheEvent(
+                        kind="bypass",
+                        tool=tool,
+                        key="",
+                        duration_s=time.perf_counter() - started,
+                        reason=reason,
+                        ok=ok,
+                    )
+                )
+
+        try:
+            # An instance attribute: the object stays the base's own execution.
+            execution.run = run  # type: ignore[method-assign]
+        except (AttributeError, TypeError):
+            self.emit(CacheEvent(kind="bypass", tool=tool, key="", reason=reason))
+        return execution
+
+    def base_data_dir(self) -> Path | None:
+        """The innermost base runner's data folder (LocalRunner's), if any."""
+        data_dir = getattr(_innermost_runner(self.base), "data_dir", None)
+        return Path(data_dir) if data_dir is not None else None
 
     # Services for executions --------------------------------------------------
 
@@ -205,7 +259,7 @@ class CachingRunner(Runner):
         return {
             "verify": self.policy.verify,
             "hash_file": self.policy_hasher().hash_file,
-            "trust": self.policy.trust,
+            "trust": self.policy.trust_setting,
         }
 
     def policy_hasher(self) -> ContentHasher:
@@ -289,6 +343,48 @@ class CachingRunner(Runner):
         manifest = Manifest.read(self.store.entry_dir(key) / self.store.MANIFEST)
         self.store.record_tool(manifest.tool, key)
         return True
+
+    def fetch_remote(self, key: str) -> Fetched | None:
+        """Look a local miss up in the remote tier; a hit is now a local entry.
+
+        Never raises: remote failures are reported in the outcome.
+
+        Args:
+            key: The cache key.
+
+        Returns:
+            None without a remote tier (or a read-only cache); otherwise the
+            verified manifest of the downloaded entry, or None, with the
+            outcome for the event.
+        """
+        if self.remote is None or not self.writable:
+            return None
+        fetched = self.remote.fetch_for_run(
+            self.store,
+            key,
+            read_only_outputs=self.policy.read_only_outputs,
+            max_age_s=self.policy.max_age_s,
+        )
+        if fetched.manifest is not None:
+            fetched.manifest = self.store.lookup(key, **self.verify_args()).manifest
+        return fetched
+
+    def upload_remote(self, key: str, previous: str, *, replace: bool) -> str:
+        """Upload an entry just committed, if a writable remote tier is set.
+
+        Never raises: remote failures are reported in the outcome.
+
+        Args:
+            key: The committed entry's key.
+            previous: The remote outcome of the lookup (`""` if none).
+            replace: The commit replaced an entry on purpose (a refresh).
+
+        Returns:
+            The remote outcome for the event.
+        """
+        if self.remote is None:
+            return previous
+        return self.remote.upload_for_run(self.store, key, previous, replace=replace)
 
     def emit(self, event: CacheEvent) -> None:
         """Count an event and hand it to the callback, collectors, log and file.

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from styxcache.manifest import Manifest, ManifestError
-from styxcache.trust import TrustSetting, check_entry
+from styxcache.trust import TrustSetting, UntrustedEntryError, check_entry
 from styxcache.walk import folder_entries, housekeeping_dir, iter_entry_dirs
 
 __all__ = ["CacheStore", "Lookup"]
@@ -201,6 +201,10 @@ class CacheStore:
             note = entry / self.UNCOMMITTED
             if note.exists():
                 return Lookup(None, f"previous run was not committed: {_read(note)}")
+            if not os.path.lexists(entry / self.DONE_MARKER):
+                # Neither manifest nor done marker: a run placed uncommitted
+                # whose note could not be written (a full disk), not damage.
+                return Lookup(None, "previous run was not committed")
             return self._damaged(key, str(exc), quarantine)
         if not (entry / self.DONE_MARKER).exists():
             return self._damaged(key, "done marker missing", quarantine)
@@ -277,7 +281,14 @@ class CacheStore:
         """
         remove_tree(staging)
 
-    def commit(self, staging: Path, key: str, *, replace: bool = False) -> Path:
+    def commit(
+        self,
+        staging: Path,
+        key: str,
+        *,
+        replace: bool = False,
+        trust: TrustSetting = "any",
+    ) -> Path:
         """Move a staged run into place as the entry for `key`.
 
         The done marker is written into the staging folder (if missing) before
@@ -289,13 +300,20 @@ class CacheStore:
             replace: Replace a complete entry already there (refresh, stale
                 tool). Without it, a complete entry that a concurrent twin
                 committed first wins and the staging folder is discarded.
+            trust: Whose entries may be served (`CachePolicy.trust`): a
+                twin's entry that fails the check is not taken instead.
 
         Returns:
             The entry folder.
+
+        Raises:
+            UntrustedEntryError: An untrusted entry appeared at the key's
+                folder while the tool ran (see `trust.py`).
         """
         done = staging / self.DONE_MARKER
         if not done.exists():
             done.write_text(f"{time.time()}\n")
+            done.chmod(0o444)  # sealed like the rest of the entry (trust.py)
         entry = self.entry_dir(key)
         for _ in range(5):
             # Inside the loop: gc may remove a long-empty shard folder meanwhile.
@@ -311,10 +329,26 @@ class CacheStore:
                 if not entry.exists():
                     raise OSError(f"cannot commit {staging} to {entry}: {exc}") from exc
             if not replace and (entry / self.DONE_MARKER).exists():
+                doubt = check_entry(self.root, entry, trust)
+                if doubt is not None:
+                    raise UntrustedEntryError(entry, staging, doubt.reason)
                 self.discard(staging)
                 return entry
             self._to_trash(entry)
         raise OSError(f"cannot commit {staging} to {entry}: replaced concurrently")
+
+    def drop_uncommitted(self, key: str) -> None:
+        """Remove an uncommitted run's folder before the key runs again.
+
+        It is never served, and on a full disk its files may be what keeps
+        the new run from fitting. A complete entry is left alone.
+
+        Args:
+            key: The key about to run.
+        """
+        entry = self.entry_dir(key)
+        if entry.is_dir() and not os.path.lexists(entry / self.DONE_MARKER):
+            self._to_trash(entry)
 
     def place_uncommitted(self, staging: Path, key: str, reason: str) -> Path:
         """Put a run that must not be served where its outputs were promised.
@@ -333,10 +367,11 @@ class CacheStore:
         """
         try:
             (staging / self.UNCOMMITTED).write_text(reason + "\n")
-        except OSError:
-            # Without its note the folder would look like a damaged entry.
-            self.discard(staging)
-            raise
+        except OSError as exc:
+            # A full disk: the caller's files matter more than the note.
+            # Without it the folder reads as damaged and is quarantined by
+            # the next lookup, which is still never a hit.
+            _log.debug("cannot write the uncommitted note in %s: %s", staging, exc)
         entry = self.entry_dir(key)
         entry.parent.mkdir(parents=True, exist_ok=True)
         if (entry / self.DONE_MARKER).exists():
@@ -466,8 +501,12 @@ class CacheStore:
             items = list(os.scandir(self._tool_dir(tool)))
         except FileNotFoundError:
             return []
-        items.sort(key=lambda e: e.stat().st_mtime_ns, reverse=True)
-        return [e.name for e in items[:limit]]
+        stamped: list[tuple[int, str]] = []
+        for item in items:
+            with contextlib.suppress(OSError):  # removed by a concurrent gc
+                stamped.append((item.stat().st_mtime_ns, item.name))
+        stamped.sort(reverse=True)
+        return [name for _, name in stamped[:limit]]
 
 
 def _read(path: Path) -> str:

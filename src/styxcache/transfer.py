@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from styxcache.catalog import record_commit
 from styxcache.hashing import ContentHasher
 from styxcache.inventory import EntryInfo, scan_entries
 from styxcache.key import key_of
@@ -147,6 +148,7 @@ def export_entries(
     *,
     used_since: float | None = None,
     select: Callable[[EntryInfo], bool] | None = None,
+    allow_empty: bool = True,
 ) -> ExportReport:
     """Write the chosen complete entries of a cache to a `.tar.gz`.
 
@@ -158,12 +160,15 @@ def export_entries(
         out: The archive to write (replaced if it exists).
         used_since: Only entries used at or after this Unix time.
         select: Only entries for which this returns True.
+        allow_empty: With False, refuse (and write nothing) when no entry
+            matches, instead of writing an archive without entries.
 
     Returns:
         What was written.
 
     Raises:
-        TransferError: If the archive's folder does not exist.
+        TransferError: If the archive's folder does not exist, or nothing
+            matched and `allow_empty` is False.
     """
     out = Path(out)
     if not out.parent.is_dir():
@@ -176,6 +181,11 @@ def export_entries(
         and (used_since is None or e.last_used >= used_since)
         and (select is None or select(e))
     ]
+    if not chosen and not allow_empty:
+        raise TransferError(
+            f"nothing to export: no complete entry of {store.root} matches; "
+            f"{out} was not written"
+        )
     work = store.root / store.STAGING_DIR / f"export-{uuid.uuid4().hex[:12]}"
     partial = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
@@ -770,6 +780,7 @@ def _commit_all(
         except ManifestError as exc:  # pragma: no cover - commit() is atomic
             raise TransferError(f"entry {key[:12]} was not committed: {exc}") from exc
         store.record_tool(manifest.tool, key)
+        record_commit(store.root, key, target, manifest)
         # Keep the exported last use, so LRU order survives the move.
         os.utime(target, (time.time(), min(entry_mtime, time.time())))
         report.imported.append(key)

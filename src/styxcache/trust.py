@@ -40,6 +40,7 @@ from typing import Literal
 __all__ = [
     "Doubt",
     "TrustSetting",
+    "UntrustedEntryError",
     "check_entry",
     "parse_trust",
     "prepare_shared_cache",
@@ -122,6 +123,24 @@ def _in_group(uid: int, gid: int) -> bool:
         return False
 
 
+class UntrustedEntryError(RuntimeError):
+    """An untrusted entry appeared where a run was about to be committed.
+
+    The paths the caller was given point into that entry, so the call fails
+    rather than hand over someone else's files; the run's own outputs are
+    left in its staging folder, named in the message.
+    """
+
+    def __init__(self, entry: Path, staging: Path, reason: str) -> None:
+        super().__init__(
+            f"an entry that is not trusted appeared at {entry} while the tool "
+            f"ran ({reason}); it is not served. This run's own outputs are in "
+            f"{staging}"
+        )
+        self.entry = entry
+        self.staging = staging
+
+
 @dataclasses.dataclass(frozen=True)
 class Doubt:
     """Why an entry cannot be trusted.
@@ -142,13 +161,17 @@ class _Checker:
     def __init__(self, root: Path, setting: TrustSetting) -> None:
         self.root = Path(os.path.realpath(root))
         self.setting = setting
-        self.me = os.geteuid()
         self._lock = threading.Lock()
-        self._root_seen: tuple[int, int, int, int] | None = None
+        self._root_seen: tuple[int, ...] | None = None
         self._root_problem = ""
         self._owner = -1
         self._gid = -1
         self._read_only = False
+
+    @property
+    def me(self) -> int:
+        # Read each time: a forked worker may have switched users since.
+        return os.geteuid()
 
     def trusted(self, uid: int) -> bool:
         if uid in (0, self.me, self._owner):
@@ -157,31 +180,59 @@ class _Checker:
             return _in_group(uid, self._gid)
         return isinstance(self.setting, tuple) and uid in self.setting
 
-    def _folder_problem(self, path: str, st: os.stat_result) -> str:
+    def _group_trusted(self, gid: int) -> bool:
+        """Whether every member of a group is trusted (so g+w is harmless)."""
+        if self.setting == "group" and gid == self._gid:
+            return True
+        try:
+            group = grp.getgrgid(gid)
+        except KeyError:
+            return False
+        if not all(_trusted_name(self, name) for name in group.gr_mem):
+            return False
+        # A user private group (Debian's umask 002 default): the group of one
+        # user, named after them. Any other group may have members whose
+        # primary group it is, which the group database does not list.
+        try:
+            user = pwd.getpwnam(group.gr_name)
+        except KeyError:
+            return False
+        return user.pw_gid == gid and self.trusted(user.pw_uid)
+
+    def _untrusted_writers(self, st: os.stat_result) -> str:
+        """Who untrusted may write to this, or "" (read-only volumes: nobody)."""
+        if self._read_only:
+            return ""
+        if st.st_mode & stat.S_IWOTH:
+            return "others"
+        if st.st_mode & stat.S_IWGRP and not self._group_trusted(st.st_gid):
+            return f"group {_group_name(st.st_gid)}"
+        return ""
+
+    def _folder_problem(
+        self, path: str, st: os.stat_result, *, repair: bool = False
+    ) -> str:
         """Check a folder above an entry: trusted owner, sticky if shared."""
         if not stat.S_ISDIR(st.st_mode):
             return f"{path} is not a folder (a symlink or file stands in its place)"
         if not self.trusted(st.st_uid):
-            return (
-                f"folder {path} belongs to {user_name(st.st_uid)}, who is not trusted"
-            )
-        if (
-            st.st_mode & _OTHERS_WRITE
-            and not st.st_mode & stat.S_ISVTX
-            and not self._read_only
-        ):
-            if st.st_uid == self.me:
-                # Ours: the sticky bit stops others renaming what they do not
-                # own, and adding it changes nothing for us.
+            owner = user_name(st.st_uid)
+            return f"folder {path} belongs to {owner}, who is not trusted"
+        writers = "" if st.st_mode & stat.S_ISVTX else self._untrusted_writers(st)
+        if writers:
+            if repair and st.st_uid == self.me:
+                # A folder of this cache that is ours: the sticky bit stops
+                # others renaming what they do not own and changes nothing for
+                # us. Folders above the cache are the user's, and left alone.
                 try:
                     os.chmod(path, stat.S_IMODE(st.st_mode) | stat.S_ISVTX)
-                    _log.info("made shared folder %s sticky (like /tmp)", path)
+                    _log.info("made shared cache folder %s sticky (like /tmp)", path)
                     return ""
                 except OSError as exc:
                     _log.debug("cannot make %s sticky: %s", path, exc)
             return (
-                f"folder {path} is writable by others without the sticky bit "
-                f"(chmod +t {path})"
+                f"folder {path} is writable by {writers} without the sticky bit, "
+                f"so they could swap what it holds (chmod +t {path})"
             )
         return ""
 
@@ -190,7 +241,7 @@ class _Checker:
             st = os.lstat(self.root)
         except OSError as exc:
             return f"cannot inspect cache folder {self.root}: {exc.strerror}"
-        seen = (st.st_dev, st.st_ino, st.st_uid, st.st_mode)
+        seen = (st.st_dev, st.st_ino, st.st_uid, st.st_gid, st.st_mode, self.me)
         with self._lock:
             if seen == self._root_seen:
                 return self._root_problem
@@ -208,11 +259,12 @@ class _Checker:
             except OSError as exc:
                 problem = f"cannot inspect {folder}: {exc.strerror}"
                 break
-            problem = self._folder_problem(str(folder), above)
+            repair = folder == self.root
+            problem = self._folder_problem(str(folder), above, repair=repair)
             if problem:
                 break
         with self._lock:
-            self._root_seen = (st.st_dev, st.st_ino, st.st_uid, st.st_mode)
+            self._root_seen = seen
             self._root_problem = problem
         return problem
 
@@ -222,7 +274,7 @@ class _Checker:
             return Doubt(problem, own=False)
         shard = os.path.join(self.root, entry.parent.name)
         try:
-            problem = self._folder_problem(shard, os.lstat(shard))
+            problem = self._folder_problem(shard, os.lstat(shard), repair=True)
             top = os.lstat(os.path.join(shard, entry.name))
         except FileNotFoundError:
             return None  # no entry: an ordinary miss
@@ -260,16 +312,24 @@ class _Checker:
     def _item_problem(self, path: str, st: os.stat_result) -> str:
         if not self.trusted(st.st_uid):
             return f"{path} belongs to {user_name(st.st_uid)}, who is not trusted"
-        if (
-            not stat.S_ISLNK(st.st_mode)
-            and st.st_mode & _OTHERS_WRITE
-            and not self._read_only
-        ):
-            return (
-                f"{path} is writable by group or others "
-                f"(mode {stat.filemode(st.st_mode)})"
-            )
+        writers = "" if stat.S_ISLNK(st.st_mode) else self._untrusted_writers(st)
+        if writers:
+            return f"{path} is writable by {writers} (mode {stat.filemode(st.st_mode)})"
         return ""
+
+
+def _trusted_name(checker: _Checker, name: str) -> bool:
+    try:
+        return checker.trusted(pwd.getpwnam(name).pw_uid)
+    except KeyError:
+        return False
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 _checkers: dict[tuple[str, TrustSetting], _Checker] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,7 +48,10 @@ def is_cache_key(name: str) -> bool:
     Args:
         name: A file or folder name.
     """
-    return len(name) == KEY_LENGTH and _HEX.issuperset(name)
+    return _KEY_MATCH(name) is not None
+
+
+_KEY_MATCH = re.compile(r"[0-9a-f]{64}\Z").match
 
 
 def is_shard_name(name: str) -> bool:

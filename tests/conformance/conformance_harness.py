@@ -27,14 +27,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from niwrap_catalogue import Unbuildable, Wrapper, build_arguments, iter_paths
-from styxdefs import DryRunner, Execution, LocalRunner, OutputPathType
+from niwrap_catalogue import (
+    UnbuildableError,
+    Wrapper,
+    build_arguments,
+    changed_params,
+    iter_paths,
+)
+from styxdefs import DryRunner, InputPathType, LocalRunner, OutputPathType
 
-from styxcache import CachingRunner
+from styxcache import CachePolicy, CachingRunner
 from styxcache.events import CacheEvent
 from styxcache.store import CacheStore
 
 BEHAVIOURS = ("main", "all", "none", "fail", "outside")
+
+RESULTS: list[WrapperResult] = []
+"""Every wrapper checked in this pytest session, for the summary table."""
 
 STANDIN = r"""#!/bin/sh
 # styxcache conformance stand-in: one script for every NiWrap command.
@@ -78,10 +87,17 @@ class RecordingDryRunner(DryRunner):
     def __init__(self) -> None:
         super().__init__()
         self.declared: list[str] = []
+        self.staged: list[str] = []
 
     def output_file(self, local_file: str, *, optional: bool = False) -> OutputPathType:
         self.declared.append(local_file)
         return super().output_file(local_file, optional=optional)
+
+    def mutable_copy(self, host_file: InputPathType) -> OutputPathType:
+        # The base runner stages the copy in the output folder before the
+        # tool runs, so even a run that writes nothing leaves a file there.
+        self.staged.append(Path(host_file).name)
+        return super().mutable_copy(host_file)
 
 
 @dataclasses.dataclass
@@ -98,6 +114,11 @@ class Call:
         return getattr(self.outputs, "root", None)
 
     @property
+    def cwd(self) -> str:
+        """The folder the tool ran in, or "" when it did not run."""
+        return self.runs[0][0] if self.runs and self.runs[0] else ""
+
+    @property
     def error_type(self) -> str:
         return type(self.error).__name__ if self.error is not None else "-"
 
@@ -109,6 +130,7 @@ class BehaviourResult:
     behaviour: str
     expect: str  # "hit", "rerun" or "either"
     hit: bool = False
+    changed: bool = False  # a changed input (or param) was checked to rerun
     problems: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -167,15 +189,22 @@ class Session:
         self.cached_base_dir = root / "cached-base"
         self.bare = LocalRunner(data_dir=self.bare_dir, environ=self.environ)
         self.events: list[CacheEvent] = []
-        self.cache = CachingRunner(
-            LocalRunner(data_dir=self.cached_base_dir, environ=self.environ),
-            root / "cache",
-            on_event=self.events.append,
-        )
+        # One cache per behaviour: the behaviour is chosen by the environment,
+        # which is not part of the key, so a shared cache would serve one
+        # behaviour's entry to another.
+        self.caches = {
+            behaviour: CachingRunner(
+                LocalRunner(data_dir=self.cached_base_dir, environ=self.environ),
+                root / "cache" / behaviour,
+                policy=CachePolicy(memo_dir=root / "memo"),
+                on_event=self.events.append,
+            )
+            for behaviour in BEHAVIOURS
+        }
 
     def link(self, command: str) -> None:
         if "/" in command or not command:
-            raise Unbuildable(f"command {command!r} is not a plain name")
+            raise UnbuildableError(f"command {command!r} is not a plain name")
         target = self.bin / command
         if not target.exists():
             target.symlink_to(self.standin)
@@ -185,7 +214,7 @@ class Session:
         before = len(_read_log(log))
         seen = len(self.events)
         result = Call()
-        runner = self.cache if cached else self.bare
+        runner = self.caches[self.environ["STANDIN_MODE"]] if cached else self.bare
         try:
             result.outputs = wrapper.function(**kwargs, runner=runner)
         except Exception as exc:
@@ -215,18 +244,25 @@ def quiet_local_runner() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _normal_outputs(value: Any, root: Path | None) -> Any:
-    """Outputs with paths inside the per-run folder made relative to it."""
+def _normal_outputs(value: Any, root: Path | None, cwd: str = "") -> Any:
+    """Outputs with paths inside the per-run folder made relative to it.
+
+    A name leaving the folder with `..` is resolved against the folder the tool
+    ran in (`cwd`), which for such a call is the base runner's own folder, not
+    the returned root.
+    """
     if isinstance(value, Path):
         if root is not None and (value == root or root in value.parents):
             return ("run", value.relative_to(root).as_posix())
+        if cwd and str(value).startswith(cwd.rstrip("/") + "/../"):
+            return ("run", str(value)[len(cwd.rstrip("/")) + 1 :])
         return ("abs", str(value))
     if hasattr(value, "_asdict"):
-        return {k: _normal_outputs(v, root) for k, v in value._asdict().items()}
+        return {k: _normal_outputs(v, root, cwd) for k, v in value._asdict().items()}
     if isinstance(value, (list, tuple)):
-        return [_normal_outputs(v, root) for v in value]
+        return [_normal_outputs(v, root, cwd) for v in value]
     if isinstance(value, dict):
-        return {k: _normal_outputs(v, root) for k, v in value.items()}
+        return {k: _normal_outputs(v, root, cwd) for k, v in value.items()}
     return value
 
 
@@ -265,7 +301,7 @@ def outside_files(outputs: Any, root: Path | None) -> dict[str, bytes | None]:
     return found
 
 
-def expectation(behaviour: str, declared: list[str]) -> str:
+def expectation(behaviour: str, declared: list[str], staged: int = 0) -> str:
     """What the commit rule says a repeat of this behaviour must be.
 
     A run exiting 0 is cached when it wrote at least one file into its output
@@ -285,7 +321,7 @@ def expectation(behaviour: str, declared: list[str]) -> str:
         written = names
     else:
         written = []
-    return "hit" if written or not inside else "rerun"
+    return "hit" if written or staged or not inside else "rerun"
 
 
 def compare(bare: Call, cached: Call, what: str) -> list[str]:
@@ -297,13 +333,12 @@ def compare(bare: Call, cached: Call, what: str) -> list[str]:
             f"{cached.error_type}: {_first_line(cached.error)}"
         )
         return problems
-    if _normal_outputs(bare.outputs, bare.root) != _normal_outputs(
-        cached.outputs, cached.root
-    ):
+    bare_outputs = _normal_outputs(bare.outputs, bare.root, bare.cwd)
+    cached_outputs = _normal_outputs(cached.outputs, cached.root, cached.cwd)
+    if bare_outputs != cached_outputs:
         problems.append(
-            f"{what}: returned outputs differ: bare "
-            f"{_normal_outputs(bare.outputs, bare.root)!r} vs cached "
-            f"{_normal_outputs(cached.outputs, cached.root)!r}"
+            f"{what}: returned outputs differ: bare {bare_outputs!r} "
+            f"vs cached {cached_outputs!r}"
         )
     bare_tree, cached_tree = tree(bare.root), tree(cached.root)
     if bare_tree != cached_tree:
@@ -337,7 +372,7 @@ def check_wrapper(session: Session, wrapper: Wrapper, work: Path) -> WrapperResu
         assert dry.last_cargs is not None, "the dry run ran nothing"
         result.command = dry.last_cargs[0]
         session.link(result.command)
-    except Unbuildable as exc:
+    except UnbuildableError as exc:
         result.unbuildable = str(exc)
         return result
     spec = work / "spec.txt"
@@ -350,11 +385,16 @@ def check_wrapper(session: Session, wrapper: Wrapper, work: Path) -> WrapperResu
         STANDIN_OUTSIDE=str(work / "outside.txt"),
     )
     for behaviour in BEHAVIOURS:
-        outcome = BehaviourResult(behaviour, expectation(behaviour, dry.declared))
+        outcome = BehaviourResult(
+            behaviour, expectation(behaviour, dry.declared, len(dry.staged))
+        )
         result.behaviours.append(outcome)
         _run_behaviour(session, wrapper, kwargs, files, outcome)
     litter = sorted(p.name for p in session.cached_base_dir.glob("*"))
-    if litter:
+    # A `..` name only resolves while the base runner's folder exists, so a
+    # call declaring one runs in that folder, which stays, as without a cache.
+    escapes = any(is_outside(n) and not os.path.isabs(n) for n in names)
+    if litter and not escapes:
         result.problems.append(
             f"the cached LocalRunner's data_dir holds {litter[:3]} after the calls"
         )
@@ -373,8 +413,6 @@ def _run_behaviour(
 ) -> None:
     behaviour, problems = outcome.behaviour, outcome.problems
     env = session.environ
-    # Distinct input contents per behaviour: the behaviour is not part of the
-    # key (it is the same executable), so each gets its own entries.
     _write_inputs(files, f"{wrapper.id} {behaviour} v1")
     env.update(STANDIN_MODE=behaviour, STANDIN_TOKEN=f"{behaviour}-v1")
 
@@ -385,7 +423,11 @@ def _run_behaviour(
     if len(first.runs) != 1:
         problems.append(
             f"the first cached call ran the tool {len(first.runs)} times"
-            + (f" ({first.error_type}: {_first_line(first.error)})" if first.error else "")
+            + (
+                f" ({first.error_type}: {_first_line(first.error)})"
+                if first.error
+                else ""
+            )
         )
     elif bare.runs and _normal_runs(first.runs) != _normal_runs(bare.runs):
         problems.append(
@@ -412,19 +454,27 @@ def _run_behaviour(
         bare.outputs, bare.root
     ):
         problems.append("a hit returned outside paths whose contents differ")
-    if not outcome.hit or not files:
+    if not outcome.hit:
         return
-
-    _write_inputs(files, f"{wrapper.id} {behaviour} v2")
+    if files:
+        _write_inputs(files, f"{wrapper.id} {behaviour} v2")
+        changed_kwargs, what = kwargs, "changed inputs"
+    else:
+        # No input file to edit: a changed param must rerun just the same.
+        found = changed_params(wrapper, kwargs)
+        if found is None:
+            return
+        changed_kwargs, what = found, "a changed param"
     env.update(STANDIN_TOKEN=f"{behaviour}-v2")
-    changed = session.call(wrapper, kwargs, cached=True)
+    outcome.changed = True
+    changed = session.call(wrapper, changed_kwargs, cached=True)
     if changed.event is not None and changed.event.kind == "hit":
-        problems.append("changed inputs were served the earlier result")
+        problems.append(f"{what}: served the earlier result")
     if len(changed.runs) != 1:
-        problems.append(f"changed inputs ran the tool {len(changed.runs)} times")
+        problems.append(f"{what}: ran the tool {len(changed.runs)} times")
     if changed.error is not None:
         problems.append(
-            f"changed inputs raised {changed.error_type}: {_first_line(changed.error)}"
+            f"{what}: raised {changed.error_type}: {_first_line(changed.error)}"
         )
     stale = [
         name
@@ -432,7 +482,7 @@ def _run_behaviour(
         if data is not None and b"-v1 " in data
     ]
     if stale:
-        problems.append(f"changed inputs returned stale files {stale[:3]}")
+        problems.append(f"{what}: returned stale files {stale[:3]}")
 
 
 def check_many(

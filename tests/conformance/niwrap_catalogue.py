@@ -30,7 +30,7 @@ MAX_ATTEMPTS = 60
 """Validation rounds before a wrapper is reported as not fillable."""
 
 
-class Unbuildable(Exception):
+class UnbuildableError(Exception):
     """A wrapper whose arguments cannot be generated; the message says why."""
 
 
@@ -56,9 +56,7 @@ class Wrapper:
     @property
     def metadata(self) -> Metadata:
         module = self.load()
-        found = [
-            getattr(module, k) for k in module.__all__ if k.endswith("_METADATA")
-        ]
+        found = [getattr(module, k) for k in module.__all__ if k.endswith("_METADATA")]
         return found[0]  # type: ignore[no-any-return]
 
 
@@ -180,13 +178,15 @@ class Builder:
         helper = self._helpers.get(hint)
         if helper is not None:
             return self.call_plan(helper)
-        raise Unbuildable(f"param {name!r}: no value for type {hint!r}")
+        raise UnbuildableError(f"param {name!r}: no value for type {hint!r}")
 
     def _file_thunk(self, name: str) -> Callable[[], Any]:
         path = self.input_file(name)
         return lambda: path
 
-    def _choice(self, name: str, candidates: list[Callable[[], Any]]) -> Callable[[], Any]:
+    def _choice(
+        self, name: str, candidates: list[Callable[[], Any]]
+    ) -> Callable[[], Any]:
         if len(candidates) == 1:
             return candidates[0]
         slot = Slot(name, candidates)
@@ -207,7 +207,7 @@ class Builder:
         """Return the wrapper's keyword arguments, valid for its validator.
 
         Raises:
-            Unbuildable: If no combination of candidates passes validation.
+            UnbuildableError: If no combination of candidates passes validation.
         """
         module = self.module
         name = self.wrapper.name
@@ -227,10 +227,12 @@ class Builder:
             except StyxValidationError as exc:
                 last = str(exc)
                 if not self._advance(last):
-                    raise Unbuildable(f"validation: {last}") from None
+                    raise UnbuildableError(f"validation: {last}") from None
                 continue
             return kwargs
-        raise Unbuildable(f"validation still fails after {MAX_ATTEMPTS} tries: {last}")
+        raise UnbuildableError(
+            f"validation still fails after {MAX_ATTEMPTS} tries: {last}"
+        )
 
     def _advance(self, message: str) -> bool:
         """Move the slots the validation message names to their next candidate."""
@@ -244,16 +246,51 @@ class Builder:
         return moved
 
 
-def build_arguments(wrapper: Wrapper, inputs: Path) -> tuple[dict[str, Any], list[Path]]:
+def build_arguments(
+    wrapper: Wrapper, inputs: Path
+) -> tuple[dict[str, Any], list[Path]]:
     """Keyword arguments for `wrapper` and the input files they name.
 
     Raises:
-        Unbuildable: If the signature cannot be filled automatically.
+        UnbuildableError: If the signature cannot be filled automatically.
     """
     inputs.mkdir(parents=True, exist_ok=True)
     builder = Builder(wrapper, inputs)
     kwargs = builder.build()
-    return kwargs, builder.files
+    # Files planned for a union variant that was not chosen are not inputs.
+    used = set(iter_paths(kwargs))
+    for path in builder.files:
+        if path not in used:
+            path.unlink()
+    return kwargs, [path for path in builder.files if path in used]
+
+
+def changed_params(wrapper: Wrapper, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """The same arguments with one number or string changed, still valid.
+
+    Used for wrappers without input files, to check that a changed call reruns.
+    """
+    module = wrapper.load()
+    params_fn = getattr(module, f"{wrapper.name}_params")
+    validate = getattr(module, f"{wrapper.name}_validate")
+    for name, value in kwargs.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, str):
+            new: Any = value + "2"
+        elif isinstance(value, int):
+            new = value + 1
+        elif isinstance(value, float):
+            new = value + 0.25
+        else:
+            continue
+        candidate = {**kwargs, name: new}
+        try:
+            validate(params_fn(**candidate))
+        except StyxValidationError:
+            continue
+        return candidate
+    return None
 
 
 def iter_paths(value: Any) -> Iterator[Path]:

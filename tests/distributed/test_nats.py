@@ -9,10 +9,18 @@ import signal
 import textwrap
 from pathlib import Path
 
-from dist_helpers import Processes, lines, start_nats_worker, wait_for
+from dist_helpers import (
+    NATS_KEY,
+    Processes,
+    allow_args,
+    lines,
+    start_nats_worker,
+    wait_for,
+)
 
 from styxcache.events import read_events
 from styxcache.scheduler import FakeClock, NatsSettings, RunRecord, Scheduler
+from styxcache.scheduler.signing import MessageAuth
 
 HOUR = 3600
 
@@ -20,8 +28,17 @@ HOUR = 3600
 def make_scheduler(
     tmp_path: Path, url: str, clock: FakeClock, **kwargs: object
 ) -> Scheduler:
-    settings = NatsSettings(url=url, name="test", lost_after_seconds=2.0)
+    settings = NatsSettings(
+        url=url,
+        name="test",
+        lost_after_seconds=2.0,
+        key_file=str(tmp_path / "nats.key"),
+    )
     return Scheduler(clock=clock, state_dir=tmp_path / "state", nats=settings, **kwargs)  # type: ignore[arg-type]
+
+
+def worker_args(tmp_path: Path) -> list[str]:
+    return allow_args(tmp_path / "cache", tmp_path / "nats.key")
 
 
 def runner_settings(tmp_path: Path) -> dict[str, object]:
@@ -35,7 +52,10 @@ def test_fanout_runs_each_item_once_across_two_workers(
     processes: Processes,
     nats_url: str,
 ) -> None:
-    workers = [start_nats_worker(processes, nats_url, f"w{n}") for n in (1, 2)]
+    workers = [
+        start_nats_worker(processes, nats_url, f"w{n}", *worker_args(tmp_path))
+        for n in (1, 2)
+    ]
     scheduler = make_scheduler(tmp_path, nats_url, clock)
     scheduler.register_task(
         "fan",
@@ -88,7 +108,9 @@ def test_identical_items_on_two_workers_run_the_tool_once(
     # Each worker only takes one schedule, so the twins surely meet on two
     # processes at the same time.
     for name in ("twin-a", "twin-b"):
-        start_nats_worker(processes, nats_url, name, "--schedule", name)
+        start_nats_worker(
+            processes, nats_url, name, "--only", name, *worker_args(tmp_path)
+        )
     scheduler = make_scheduler(tmp_path, nats_url, clock)
     for name in ("twin-a", "twin-b"):
         scheduler.register_task(
@@ -122,7 +144,7 @@ def test_killed_worker_leaves_the_run_interrupted_and_it_is_retried(
     nats_url: str,
 ) -> None:
     for name in ("w1", "w2"):
-        start_nats_worker(processes, nats_url, name)
+        start_nats_worker(processes, nats_url, name, *worker_args(tmp_path))
     seen: list[RunRecord] = []
     scheduler = make_scheduler(tmp_path, nats_url, clock, on_run=seen.append)
     scheduler.register_task(
@@ -138,7 +160,8 @@ def test_killed_worker_leaves_the_run_interrupted_and_it_is_retried(
     try:
         scheduler.run_pending()
         clock.advance(HOUR)
-        scheduler.run_pending()
+        # Not waiting for the run: it ends only after the kill below.
+        scheduler.run_pending(wait=False)
         wait_for(lambda: any(markers.glob("holding.*")), "a worker to take the run")
         victim = int(next(markers.glob("holding.*")).name.split(".")[1])
         (markers / "killed").touch()
@@ -163,9 +186,14 @@ async def _request(
 ) -> dict[str, object]:
     import nats
 
+    auth = MessageAuth(NATS_KEY.encode())
     nc = await nats.connect(url)
     try:
-        reply = await nc.request(subject, json.dumps(body).encode(), timeout=10)
+        data = json.dumps(body).encode()
+        reply = await nc.request(
+            subject, data, timeout=10, headers=auth.sign(subject, data)
+        )
+        auth.check(reply.subject, reply.data, reply.headers, run="")  # signed too
         return json.loads(reply.data)  # type: ignore[no-any-return]
     finally:
         await nc.drain()
@@ -178,12 +206,12 @@ def test_yaml_dispatch_nats_status_and_reload_on_the_control_subject(
     processes: Processes,
     nats_url: str,
 ) -> None:
-    start_nats_worker(processes, nats_url, "w1")
+    start_nats_worker(processes, nats_url, "w1", *worker_args(tmp_path))
     config = tmp_path / "schedule.yaml"
     body = """\
         state_dir: state
         executor: inline
-        nats: {{url: "{url}", name: lab}}
+        nats: {{url: "{url}", name: lab, key_file: nats.key}}
         schedules:
           - name: first
             interval_seconds: 3600
@@ -230,9 +258,9 @@ def test_yaml_dispatch_nats_status_and_reload_on_the_control_subject(
 
 
 def test_a_worker_stops_on_sigterm_even_with_the_server_gone(
-    processes: Processes, dist_env: dict[str, Path], nats_url: str
+    tmp_path: Path, processes: Processes, dist_env: dict[str, Path], nats_url: str
 ) -> None:
-    worker = start_nats_worker(processes, nats_url, "w1")
+    worker = start_nats_worker(processes, nats_url, "w1", *worker_args(tmp_path))
     server = processes.started[0]
     server.kill()
     server.wait(10)

@@ -82,11 +82,23 @@ def test_bad_distributed_settings_name_entry_and_field(
     assert not (tmp_path / ".styxcache-schedule").exists()  # nothing written
 
 
-def test_nats_entries_need_a_nats_section(
-    tmp_path: Path, dist_env: dict[str, Path]
+def test_nats_settings_default_and_are_checked(
+    tmp_path: Path, dist_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with pytest.raises(ConfigError, match="field 'nats'"):
-        load_config(write(tmp_path, ENTRY + "    dispatch: nats\n"))
+    # Seeds 002/003's files name no server: the environment's, else loopback.
+    monkeypatch.delenv("STYXCACHE_NATS_URL", raising=False)
+    config = load_config(write(tmp_path, ENTRY + "    dispatch: nats\n"))
+    assert config.nats is not None and config.nats.url == "nats://127.0.0.1:4222"
+    monkeypatch.setenv("STYXCACHE_NATS_URL", "nats://127.0.0.1:4333")
+    config = load_config(write(tmp_path, ENTRY + "    dispatch: nats\n"))
+    assert config.nats is not None and config.nats.url == "nats://127.0.0.1:4333"
+    with pytest.raises(ConfigError, match="schedule 'nats', field 'tls_key_file'"):
+        load_config(write(tmp_path, "nats: {tls_cert_file: c.pem}\n" + ENTRY))
+    with pytest.raises(ConfigError, match="schedule 'nats', field 'name'"):
+        load_config(write(tmp_path, "nats: {name: reload}\n" + ENTRY))
+    with pytest.raises(ConfigError, match="schedule 'nats', field 'password'"):
+        # Secrets never go in the file itself: password_file or the environment.
+        load_config(write(tmp_path, "nats: {password: hunter2}\n" + ENTRY))
     with pytest.raises(ConfigError, match="schedule 'nats', field 'url'"):
         load_config(write(tmp_path, "nats: {url: localhost}\n" + ENTRY))
     with pytest.raises(ConfigError, match="schedule 'nats', field 'lost_after'"):
@@ -136,22 +148,26 @@ def request(target: str = "dist_jobs:run_item", **item: object) -> RunRequest:
 
 def test_task_and_report_messages_round_trip() -> None:
     sent = request(value="v1")
-    received, reply_to = decode_task(encode_task(sent, "styxcache.results.subjects"))
-    assert (received, reply_to) == (sent, "styxcache.results.subjects")
+    body = encode_task(sent.context)
+    received = decode_task(body)
+    assert received.context() == sent.context
+    # A task names the entry and carries data: never code or runner settings.
+    assert b"dist_jobs" not in body and b"cache_dir" not in body
     outcome = RunOutcome(ok=False, error="E: x", hits=1, misses=2, duration_s=0.5)
     report = decode_report(encode_report("result", "k", 2, "host:1", outcome))
     assert (report.kind, report.attempt, report.outcome) == ("result", 2, outcome)
     with pytest.raises(WireError, match="version"):
         decode_task(b'{"v": 99}')
+    with pytest.raises(WireError, match="version"):
+        # The old format that carried a target to import is not read at all.
+        decode_task(b'{"v": 1, "target": "os:system", "schedule": "s", "key": "k"}')
     with pytest.raises(WireError, match="not JSON"):
         decode_report(b"\xff")
 
 
-def test_nats_needs_importable_targets_and_json_items() -> None:
-    with pytest.raises(TypeError, match="'module:function'"):
-        encode_task(RunRequest(print, request().context), "r")  # type: ignore[arg-type]
+def test_nats_needs_json_items() -> None:
     with pytest.raises(TypeError, match="must be JSON"):
-        encode_task(request(value=object()), "r")
+        encode_task(request(value=object()).context)
 
 
 def test_process_pool_workers_build_their_own_cached_runner(

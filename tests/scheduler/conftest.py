@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from styxcache.scheduler import FakeClock, InlineExecutor, Scheduler
-
 # The PostgreSQL server fixtures of the run-store tests.
 from pg_fixtures import pg_schema, pg_server  # noqa: F401
+
+from styxcache.scheduler import FakeClock, InlineExecutor, Scheduler
 
 
 def _root_conftest() -> Any:

@@ -111,17 +111,21 @@ class PgServer:
     @property
     def dsn(self) -> str:
         """Connection URL with the password (as a user would write it)."""
-        return (
-            f"postgresql://{USER}:{self.password}@127.0.0.1:{self.port}/postgres"
-        )
+        return f"postgresql://{USER}:{self.password}@127.0.0.1:{self.port}/postgres"
 
-    def start(self) -> None:
-        """Start the server and wait until it accepts connections."""
+    def start(self, *, durable: bool = False) -> None:
+        """Start the server and wait until it accepts connections.
+
+        Args:
+            durable: Keep PostgreSQL's default fsync and synchronous commit
+                (benchmarks); tests turn them off for speed.
+        """
         options = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sockets}"
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             " -c max_connections=200"
         )
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             [
                 str(self.bindir / "pg_ctl"),

@@ -49,12 +49,12 @@ def threaded(clock: FakeClock, tmp_path: Path) -> Iterator[Callable[[], Schedule
 
 
 def fire_twice(scheduler: Scheduler, clock: FakeClock, gate: Gate) -> None:
-    scheduler.run_pending()
+    scheduler.run_pending(wait=False)
     clock.advance(MINUTE)
-    scheduler.run_pending()
+    scheduler.run_pending(wait=False)
     assert gate.started.acquire(timeout=30)
     clock.advance(MINUTE)
-    scheduler.run_pending()  # the first run is still blocked
+    scheduler.run_pending(wait=False)  # the first run is still blocked
 
 
 def test_forbid_skips_with_reason(
@@ -105,13 +105,13 @@ def test_queue_is_bounded(threaded: Callable[[], Scheduler], clock: FakeClock) -
     scheduler = threaded()
     gate = Gate()
     scheduler.register_task("slow", MINUTE, gate, overlap="queue", max_catchup=2)
-    scheduler.run_pending()
+    scheduler.run_pending(wait=False)
     clock.advance(MINUTE)
-    scheduler.run_pending()
+    scheduler.run_pending(wait=False)
     assert gate.started.acquire(timeout=30)
     for _ in range(4):
         clock.advance(MINUTE)
-        scheduler.run_pending()
+        scheduler.run_pending(wait=False)
     skipped = scheduler.ledger.history(entry="slow", state="skipped")
     assert len(skipped) == 2 and "queue full" in skipped[0].reason
     gate.release.set()
@@ -132,10 +132,10 @@ def test_slow_job_never_blocks_others(
         raise RuntimeError("always fails")
 
     scheduler.register_task("failing", MINUTE, boom, overlap="allow")
-    scheduler.run_pending()
+    scheduler.run_pending(wait=False)
     for _ in range(3):
         clock.advance(MINUTE)
-        scheduler.run_pending()
+        scheduler.run_pending(wait=False)
     # All three quick runs finish while the slow one is still blocked.
     for _ in range(3):
         assert quick_done.acquire(timeout=30)

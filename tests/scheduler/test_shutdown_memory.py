@@ -38,12 +38,12 @@ def blocked_scheduler(
 
     s = Scheduler(clock=clock, executor=ThreadExecutor(2), state_dir=tmp_path / "state")
     s.register_task("slow", MINUTE, slow, overlap="queue")
-    s.run_pending()
+    s.run_pending(wait=False)
     clock.advance(MINUTE)
-    s.run_pending()
+    s.run_pending(wait=False)
     assert started.wait(timeout=30)
     clock.advance(MINUTE)
-    s.run_pending()  # a second fire waits in the overlap queue
+    s.run_pending(wait=False)  # a second fire waits in the overlap queue
     return s, release, started
 
 

@@ -15,7 +15,9 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
+from styxcache.events import EVENTS_DIR
 from styxcache.store import CacheStore
+from styxcache.walk import folder_entries, is_shard_name
 
 __all__ = [
     "ENV_VAR",
@@ -92,7 +94,46 @@ def open_store(cache_dir: Path | None, *, allow_missing: bool = False) -> CacheS
         raise click.UsageError(
             f"cache directory {root} does not exist (check --cache-dir / {ENV_VAR})"
         )
+    if root.is_dir():
+        _check_holds_a_cache(root, allow_other=allow_missing)
     return CacheStore(root)
+
+
+_CACHE_MARKERS = frozenset(
+    {
+        CacheStore.STAGING_DIR,
+        CacheStore.LOCKS_DIR,
+        CacheStore.QUARANTINE_DIR,
+        CacheStore.FAILED_DIR,
+        CacheStore.TRASH_DIR,
+        CacheStore.TOOLS_DIR,
+        EVENTS_DIR,
+    }
+)
+
+
+def _check_holds_a_cache(root: Path, *, allow_other: bool) -> None:
+    """Refuse a folder that holds something other than a cache; note an empty one.
+
+    A mistyped `--cache-dir` (a home folder, a project) would otherwise be
+    listed as an empty cache without a word.
+    """
+    names = [item.name for item in folder_entries(root)]
+    if any(name in _CACHE_MARKERS or is_shard_name(name) for name in names):
+        return
+    if not names:
+        err_console().print(
+            f"note: {root} holds no cache yet (no entries, no statistics)",
+            markup=False,
+        )
+        return
+    if allow_other:
+        return
+    shown = ", ".join(repr(name) for name in names[:3])
+    raise click.UsageError(
+        f"{root} holds no styxcache cache (it has other files: {shown}"
+        f"{', ...' if len(names) > 3 else ''}); check --cache-dir / {ENV_VAR}"
+    )
 
 
 def emit_json(data: object) -> None:
@@ -101,13 +142,18 @@ def emit_json(data: object) -> None:
 
 
 def out_console() -> Console:
-    """A console for results on stdout; wide enough for tables when piped."""
-    console = Console(highlight=False, soft_wrap=False)
+    """A console for results on stdout; wide enough for tables when piped.
+
+    Markup is off: what is printed (tool names, paths, params) is data, and a
+    tool named `x[/]y` must print as it is, not crash or restyle the output.
+    Style goes through `style=` and `rich.text.Text` instead.
+    """
+    console = Console(highlight=False, soft_wrap=False, markup=False)
     if not console.is_terminal:
-        console = Console(highlight=False, width=120, no_color=True)
+        console = Console(highlight=False, width=120, no_color=True, markup=False)
     return console
 
 
 def err_console() -> Console:
-    """A console for progress bars and notes on stderr."""
-    return Console(stderr=True, highlight=False)
+    """A console for progress bars and notes on stderr (markup off, as above)."""
+    return Console(stderr=True, highlight=False, markup=False)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from styxcache.events import CacheStats
 from styxcache.gc import GcReport
@@ -70,6 +71,14 @@ def print_usage(console: Console, root: str, report: UsageReport) -> None:
     table.add_section()
     table.add_row(*_stats_row("Total", report.total), style="bold")
     console.print(table)
+    total = report.total
+    if any(v for k, v in total.as_dict().items() if k.startswith("remote_")):
+        console.print(
+            f"Remote tier: {total.remote_hits} hits served from it, "
+            f"{total.remote_uploads} entries uploaded, {total.remote_damaged} "
+            f"damaged entries refused, {total.remote_errors} failures "
+            f"({total.remote_offline} steps skipped it while unreachable)."
+        )
     console.print(
         f"Events from {human_time(report.first)} to {human_time(report.last)}."
     )
@@ -141,6 +150,20 @@ def print_manifest(
         table.add_row(record.path + target, human_size(record.size), record.digest[:16])
     console.print("\nOutputs:")
     console.print(table)
+    if manifest.absent:
+        # A hit serves these absent too, as the run left them.
+        console.print("\nDeclared, not written by the tool:")
+        for name in manifest.absent:
+            console.print(f"  {name}", markup=False)
+    if manifest.outside:
+        console.print("\nOutside the cache (checked unchanged on every hit):")
+        for item in manifest.outside:
+            state = (
+                f"{human_size(item.size)}, {item.digest[:16]}"
+                if item.present
+                else "absent"
+            )
+            console.print(f"  {item.path} ({state})", markup=False)
 
 
 def _files(count: int) -> str:
@@ -159,8 +182,11 @@ def print_explanations(console: Console, items: Sequence[MissExplanation]) -> No
     now = time.time()
     for item in items:
         console.print(
-            f"{human_time(item.time, now=now)}  {item.kind} [bold]{item.tool}[/bold]"
-            f"  key {item.key[:12]}"
+            Text.assemble(
+                f"{human_time(item.time, now=now)}  {item.kind} ",
+                (item.tool, "bold"),
+                f"  key {item.key[:12]}",
+            )
         )
         if item.nearest:
             console.print(f"  nearest earlier entry {item.nearest[:12]}:")

@@ -11,6 +11,7 @@ import dataclasses
 import fnmatch
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -19,11 +20,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from styxcache.gc import GcLimits, SweepAges, collect_garbage
 from styxcache.hashing import ContentHasher
 from styxcache.inventory import (
+    EntryDescriber,
     EntryInfo,
     KeyPrefixError,
     describe_entry,
     resolve_key,
     scan_entries,
+    scan_stamps,
 )
 from styxcache.manifest import Manifest, ManifestError
 from styxcache.misses import explain_misses
@@ -42,7 +45,7 @@ from ._common import (
     open_store,
     out_console,
 )
-from ._units import DurationType, SizeType, WhenType, human_size
+from ._units import DurationType, SizeType, WhenType, human_size, human_time
 
 __all__ = ["COMMANDS"]
 
@@ -157,40 +160,108 @@ def ls(
     """  # noqa: D301 - click's \b keeps the examples unwrapped
     store = open_store(cache_dir)
     now = time.time()
-    everything = list(scan_entries(store))
-
-    def wanted(entry: EntryInfo) -> bool:
-        return (
-            (
-                tool is None
-                or entry.tool == tool
-                or fnmatch.fnmatchcase(entry.tool, tool)
-            )
-            and (unused_for is None or entry.last_used <= now - unused_for)
-            and (used_within is None or entry.last_used >= now - used_within)
-            and (larger_than is None or entry.size > larger_than)
-            and (smaller_than is None or entry.size < smaller_than)
+    unsafe: list[dict[str, str]] = []
+    stamps = list(
+        scan_stamps(
+            store,
+            on_unsafe=lambda path, why: unsafe.append({"path": path, "reason": why}),
         )
-
-    chosen = sorted(
-        (e for e in everything if wanted(e)),
-        key=_SORT_KEYS[sort_by],
-        reverse=not reverse and sort_by not in ("tool", "key"),
     )
-    if reverse and sort_by in ("tool", "key"):
-        chosen.reverse()
-    shown = chosen[:limit] if limit is not None else chosen
-    if as_json:
-        emit_json(
-            {
-                "cache_dir": str(store.root),
-                "entries": [e.as_dict() for e in shown],
-                "matched": len(chosen),
-                "total": len(everything),
-            }
+    _print_unsafe(unsafe)
+    total = len(stamps)
+    recent = [
+        s
+        for s in stamps
+        if (unused_for is None or s.last_used <= now - unused_for)
+        and (used_within is None or s.last_used >= now - used_within)
+    ]
+    describer = EntryDescriber(store)
+    rows: Iterator[EntryInfo]
+    if (
+        tool is None
+        and larger_than is None
+        and smaller_than is None
+        and sort_by in ("last-used", "key")
+    ):
+        # Ordered by what the scan already knows: only the rows shown are
+        # described, one by one as they are printed.
+        recent.sort(
+            key=(lambda s: (s.last_used, s.key))
+            if sort_by == "last-used"
+            else (lambda s: s.key),
+            reverse=(sort_by == "last-used") != reverse,
         )
+        matched = len(recent)
+        shown = recent[:limit] if limit is not None else recent
+        rows = (describer.describe(s) for s in shown)
+        complete = len(shown) == total
     else:
-        _report.print_entries(out_console(), shown, len(everything))
+
+        def wanted(entry: EntryInfo) -> bool:
+            return (
+                (
+                    tool is None
+                    or entry.tool == tool
+                    or fnmatch.fnmatchcase(entry.tool, tool)
+                )
+                and (larger_than is None or entry.size > larger_than)
+                and (smaller_than is None or entry.size < smaller_than)
+            )
+
+        chosen = sorted(
+            (e for e in map(describer.describe, recent) if wanted(e)),
+            key=_SORT_KEYS[sort_by],
+            reverse=not reverse and sort_by not in ("tool", "key"),
+        )
+        if reverse and sort_by in ("tool", "key"):
+            chosen.reverse()
+        matched = len(chosen)
+        rows = iter(chosen[:limit] if limit is not None else chosen)
+        complete = len(recent) == total
+    if as_json:
+        _stream_json_entries(str(store.root), rows, matched, total)
+    else:
+        _stream_entries(rows, total, now)
+    describer.fold(complete=complete)
+
+
+def _stream_json_entries(
+    root: str, rows: Iterator[EntryInfo], matched: int, total: int
+) -> None:
+    """Print `ls --json` as one document, written entry by entry."""
+    out = click.get_text_stream("stdout")
+    out.write("{\n" + f'  "cache_dir": {json.dumps(root)},\n  "entries": [')
+    for n, entry in enumerate(rows):
+        text = json.dumps(entry.as_dict(), indent=2, sort_keys=True)
+        out.write(("," if n else "") + "\n    " + text.replace("\n", "\n    "))
+    out.write(f'\n  ],\n  "matched": {matched},\n  "total": {total}\n}}\n')
+    out.flush()
+
+
+def _stream_entries(rows: Iterator[EntryInfo], total: int, now: float) -> None:
+    """Print `ls` row by row, so a long listing starts at once."""
+    out = click.get_text_stream("stdout")
+    count = size = 0
+    for entry in rows:
+        if count == 0:
+            out.write(
+                f"{'Key':<12}  {'Size':>9}  {'Created':<30}  {'Last used':<30}  Tool\n"
+            )
+        state = "" if entry.state == "complete" else f"  ({entry.state})"
+        out.write(
+            f"{entry.key[:12]:<12}  {human_size(entry.size):>9}  "
+            f"{human_time(entry.created, now=now):<30}  "
+            f"{human_time(entry.last_used, now=now):<30}  "
+            f"{entry.tool or '?'}{state}\n"
+        )
+        count += 1
+        size += entry.size
+        if count < 64 or count % 256 == 0:
+            out.flush()  # the first screen at once, then in blocks
+    noun = "entry" if total == 1 else "entries"
+    shown = f"{count} of {total} {noun}" if count != total else f"{total} {noun}"
+    out.write(f"{shown}, {human_size(size)}.\n")
+    out.flush()
 
 
 # show ------------------------------------------------------------------------
@@ -572,7 +643,9 @@ def export_command(
         )
 
     try:
-        report = export_entries(store, out, used_since=used_since, select=select)
+        report = export_entries(
+            store, out, used_since=used_since, select=select, allow_empty=False
+        )
     except TransferError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:

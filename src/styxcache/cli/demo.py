@@ -153,7 +153,7 @@ def demo(cache_dir: Path | None, subjects: int, builtin: bool, as_json: bool) ->
             )
         )
         return
-    console.print(f"[bold]{name}[/], cache: {cache}")
+    console.print(f"[bold]{name}[/], cache: {escape(str(cache))}")
     console.print(_table("First run", first))
     console.print(_table("Second run", second))
     speedup = first.seconds / second.seconds if second.seconds else float("inf")

@@ -23,6 +23,13 @@ from styxcache.scheduler import (
 )
 from styxcache.scheduler.clock import utc_from_timestamp
 from styxcache.scheduler.config import ScheduleConfig, executor_label
+from styxcache.scheduler.ledger import LedgerError
+from styxcache.scheduler.stores import (
+    StoreUnavailableError,
+    is_database_url,
+    mask_dsn,
+    open_store,
+)
 
 LEDGER_NAME = "ledger.sqlite3"
 
@@ -38,7 +45,18 @@ def _load(config: Path) -> ScheduleConfig:
         raise click.ClickException(str(exc)) from None
 
 
-@click.group()
+class _ScheduleGroup(click.Group):
+    """Ends on an unusable ledger with its message (which says how to recover)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the subcommand, turning `LedgerError` into a `ClickException`."""
+        try:
+            return super().invoke(ctx)
+        except LedgerError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_ScheduleGroup)
 def schedule() -> None:
     """Rerun pipelines on cron and interval schedules through the cache.
 
@@ -59,6 +77,21 @@ def schedule() -> None:
     help="Override state_dir.",
 )
 @click.option(
+    "--state",
+    "state_url",
+    metavar="URL",
+    help="Run store shared by replicas: a postgresql:// URL (overrides the"
+    " file's state:; credentials may come from PG* variables instead).",
+)
+@click.option(
+    "--lease-seconds",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="With a PostgreSQL store: after this long without a heartbeat, the"
+    " other replicas take over this one's runs.",
+)
+@click.option(
     "--max-cycles", type=click.IntRange(min=1), help="Stop after this many wakes."
 )
 @click.option(
@@ -68,7 +101,13 @@ def schedule() -> None:
     show_default=True,
 )
 def run(
-    config: Path, state_dir: Path | None, max_cycles: int | None, log_level: str
+    config: Path,
+    *,
+    state_dir: Path | None,
+    state_url: str | None,
+    lease_seconds: float,
+    max_cycles: int | None,
+    log_level: str,
 ) -> None:
     """Run the schedules in the foreground, one log line per run.
 
@@ -82,8 +121,13 @@ def run(
         level=log_level.upper(), handlers=[handler], format="%(message)s", force=True
     )
     try:
-        scheduler = Scheduler.from_yaml(config, state_dir=state_dir)
+        _check_state_url(state_url)
+        url = state_url or (_load(config).state if state_dir is None else None)
+        store = open_store(url, lease_seconds=lease_seconds) if url else None
+        scheduler = Scheduler.from_yaml(config, state_dir=state_dir, store=store)
     except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    except StoreUnavailableError as exc:
         raise click.ClickException(str(exc)) from None
     except (OSError, ImportError) as exc:  # a Dask or NATS server out of reach
         raise click.ClickException(f"cannot start the executor: {exc}") from None
@@ -155,7 +199,7 @@ def list_(config: Path, count: int, as_json: bool) -> None:
             row["executor"],
             "\n".join(row["next"]) or "-",
         )
-    Console().print(table)
+    Console(markup=False).print(table)  # names and paths are data
 
 
 def _ref(ref: object) -> str:
@@ -171,9 +215,12 @@ def _ref(ref: object) -> str:
 def validate(config: Path) -> None:
     """Check CONFIG.yaml: keys, values, time zones and that targets import."""
     parsed = _load(config)
-    click.echo(
-        f"{config}: OK, {len(parsed.entries)} schedule(s); ledger in {parsed.state_dir}"
+    where = (
+        f"runs in PostgreSQL {mask_dsn(parsed.state)}"
+        if parsed.state
+        else f"ledger in {parsed.state_dir}"
     )
+    click.echo(f"{config}: OK, {len(parsed.entries)} schedule(s); {where}")
 
 
 @schedule.command()
@@ -182,6 +229,13 @@ def validate(config: Path) -> None:
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Override state_dir.",
+)
+@click.option(
+    "--store",
+    "state_url",
+    metavar="URL",
+    help="Read a postgresql:// run store (default: the file's state:, else"
+    " the ledger in state_dir).",
 )
 @click.option("--entry", help="Only this schedule.")
 @click.option(
@@ -195,19 +249,32 @@ def history(
     config: Path,
     *,
     state_dir: Path | None,
+    state_url: str | None,
     entry: str | None,
     state: str | None,
     limit: int,
     as_json: bool,
 ) -> None:
     """Show recorded runs from the ledger, newest first."""
-    folder = state_dir if state_dir is not None else _load(config).state_dir
-    path = folder / LEDGER_NAME
-    if not path.exists():
-        raise click.ClickException(
-            f"no ledger at {path} yet (has `schedule run` started?)"
-        )
-    ledger = Ledger(path)
+    _check_state_url(state_url)
+    url = state_url
+    if url is None and state_dir is None:
+        url = _load(config).state
+    ledger: Any
+    if url is not None:
+        try:
+            ledger = open_store(url, heartbeat=False)
+        except StoreUnavailableError as exc:
+            raise click.ClickException(str(exc)) from None
+        path: Any = ledger.where
+    else:
+        folder = state_dir if state_dir is not None else _load(config).state_dir
+        path = folder / LEDGER_NAME
+        if not path.exists():
+            raise click.ClickException(
+                f"no ledger at {path} yet (has `schedule run` started?)"
+            )
+        ledger = Ledger(path)
     try:
         rows = [
             r.as_dict() for r in ledger.history(entry=entry, state=state, limit=limit)
@@ -241,7 +308,15 @@ def history(
             "" if row["misses"] is None else str(row["misses"]),
             (row["error"] or row["reason"])[:80],
         )
-    Console(file=sys.stdout).print(table)
+    Console(file=sys.stdout, markup=False).print(table)
+
+
+def _check_state_url(url: str | None) -> None:
+    if url is not None and not is_database_url(url):
+        raise click.BadParameter(
+            "must be a postgresql:// URL (use --state-dir for a folder)",
+            param_hint="'--state'",
+        )
 
 
 def _readable(row: dict[str, Any]) -> dict[str, Any]:

@@ -1,45 +1,101 @@
-"""`styxcache worker --nats URL`: run scheduled work published to NATS."""
+"""`styxcache worker`: run the entries of its own schedule file when NATS asks."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.logging import RichHandler
 
-from styxcache.scheduler.nats_worker import WorkerSettings, serve
+from styxcache.scheduler.config import ConfigError, load_config, resolve_callable
+from styxcache.scheduler.nats_connect import (
+    ENV_INSECURE,
+    NatsSettings,
+    NatsSettingsError,
+)
+from styxcache.scheduler.nats_worker import WorkerEntry, WorkerSettings, serve
+from styxcache.scheduler.publish import PublishAction
+from styxcache.scheduler.runner_spec import RunnerSpec, RunnerSpecError
+
+_FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
 
 
 @click.command()
 @click.option(
-    "--nats",
-    "url",
-    required=True,
-    metavar="URL",
-    help="NATS server, e.g. nats://127.0.0.1:4222.",
+    "--schedule",
+    "schedule_file",
+    metavar="FILE",
+    help=(
+        "The worker's own schedule file. Its entries are the only work this"
+        " worker runs (a task names an entry, never code); its nats: section"
+        " gives the server, credentials and signing key."
+    ),
 )
 @click.option(
-    "--schedule",
-    "schedules",
+    "--allow",
+    "allowed",
+    multiple=True,
+    metavar="NAME=MODULE:FUNCTION",
+    help=(
+        "Also run entry NAME by calling MODULE:FUNCTION(ctx), without a"
+        " schedule file (repeatable). Uses --cache-dir as its cache."
+    ),
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Cache directory of --allow entries (shared by every node).",
+)
+@click.option(
+    "--only",
+    "only",
     multiple=True,
     metavar="NAME",
-    help="Only take runs of this schedule (repeatable; default: all).",
+    help="Take runs of this entry only (repeatable; default: every entry known).",
+)
+@click.option(
+    "--nats",
+    "url",
+    metavar="URL",
+    help=(
+        "NATS server, e.g. nats://10.0.0.5:4222 or tls://nats.lab:4222"
+        " (default: the schedule file's nats: url, else $STYXCACHE_NATS_URL)."
+    ),
 )
 @click.option(
     "--path",
     "paths",
     multiple=True,
     type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="Folder put on sys.path so 'module:function' targets import (repeatable).",
+    help="Folder put on sys.path so the entries' targets import (repeatable).",
 )
-@click.option("--subject-prefix", default="styxcache", show_default=True)
-@click.option("--queue", default="styxcache-workers", show_default=True)
-@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--subject-prefix",
+    help=(
+        "First token of every subject; must match the scheduler's nats:"
+        " subject_prefix (default: the file's, else styxcache)."
+    ),
+)
+@click.option(
+    "--queue",
+    default="styxcache-workers",
+    show_default=True,
+    help="NATS queue group; workers sharing it split the runs, each run goes to one.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Runs this worker executes at once (match the node's cores).",
+)
 @click.option(
     "--heartbeat",
     "heartbeat_seconds",
@@ -59,55 +115,175 @@ from styxcache.scheduler.nats_worker import WorkerSettings, serve
     help="Seconds to wait for the server at startup.",
 )
 @click.option(
+    "--key-file",
+    type=_FILE,
+    help=(
+        "File holding the shared message signing key (same as the scheduler's;"
+        " default: nats: key_file, $STYXCACHE_NATS_KEY_FILE or $STYXCACHE_NATS_KEY)."
+    ),
+)
+@click.option(
+    "--insecure-no-signing",
+    is_flag=True,
+    help=(
+        "Run without a signing key: anyone who can publish to the server can"
+        " then make this worker run its entries. Private test servers only."
+    ),
+)
+@click.option(
+    "--user", help="NATS user (password: --password-file or $STYXCACHE_NATS_PASSWORD)."
+)
+@click.option("--password-file", type=_FILE, help="File holding the NATS password.")
+@click.option(
+    "--token-file",
+    type=_FILE,
+    help="File holding a NATS token (else $STYXCACHE_NATS_TOKEN).",
+)
+@click.option("--nkey-seed", type=_FILE, help="File holding an NKey seed.")
+@click.option("--creds", type=_FILE, help="NATS .creds file (JWT and NKey seed).")
+@click.option(
+    "--tls-ca", type=_FILE, help="CA bundle the server certificate is checked against."
+)
+@click.option("--tls-cert", type=_FILE, help="Client certificate (mutual TLS).")
+@click.option("--tls-key", type=_FILE, help="Key of --tls-cert.")
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
     show_default=True,
+    help="Least severe log records shown.",
 )
-def worker(  # noqa: PLR0917 - one parameter per click option
-    url: str,
-    schedules: tuple[str, ...],
-    paths: tuple[Path, ...],
-    subject_prefix: str,
-    queue: str,
-    concurrency: int,
-    heartbeat_seconds: float,
-    max_runs: int | None,
-    connect_timeout: float,
-    log_level: str,
-) -> None:
-    """Take scheduled runs from NATS and run them through the cache.
+def worker(**options: Any) -> None:
+    """Run scheduled work sent over NATS, through the cache.
 
-    Workers share a queue group, so each run goes to one of them. SIGTERM or
-    Ctrl-C stops taking runs and finishes the ones in hand.
+    A worker runs only the entries of its own schedule file (--schedule) or
+    of --allow: a task message names an entry and carries its data, never
+    code. Tasks, results and control messages are signed with a shared key
+    (--key-file); unsigned, forged or replayed messages are dropped and
+    counted. Workers share a queue group, so each run goes to one of them.
+    SIGTERM or Ctrl-C stops taking runs and finishes the ones in hand.
 
     \b
     Examples:
-      styxcache worker --nats nats://10.0.0.5:4222 --path ./pipelines
-      styxcache worker --nats nats://10.0.0.5:4222 --schedule nightly --concurrency 4
+      styxcache worker --schedule schedule.yaml --key-file /etc/styxcache/nats.key
+      styxcache worker --schedule schedule.yaml --only nightly --concurrency 4
+      styxcache worker --nats tls://nats.lab:4222 --tls-ca ca.pem \\
+          --allow nightly=pipeline_jobs:process_subject --cache-dir /shared/cache
     """  # noqa: D301 - click's \b marker must be a real backspace
     handler = RichHandler(
         console=Console(stderr=True), show_path=False, rich_tracebacks=False
     )
     logging.basicConfig(
-        level=log_level.upper(), handlers=[handler], format="%(message)s", force=True
+        level=options["log_level"].upper(),
+        handlers=[handler],
+        format="%(message)s",
+        force=True,
     )
-    for folder in reversed(paths):
+    for folder in reversed(options["paths"]):
         sys.path.insert(0, str(folder.resolve()))
-    settings = WorkerSettings(
-        url=url,
-        schedules=schedules,
-        subject_prefix=subject_prefix,
-        queue=queue,
-        concurrency=concurrency,
-        heartbeat_seconds=heartbeat_seconds,
-        max_runs=max_runs,
-        connect_timeout_seconds=connect_timeout,
-    )
+    settings = _settings(options)
     try:
         asyncio.run(_main(settings))
     except OSError as exc:
-        raise click.ClickException(f"NATS at {url}: {exc}") from None
+        # Built from the masked URL and redacted texts: no secret here.
+        raise click.ClickException(str(exc)) from None
+
+
+def _settings(options: dict[str, Any]) -> WorkerSettings:
+    entries: dict[str, WorkerEntry] = {}
+    nats = NatsSettings.from_mapping(None)
+    file = options["schedule_file"]
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise click.BadParameter(
+                f"{file!r} is not a file. --schedule takes the worker's schedule"
+                " file; to take only some of its entries, add --only NAME.",
+                param_hint="--schedule",
+            )
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        for entry in config.entries:
+            if isinstance(entry.target, PublishAction) or entry.target is None:
+                continue  # published by the scheduler, never run by workers
+            entries[entry.name] = WorkerEntry(
+                entry.target, entry.pass_context, entry.runner
+            )
+        if config.nats is not None:
+            nats = config.nats
+    runner = None
+    if options["cache_dir"] is not None:
+        try:
+            runner = RunnerSpec.from_mapping({"cache_dir": str(options["cache_dir"])})
+        except RunnerSpecError as exc:
+            raise click.BadParameter(str(exc), param_hint="--cache-dir") from None
+    for spec in options["allowed"]:
+        name, sep, ref = spec.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(
+                f"expected NAME=module:function, got {spec!r}", param_hint="--allow"
+            )
+        try:
+            resolve_callable(ref)
+        except ValueError as exc:
+            raise click.BadParameter(f"{name}: {exc}", param_hint="--allow") from None
+        entries[name] = WorkerEntry(ref, True, runner)
+    only = options["only"]
+    if only:
+        missing = sorted(set(only) - set(entries))
+        if missing:
+            raise click.BadParameter(
+                f"not an entry of this worker: {', '.join(missing)}",
+                param_hint="--only",
+            )
+        entries = {name: entries[name] for name in only}
+    if not entries:
+        raise click.UsageError(
+            "nothing to run: give the worker its schedule file (--schedule FILE)"
+            " or an allowlist (--allow NAME=module:function)"
+        )
+    changes: dict[str, Any] = {}
+    for option, field in (
+        ("url", "url"),
+        ("subject_prefix", "subject_prefix"),
+        ("user", "user"),
+        ("password_file", "password_file"),
+        ("token_file", "token_file"),
+        ("nkey_seed", "nkey_seed_file"),
+        ("creds", "creds_file"),
+        ("tls_ca", "tls_ca_file"),
+        ("tls_cert", "tls_cert_file"),
+        ("tls_key", "tls_key_file"),
+        ("key_file", "key_file"),
+    ):
+        value = options[option]
+        if value is not None:
+            changes[field] = str(value)
+    if options["insecure_no_signing"]:
+        changes["insecure_no_signing"] = True
+    try:
+        nats = dataclasses.replace(nats, **changes)
+    except NatsSettingsError as exc:
+        raise click.BadParameter(str(exc), param_hint=f"NATS {exc.field}") from None
+    if nats.insecure_no_signing:
+        logging.getLogger("styxcache.worker").warning(
+            "--insecure-no-signing (or %s): messages are neither signed nor checked",
+            ENV_INSECURE,
+        )
+    try:
+        return WorkerSettings(
+            nats=nats,
+            entries=entries,
+            queue=options["queue"],
+            concurrency=options["concurrency"],
+            heartbeat_seconds=options["heartbeat_seconds"],
+            max_runs=options["max_runs"],
+            connect_timeout_seconds=options["connect_timeout"],
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 async def _main(settings: WorkerSettings) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 
 from blake3 import blake3
 
+from styxcache.remote.errors import client_call
+
 __all__ = [
     "PART_CONCURRENCY",
     "PART_SIZE",
@@ -27,7 +29,11 @@ PART_SIZE = 8 * 1024 * 1024
 """Bytes per multipart part and per ranged download request."""
 
 PART_CONCURRENCY = 4
-"""Parts of one file in flight at once (memory is about this times PART_SIZE)."""
+"""Parts of one file in flight at once. An upload buffers about
+`(PART_CONCURRENCY + 1) * PART_SIZE` bytes; a download streams each part in
+chunks of `_STREAM_CHUNK`, so it holds far less."""
+
+_STREAM_CHUNK = 1024 * 1024
 
 
 def upload_file(store: Any, path: str, source: Path, size: int) -> None:
@@ -42,16 +48,21 @@ def upload_file(store: Any, path: str, source: Path, size: int) -> None:
     import obstore
 
     if size <= PART_SIZE:
-        obstore.put(store, path, source.read_bytes(), use_multipart=False)
+        data = source.read_bytes()
+        with client_call(f"upload {path}"):
+            obstore.put(store, path, data, use_multipart=False)
         return
-    obstore.put(
-        store,
-        path,
-        source,
-        use_multipart=True,
-        chunk_size=PART_SIZE,
-        max_concurrency=PART_CONCURRENCY,
-    )
+    # obstore reads the file itself, part by part; a local read error
+    # surfaces as a client error, which is the safe side (not uploaded).
+    with client_call(f"upload {path}"):
+        obstore.put(
+            store,
+            path,
+            source,
+            use_multipart=True,
+            chunk_size=PART_SIZE,
+            max_concurrency=PART_CONCURRENCY,
+        )
 
 
 def download_file(
@@ -85,18 +96,20 @@ def download_file(
 
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     if size <= PART_SIZE:
-        result = obstore.get(store, path)
-        actual = int(result.meta["size"])
+        with client_call(f"download {path}"):
+            result = obstore.get(store, path)
+            actual = int(result.meta["size"])
+            data = bytes(result.bytes()) if actual == size else b""
         if actual != size:
             return actual, ""
-        data = bytes(result.bytes())
         fd = os.open(target, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
             os.write(fd, data)
         finally:
             os.close(fd)
         return len(data), str(blake3(data).hexdigest())
-    actual = int(obstore.head(store, path)["size"])
+    with client_call(f"download {path}"):
+        actual = int(obstore.head(store, path)["size"])
     if actual != size:
         return actual, ""
     fd = os.open(target, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
@@ -104,11 +117,21 @@ def download_file(
         written = _ranged(store, path, fd, size, parts)
     finally:
         os.close(fd)
-    # One read of the finished file, from the page cache: parts arrive out
-    # of order, and blake3 wants its input in order.
+    return written, _hash_file(target)
+
+
+def _hash_file(path: Path) -> str:
+    """blake3 of a finished download, read in parts.
+
+    Parts arrive out of order and blake3 wants its input in order, so the
+    file is read once more (from the page cache). Plain reads, not a memory
+    map: mapped pages would count against the process like a buffer.
+    """
     hasher = blake3(max_threads=blake3.AUTO)
-    hasher.update_mmap(os.fspath(target))
-    return written, str(hasher.hexdigest())
+    with open(path, "rb", buffering=0) as handle:
+        while chunk := handle.read(_STREAM_CHUNK):
+            hasher.update(chunk)
+    return str(hasher.hexdigest())
 
 
 def _ranged(
@@ -124,13 +147,22 @@ def _ranged(
     total = [0]
 
     def fetch(start: int) -> None:
-        data = obstore.get_range(
-            store, path, start=start, length=min(PART_SIZE, size - start)
-        )
-        view = memoryview(data)
-        os.pwrite(fd, view, start)
+        # Each range is itself streamed: a part is never buffered whole.
+        end = min(start + PART_SIZE, size)
+        with client_call(f"download {path}"):
+            result = obstore.get(store, path, options={"range": (start, end)})
+            chunks = iter(result.stream(min_chunk_size=_STREAM_CHUNK))
+        offset = start
+        while True:
+            with client_call(f"download {path}"):
+                chunk = next(chunks, None)
+            if chunk is None:
+                break
+            view = memoryview(chunk)
+            os.pwrite(fd, view, offset)
+            offset += len(view)
         with lock:
-            total[0] += len(view)
+            total[0] += offset - start
 
     starts = range(0, size, PART_SIZE)
     if parts is None:

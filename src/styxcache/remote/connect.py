@@ -17,17 +17,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import re
 from typing import Any
 from urllib.parse import urlsplit
+
+from styxcache.remote.errors import RemoteConfigError, scrub
 
 __all__ = [
     "ENV_REMOTE",
     "ENV_REMOTE_WRITE",
-    "RemoteConfigError",
     "check_url",
     "open_store",
-    "scrub",
 ]
 
 _log = logging.getLogger("styxcache.remote")
@@ -49,20 +48,6 @@ MAX_RETRIES = 2
 RETRY_TIMEOUT = dt.timedelta(seconds=15)
 """Bounds on retries: an unreachable store must cost a pipeline step
 seconds, not object_store's default of minutes."""
-
-_SECRET_VARS = (
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_TOKEN",
-    "AZURE_STORAGE_ACCOUNT_KEY",
-    "AZURE_STORAGE_ACCESS_KEY",
-    "AZURE_STORAGE_SAS_KEY",
-    "AZURE_CLIENT_SECRET",
-)
-
-
-class RemoteConfigError(ValueError):
-    """A remote cache setting that cannot work (bad URL, client missing)."""
 
 
 def check_url(url: str, *, source: str = "remote") -> str:
@@ -114,24 +99,6 @@ def _redacted(text: str) -> str:
     return text
 
 
-def scrub(message: str) -> str:
-    """Shorten a client error to its first line and remove every secret value.
-
-    Args:
-        message: The error text.
-
-    Returns:
-        One line, with secret environment values replaced by `***`.
-    """
-    line = message.strip().splitlines()[0] if message.strip() else "unknown error"
-    for name in _SECRET_VARS:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            line = line.replace(value, "***")
-    line = re.sub(r"(?i)(signature=|x-amz-security-token=)[^&\s]+", r"\1***", line)
-    return line[:400]
-
-
 def _s3_settings(url: str) -> dict[str, Any]:
     """Client settings the environment implies for an S3 URL."""
     settings: dict[str, Any] = {}
@@ -158,10 +125,12 @@ def _profile_provider() -> Any:
         os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
         os.environ.get("AWS_CONFIG_FILE", "~/.aws/config"),
     )
-    if profile is None and not any(os.path.exists(os.path.expanduser(f)) for f in files):
+    if profile is None and not any(
+        os.path.exists(os.path.expanduser(f)) for f in files
+    ):
         return None
     try:
-        import boto3
+        import boto3  # type: ignore[import-untyped, unused-ignore]
         from obstore.auth.boto3 import Boto3CredentialProvider
     except ImportError:
         _log.warning(
@@ -221,6 +190,4 @@ def open_store(url: str) -> Any:
     try:
         return from_url(url, **kwargs)
     except Exception as exc:
-        raise RemoteConfigError(
-            f"remote cache {url}: {scrub(str(exc))}"
-        ) from None
+        raise RemoteConfigError(f"remote cache {url}: {scrub(str(exc))}") from None

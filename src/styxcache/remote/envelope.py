@@ -22,13 +22,13 @@ from typing import Any
 
 from styxcache.key import key_of
 from styxcache.manifest import Manifest, ManifestError, OutputRecord
+from styxcache.remote.errors import DamagedEntryError
 from styxcache.store import CacheStore
 
 __all__ = [
     "ENVELOPE_FORMAT",
     "LAYOUT",
     "BlobRef",
-    "DamagedEntryError",
     "Envelope",
     "blob_path",
     "envelope_path",
@@ -39,10 +39,6 @@ LAYOUT = "styxcache-v1"
 """Top folder under the URL's prefix; bumped if the layout ever changes."""
 
 _LOGS = (CacheStore.STDOUT_LOG, CacheStore.STDERR_LOG)
-
-
-class DamagedEntryError(ValueError):
-    """A remote entry fails verification: it is never served."""
 
 
 def envelope_path(key: str) -> str:
@@ -193,11 +189,9 @@ def _check_relative(path: str, *, log: bool) -> None:
     if (
         not path
         or path.startswith("/")
-        or "\\" in path
         or "\x00" in path
         or normal != path
-        or normal == "."
-        or normal == ".."
+        or normal in {".", ".."}
         or normal.startswith("../")
         or normal.split("/", 1)[0] in CacheStore.RESERVED
     ):

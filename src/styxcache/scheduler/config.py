@@ -31,6 +31,7 @@ from typing import Any, Literal
 import yaml
 
 from styxcache.modes import CacheMode
+from styxcache.scheduler.nats_connect import NatsSettings, NatsSettingsError
 from styxcache.scheduler.runner_spec import RunnerSpec, RunnerSpecError
 from styxcache.scheduler.triggers import (
     CronTrigger,
@@ -61,7 +62,8 @@ _OVERLAP = ("forbid", "allow", "queue")
 _EXECUTORS = ("inline", "threads", "processes")
 _DASK = re.compile(r"^(dask|tcp|tls)://[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$")
 _SUBJECT = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
-_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+# `module:attr`, or seeds 002/003's dotted `package.module.function`.
+_REF = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*|\.[A-Za-z_]\w*)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 ENTRY_KEYS = frozenset(
@@ -101,8 +103,10 @@ _TOP_KEYS = frozenset(
     {
         "schedules",
         "state_dir",
+        "state",
         "executor",
         "nats",
+        "dask",
         "defaults",
         "max_sleep_seconds",
         "shutdown_timeout_seconds",
@@ -222,33 +226,14 @@ class ExecutorSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class NatsSettings:
-    """Where `executor: nats` entries publish their runs.
-
-    Attributes:
-        url: The NATS server, for example `nats://127.0.0.1:4222`.
-        name: This scheduler's name; it answers status and reload requests
-            on `styxcache.control.<name>`.
-        subject_prefix: Runs go to `<prefix>.tasks.<schedule>`, outcomes come
-            back on `<prefix>.results.<schedule>`.
-        lost_after_seconds: A run with no word from a worker (start,
-            heartbeat or result) for this long is lost: recorded as
-            interrupted, then retried by the entry's `retries`.
-    """
-
-    url: str = "nats://127.0.0.1:4222"
-    name: str = "default"
-    subject_prefix: str = "styxcache"
-    lost_after_seconds: float = 30.0
-
-
-@dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
     """A parsed schedule file.
 
     Attributes:
         entries: Validated entries, in file order.
         state_dir: Folder of the ledger.
+        state: A `postgresql://` URL of a run store shared by several
+            schedulers (None: the SQLite ledger in `state_dir`).
         executor: Executor choice.
         max_sleep_seconds: Longest single sleep of the loop.
         shutdown_timeout_seconds: Default grace for running work on shutdown.
@@ -262,6 +247,8 @@ class ScheduleConfig:
     shutdown_timeout_seconds: float = 30.0
     path: Path | None = None
     nats: NatsSettings | None = None
+    state: str | None = None
+    dask: Any = None  # DaskTLS from the `dask:` section (tls:// schedulers)
 
 
 def executor_label(executor: Any) -> str:
@@ -328,7 +315,10 @@ def resolve_callable(ref: str | Target) -> Target:
         return ref
     if not isinstance(ref, str) or not _REF.match(ref):
         raise ValueError(f"expected 'module:function', got {ref!r}")
-    module_name, attr_path = ref.split(":", 1)
+    if ":" in ref:
+        module_name, attr_path = ref.split(":", 1)
+    else:
+        module_name, attr_path = ref.rsplit(".", 1)
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:
@@ -696,25 +686,46 @@ def parse_config(
     state_dir = Path(state_raw).expanduser()
     if not state_dir.is_absolute():
         state_dir = base / state_dir
+    state_url = data.get("state")
+    if state_url is not None and not (
+        isinstance(state_url, str)
+        and state_url.startswith(("postgresql://", "postgres://"))
+    ):
+        raise ConfigError(
+            "must be a postgresql:// URL (a folder for the SQLite ledger goes in"
+            f" state_dir), got a {type(state_url).__name__}",
+            field="state",
+        )
     executor = _executor_spec(data.get("executor"))
-    nats = _nats_settings(data.get("nats"))
+    nats = _nats_settings(data.get("nats"), base)
+    dask = None
+    if data.get("dask") is not None:
+        # Imported here: dask_executor -> runs -> this module.
+        from styxcache.scheduler.dask_executor import DaskTLS
+
+        try:
+            dask = DaskTLS.from_mapping(data["dask"], base)
+        except ValueError as exc:
+            where, _, why = str(exc).partition(": ")
+            raise ConfigError(why, entry="dask", field=where.split(".")[-1]) from None
     if nats is None and (
         executor.kind == "nats" or any(e.executor == "nats" for e in entries)
     ):
-        raise ConfigError(
-            "executor: nats needs a top-level 'nats:' section with the server url",
-            field="nats",
-        )
+        # Seeds 002/003's files name no server: $STYXCACHE_NATS_URL, else
+        # nats://127.0.0.1:4222 (credentials and key from the environment).
+        nats = _nats_settings({}, base)
     max_sleep = _number(data, "max_sleep_seconds", "(top level)", 30.0, minimum=0.001)
     shutdown = _number(data, "shutdown_timeout_seconds", "(top level)", 30.0)
     return ScheduleConfig(
         entries=tuple(entries),
         state_dir=state_dir,
+        state=state_url,
         executor=executor,
         max_sleep_seconds=max_sleep,
         shutdown_timeout_seconds=shutdown,
         path=path,
         nats=nats,
+        dask=dask,
     )
 
 
@@ -741,43 +752,13 @@ def _executor_spec(raw: Any) -> ExecutorSpec:
     return ExecutorSpec(kind=kind, max_workers=workers)
 
 
-_NATS_KEYS = ("url", "name", "subject_prefix", "lost_after_seconds")
-
-
-def _nats_settings(raw: Any) -> NatsSettings | None:
+def _nats_settings(raw: Any, base_dir: Path | None = None) -> NatsSettings | None:
     if raw is None:
         return None
-    if isinstance(raw, str):
-        raw = {"url": raw}
-    if not isinstance(raw, Mapping):
-        raise ConfigError("must be a server url or a mapping", field="nats")
-    unknown = sorted(set(raw) - set(_NATS_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) {_names(unknown)}; allowed: {_names(list(_NATS_KEYS))}",
-            entry="nats",
-            field=unknown[0],
-        )
-    url = raw.get("url", NatsSettings.url)
-    if not isinstance(url, str) or not re.match(r"^(nats|tls|ws|wss)://\S+$", url):
-        raise ConfigError(
-            f"must be a nats://host:port url, got {url!r}", entry="nats", field="url"
-        )
-    for key in ("name", "subject_prefix"):
-        value = raw.get(key, getattr(NatsSettings, key))
-        if not isinstance(value, str) or not _SUBJECT.match(value):
-            raise ConfigError(
-                f"must be dot-separated letters, digits, '_' or '-', got {value!r}",
-                entry="nats",
-                field=key,
-            )
-    lost = _number(raw, "lost_after_seconds", "nats", 30.0, minimum=0.1)
-    return NatsSettings(
-        url=url,
-        name=str(raw.get("name", NatsSettings.name)),
-        subject_prefix=str(raw.get("subject_prefix", NatsSettings.subject_prefix)),
-        lost_after_seconds=lost,
-    )
+    try:
+        return NatsSettings.from_mapping(raw, base_dir)
+    except NatsSettingsError as exc:
+        raise ConfigError(str(exc), entry="nats", field=exc.field) from None
 
 
 def load_config(path: str | Path, *, resolve: bool = True) -> ScheduleConfig:

@@ -11,20 +11,28 @@ reruns the task on another worker up to `distributed.scheduler.allowed-failures`
 times. When Dask gives up (`KilledWorker`), or the cluster goes away, the
 future fails with `RunLostError`, which the scheduler records as `interrupted`
 and retries up to the entry's `retries`.
+
+Trust: a Dask scheduler unpickles and runs whatever a client sends it, on
+every worker. Its port is therefore the trust boundary: whoever can connect
+to it runs code as the workers' user. Outside a single trusted host, use a
+`tls://` address with client certificates (`DaskTLS`), so that only holders
+of a certificate signed by your CA can connect at all.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from styxcache.scheduler.runs import RunLostError
 
-__all__ = ["DaskExecutor", "dask_address", "is_dask_client"]
+__all__ = ["DASK_KEYS", "DaskExecutor", "DaskTLS", "dask_address", "is_dask_client"]
 
 _log = logging.getLogger("styxcache.scheduler.dask_executor")
 
@@ -37,6 +45,84 @@ DoneCallback = Callable[["cf.Future[Any]"], object]
 _LOST = frozenset(
     {"KilledWorker", "CommClosedError", "CancelledError", "FutureCancelledError"}
 )
+
+
+DASK_KEYS = ("tls_ca_file", "tls_cert_file", "tls_key_file")
+"""Keys of a schedule file's `dask:` section."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DaskTLS:
+    """TLS settings for `tls://` Dask schedulers (distributed's `Security`).
+
+    Attributes:
+        ca_file: CA bundle the scheduler's certificate is checked against.
+        cert_file: This client's certificate (the scheduler should require
+            one: `dask scheduler --tls-ca-file ... --tls-cert ... --tls-key ...`).
+        key_file: The certificate's private key.
+    """
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+    @classmethod
+    def from_mapping(cls, raw: Any, base_dir: Path | None = None) -> DaskTLS:
+        """Validate a schedule file's `dask:` section.
+
+        Args:
+            raw: `{tls_ca_file, tls_cert_file, tls_key_file}`.
+            base_dir: Folder relative paths are resolved against.
+
+        Returns:
+            The settings.
+
+        Raises:
+            ValueError: Naming the offending key as `dask.<key>: ...`.
+        """
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"dask: must be a mapping, got {type(raw).__name__}")
+        unknown = sorted(set(raw) - set(DASK_KEYS))
+        if unknown:
+            raise ValueError(
+                f"dask.{unknown[0]}: unknown key; allowed: {', '.join(DASK_KEYS)}"
+            )
+        paths: list[str] = []
+        for key in DASK_KEYS:
+            value = raw.get(key)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"dask.{key}: must be a file path, got {value!r}")
+            path = Path(value).expanduser()
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+            paths.append(str(path))
+        return cls(*paths)
+
+    def security(self) -> Any:
+        """Return distributed's `Security` for a client (encryption required).
+
+        Returns:
+            A `distributed.security.Security`.
+
+        Raises:
+            OSError: If a file is missing.
+        """
+        from distributed.security import Security
+
+        for path in (self.ca_file, self.cert_file, self.key_file):
+            if not Path(path).is_file():
+                raise OSError(f"Dask TLS file {path} does not exist")
+        return Security(  # type: ignore[no-untyped-call]
+            tls_ca_file=self.ca_file,
+            tls_client_cert=self.cert_file,
+            tls_client_key=self.key_file,
+            require_encryption=True,
+        )
+
+
+def _loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
+    return host in ("127.0.0.1", "localhost", "[::1]")
 
 
 def dask_address(spec: str) -> str:
@@ -93,12 +179,18 @@ class DaskExecutor:
         self._closed = False
 
     @classmethod
-    def connect(cls, address: str, *, timeout: float = 30.0) -> DaskExecutor:
+    def connect(
+        cls, address: str, *, timeout: float = 30.0, tls: DaskTLS | None = None
+    ) -> DaskExecutor:
         """Connect to a running Dask scheduler.
 
         Args:
-            address: `dask://host:port` (or `tcp://host:port`).
+            address: `dask://host:port`, `tcp://host:port` or
+                `tls://host:port`.
             timeout: Seconds to wait for the connection.
+            tls: Certificates for a `tls://` scheduler (without them, a
+                `tls://` address uses distributed's own configuration,
+                `distributed.comm.tls.*`).
 
         Returns:
             An executor that closes its client on shutdown.
@@ -112,8 +204,23 @@ class DaskExecutor:
             raise ImportError(
                 "a dask:// executor needs distributed: pip install 'styxcache[dask]'"
             ) from exc
+        target = dask_address(address)
+        extra: dict[str, Any] = {}
+        if tls is not None:
+            if not target.startswith("tls://"):
+                raise ValueError(
+                    "Dask TLS settings need a tls:// scheduler address,"
+                    f" got {address!r}"
+                )
+            extra["security"] = tls.security()
+        elif not target.startswith("tls://") and not _loopback(target):
+            _log.warning(
+                "the Dask scheduler at %s is reached without TLS: whoever can"
+                " connect to its port runs code on every worker",
+                address,
+            )
         client = Client(  # type: ignore[no-untyped-call]
-            dask_address(address), timeout=timeout, set_as_default=False
+            target, timeout=timeout, set_as_default=False, **extra
         )
         _log.info("connected to the Dask scheduler at %s", address)
         return cls(client, owns_client=True)

@@ -376,13 +376,14 @@ def dispatches_work(obj: Any) -> bool:
     )
 
 
-def make_executor(kind: str, max_workers: int = 4) -> Executor:
+def make_executor(kind: str, max_workers: int = 4, *, dask_tls: Any = None) -> Executor:
     """Build an executor by name.
 
     Args:
         kind: `inline`, `threads`, `processes`, or a Dask scheduler address
-            (`dask://host:port`, `tcp://host:port`).
+            (`dask://host:port`, `tcp://host:port`, `tls://host:port`).
         max_workers: Pool size.
+        dask_tls: `DaskTLS` certificates for a `tls://` scheduler.
 
     Returns:
         The executor.
@@ -400,7 +401,7 @@ def make_executor(kind: str, max_workers: int = 4) -> Executor:
     if kind.startswith(("dask://", "tcp://", "tls://")):
         from styxcache.scheduler.dask_executor import DaskExecutor
 
-        return DaskExecutor.connect(kind)
+        return DaskExecutor.connect(kind, tls=dask_tls)
     raise ValueError(
         f"unknown executor kind {kind!r}; expected inline, threads, processes"
         " or dask://host:port"

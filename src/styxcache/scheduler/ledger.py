@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import sqlite3
+import tempfile
 import threading
 import time
 import typing
@@ -31,6 +32,7 @@ __all__ = [
     "RUN_STATES",
     "EntryState",
     "Ledger",
+    "LedgerError",
     "RunRecord",
     "RunState",
     "RunStore",
@@ -219,6 +221,68 @@ class RunStore(Protocol):
 _FIELDS = [f.name for f in dataclasses.fields(RunRecord)]
 
 
+class LedgerError(RuntimeError):
+    """The ledger file exists but cannot be used; the message says how to recover."""
+
+
+def _unreadable(path: Path | None, exc: BaseException) -> str:
+    if path is None:
+        return f"cannot open the in-memory ledger: {exc}"
+    return (
+        f"the ledger {path} cannot be read ({exc}). The scheduler will not "
+        "guess at its runs. To recover: stop every scheduler using it, then "
+        f"either `sqlite3 {path} .recover | sqlite3 {path}.recovered` and move "
+        f"the result into place, or move {path} aside to start a new ledger "
+        "(catch-up rules then decide which missed fires run again)"
+    )
+
+
+def _create_or_check(path: Path) -> None:
+    """Create a new ledger whole, or refuse an existing empty file.
+
+    SQLite takes an empty file for a new database, so a ledger truncated to
+    zero bytes would silently lose every run and watermark. A new ledger is
+    therefore built under a temporary name and linked into place complete:
+    a zero-byte ledger is never one of ours, and is refused.
+
+    Raises:
+        LedgerError: The file exists and is empty.
+    """
+    try:
+        if path.stat().st_size == 0:
+            raise LedgerError(
+                f"the ledger {path} is an empty file (0 bytes): it is not a "
+                "ledger this scheduler created, and opening it would start "
+                "history from nothing. If that is what you want, delete it; "
+                "otherwise restore it from a backup"
+            )
+        return
+    except FileNotFoundError:
+        pass
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
+    os.close(fd)
+    try:
+        conn = sqlite3.connect(temp, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+        finally:
+            conn.close()
+        os.chmod(temp, 0o644)
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            pass  # a twin created it first
+        except OSError:
+            # No hard links on this filesystem: a rename is the next best.
+            if not path.exists():
+                os.rename(temp, path)
+    finally:
+        for leftover in (temp, f"{temp}-wal", f"{temp}-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+
+
 class Ledger:
     """SQLite store of runs and schedule watermarks.
 
@@ -238,12 +302,17 @@ class Ledger:
         self.path = Path(path) if str(path) != ":memory:" else None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _create_or_check(self.path)
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(
             str(path), timeout=30.0, isolation_level=None, check_same_thread=False
         )
         self._conn.row_factory = sqlite3.Row
-        self._setup()
+        try:
+            self._setup()
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise LedgerError(_unreadable(self.path, exc)) from None
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def _setup(self) -> None:

@@ -8,8 +8,10 @@ source function: the others wait and take its result.
 
 Warning:
     The default `Cache` format is pickle. Unpickling runs code chosen by
-    whoever wrote the file: never point a pickle `Cache` at a folder other
-    people or processes can write to. Use `json_saver`/`json_reader` there.
+    whoever wrote the file, so `pickle_reader` refuses, like ssh does with
+    keys, a file that another user owns or that group or others may write
+    (`UnsafeCacheFileError`); `Cache` then logs why and calls the source
+    function instead. Prefer `json_saver`/`json_reader` in shared folders.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import logging
 import os
 import pickle
+import stat
 import tempfile
 import threading
 from collections.abc import Callable
@@ -30,6 +33,7 @@ from styxcache.scheduler.clock import Clock, SystemClock
 __all__ = [
     "Cache",
     "CacheMemory",
+    "UnsafeCacheFileError",
     "atomic_write_bytes",
     "json_reader",
     "json_saver",
@@ -72,16 +76,40 @@ def pickle_saver(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
 
+class UnsafeCacheFileError(PermissionError):
+    """A pickle file someone else could have written: it is not loaded."""
+
+
 def pickle_reader(path: Path) -> Any:
-    """Load a pickle file (only from folders you alone can write to).
+    """Load a pickle file that only you could have written.
+
+    The checks run on the opened file (not on its name), so swapping the file
+    between the check and the read does not get past them.
 
     Args:
         path: The file.
 
     Returns:
         The value.
+
+    Raises:
+        UnsafeCacheFileError: If the file belongs to another user or group or
+            others may write to it.
     """
     with path.open("rb") as handle:
+        st = os.fstat(handle.fileno())
+        if st.st_uid != os.geteuid():
+            raise UnsafeCacheFileError(
+                f"refusing to unpickle {path}: it belongs to uid {st.st_uid}, "
+                f"not to you (uid {os.geteuid()}); unpickling runs its author's "
+                "code. Delete it, or use json_saver/json_reader"
+            )
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise UnsafeCacheFileError(
+                f"refusing to unpickle {path}: others may write to it "
+                f"({stat.filemode(st.st_mode)}); unpickling runs its author's "
+                f"code. Check it, then `chmod go-w {path}`, or delete it"
+            )
         return pickle.load(handle)
 
 
@@ -293,6 +321,11 @@ class Cache(CacheMemory[T]):
             return False
         try:
             value = self.reader(self.path)
+        except UnsafeCacheFileError as exc:
+            self.logger.error(
+                "cache %s: %s; calling the source instead", self.name, exc
+            )
+            return False
         except Exception as exc:
             self.logger.warning(
                 "cache %s: cannot read %s (%s: %s); regenerating",

@@ -14,11 +14,12 @@ Environment variables (used when the settings do not say otherwise):
 | `STYXCACHE_NATS_PASSWORD` | password for `user` |
 | `STYXCACHE_NATS_TOKEN` | authentication token |
 | `STYXCACHE_NATS_KEY_FILE` / `STYXCACHE_NATS_KEY` | message signing key |
-| `STYXCACHE_NATS_INSECURE_NO_SIGNING=1` | run without signing (never on a shared network) |
+| `STYXCACHE_NATS_INSECURE_NO_SIGNING=1` | no signing (private test servers only) |
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -43,8 +44,8 @@ __all__ = [
 ]
 
 ENV_URL = "STYXCACHE_NATS_URL"
-ENV_PASSWORD = "STYXCACHE_NATS_PASSWORD"  # noqa: S105 - a variable name, not a secret
-ENV_TOKEN = "STYXCACHE_NATS_TOKEN"  # noqa: S105 - a variable name, not a secret
+ENV_PASSWORD = "STYXCACHE_NATS_PASSWORD"
+ENV_TOKEN = "STYXCACHE_NATS_TOKEN"
 ENV_INSECURE = "STYXCACHE_NATS_INSECURE_NO_SIGNING"
 
 _SUBJECT = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
@@ -125,7 +126,9 @@ def _read_secret(path: str, what: str) -> str:
     try:
         return Path(path).expanduser().read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise OSError(f"cannot read the NATS {what} file {path}: {exc.strerror}") from None
+        raise OSError(
+            f"cannot read the NATS {what} file {path}: {exc.strerror}"
+        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,8 +197,7 @@ class NatsSettings:
             value = getattr(self, field)
             if not isinstance(value, str) or not _SUBJECT.match(value):
                 raise NatsSettingsError(
-                    "must be dot-separated letters, digits, '_' or '-',"
-                    f" got {value!r}",
+                    f"must be dot-separated letters, digits, '_' or '-', got {value!r}",
                     field,
                 )
         if self.name == "reload":
@@ -225,7 +227,10 @@ class NatsSettings:
 
     @classmethod
     def from_mapping(
-        cls, raw: Any, base_dir: Path | None = None, environ: Mapping[str, str] | None = None
+        cls,
+        raw: Any,
+        base_dir: Path | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> NatsSettings:
         """Validate a `nats:` section (a URL string or a mapping).
 
@@ -290,7 +295,11 @@ class NatsSettings:
             True from the setting or `$STYXCACHE_NATS_INSECURE_NO_SIGNING=1`.
         """
         env = os.environ if environ is None else environ
-        return self.insecure_no_signing or env.get(ENV_INSECURE, "") in ("1", "true", "yes")
+        return self.insecure_no_signing or env.get(ENV_INSECURE, "") in (
+            "1",
+            "true",
+            "yes",
+        )
 
     def message_auth(self, environ: Mapping[str, str] | None = None) -> MessageAuth:
         """Build the signer/checker for these settings, refusing to run open.
@@ -335,10 +344,8 @@ class NatsSettings:
         for field in ("password_file", "token_file"):
             path = getattr(self, field)
             if path is not None:
-                try:
+                with contextlib.suppress(OSError):
                     found.append(Path(path).expanduser().read_text().strip())
-                except OSError:
-                    pass
         info = _USERINFO.search(self.url)
         if info is not None:
             found.extend(part for part in info["info"].split(":", 1)[-1:] if part)

@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 from styxcache.scheduler.nats_connect import NatsSettings, redact
 from styxcache.scheduler.publish import PublishAction, publish_subject
 from styxcache.scheduler.runs import RunLostError, RunOutcome, RunRequest, execute_run
-from styxcache.scheduler.signing import BadMessage, MessageAuth
+from styxcache.scheduler.signing import BadMessageError, MessageAuth
 from styxcache.scheduler.wire import (
     WireError,
     control_subject,
@@ -75,7 +75,9 @@ class _Pending:
     worker: str = ""
 
 
-def log_drop(log: logging.Logger, auth: MessageAuth, subject: str, exc: Exception) -> None:
+def log_drop(
+    log: logging.Logger, auth: MessageAuth, subject: str, exc: Exception
+) -> None:
     """Log a refused message: the first few of each reason, then rarely.
 
     Args:
@@ -84,8 +86,8 @@ def log_drop(log: logging.Logger, auth: MessageAuth, subject: str, exc: Exceptio
         subject: Where it arrived.
         exc: Why it was refused.
     """
-    reason = exc.reason if isinstance(exc, BadMessage) else "malformed"
-    if not isinstance(exc, BadMessage):
+    reason = exc.reason if isinstance(exc, BadMessageError) else "malformed"
+    if not isinstance(exc, BadMessageError):
         auth.count(reason)
     count = auth.counts().get(reason, 0)
     # Powers of two: a flood of forgeries cannot flood the log.
@@ -175,7 +177,9 @@ class NatsDispatcher:
     async def _log_error(self, exc: Exception) -> None:
         # nats-py's default handler logs a full traceback for every refused
         # retry, and its messages may carry the URL.
-        _log.warning("NATS: %s: %s", type(exc).__name__, redact(str(exc), self._secrets))
+        _log.warning(
+            "NATS: %s: %s", type(exc).__name__, redact(str(exc), self._secrets)
+        )
 
     async def _connect(self, options: dict[str, Any], timeout: float) -> None:
         # wait_for cancels the attempt, which would otherwise retry forever.
@@ -197,7 +201,7 @@ class NatsDispatcher:
         try:
             report = decode_report(msg.data)
             self.auth.check(msg.subject, msg.data, msg.headers, run=report.key)
-        except (WireError, BadMessage) as exc:
+        except (WireError, BadMessageError) as exc:
             log_drop(_log, self.auth, msg.subject, exc)
             return
         with self._lock:
@@ -334,7 +338,9 @@ class NatsDispatcher:
             exc = done.exception()
             if exc is not None:
                 why = redact(f"{type(exc).__name__}: {exc}", self._secrets)
-                future.set_exception(RunLostError(f"publishing on {subject} failed: {why}"))
+                future.set_exception(
+                    RunLostError(f"publishing on {subject} failed: {why}")
+                )
                 return
             _log.info(
                 "%s: published %s %s on %s",
@@ -343,7 +349,9 @@ class NatsDispatcher:
                 message.get("goal_id") or message.get("task_id"),
                 subject,
             )
-            future.set_result(RunOutcome(ok=True, duration_s=time.monotonic() - started))
+            future.set_result(
+                RunOutcome(ok=True, duration_s=time.monotonic() - started)
+            )
 
         asyncio.run_coroutine_threadsafe(send(), self._loop).add_done_callback(settle)
         return future
@@ -367,7 +375,7 @@ class NatsDispatcher:
             async def answer(msg: Any) -> None:
                 try:
                     self.auth.check(msg.subject, msg.data, msg.headers, run="")
-                except BadMessage as exc:
+                except BadMessageError as exc:
                     log_drop(_log, self.auth, msg.subject, exc)
                     return
                 try:
@@ -398,9 +406,7 @@ class NatsDispatcher:
         for subject, default, forced in subjects:
             self._call(self._nc.subscribe(subject, cb=answerer(default, forced)))
         self._call(self._nc.flush(timeout=10))
-        _log.info(
-            "answering on %s", ", ".join(subject for subject, _, _ in subjects)
-        )
+        _log.info("answering on %s", ", ".join(subject for subject, _, _ in subjects))
 
     def shutdown(self, *, wait: bool = True, cancel_pending: bool = False) -> None:
         """Stop; unsettled runs fail with `RunLostError` unless waited for.
@@ -429,7 +435,8 @@ class NatsDispatcher:
             self._call(self._close(), 10)
         except Exception as exc:
             _log.warning(
-                "closing the NATS connection failed: %s", redact(str(exc), self._secrets)
+                "closing the NATS connection failed: %s",
+                redact(str(exc), self._secrets),
             )
         self._stop_loop()
 

@@ -27,14 +27,14 @@ import dataclasses
 import logging
 import os
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from styxcache.scheduler.nats_connect import NatsSettings, redact
 from styxcache.scheduler.nats_dispatch import log_drop
 from styxcache.scheduler.runner_spec import RunnerSpec
 from styxcache.scheduler.runs import RunOutcome, RunRequest, execute_run
-from styxcache.scheduler.signing import BadMessage, MessageAuth
+from styxcache.scheduler.signing import BadMessageError, MessageAuth
 from styxcache.scheduler.wire import (
     WireError,
     decode_task,
@@ -195,7 +195,7 @@ async def serve(
         try:
             task = decode_task(msg.data)
             auth.check(msg.subject, msg.data, msg.headers, run=task.key)
-        except (WireError, BadMessage) as exc:
+        except (WireError, BadMessageError) as exc:
             log_drop(_log, auth, msg.subject, exc)
             return
         entry = settings.entries.get(task.schedule)

@@ -42,8 +42,12 @@ __all__ = [
     "TASK_KEYS",
     "PublishAction",
     "PublishConfigError",
+    "publish_overrides",
     "publish_subject",
 ]
+
+PUBLISH_KEYS = frozenset({"dispatch_type", "goal_config", "task_config"})
+"""Entry keys of publish entries."""
 
 DISPATCH_TYPES = ("goal", "task")
 GOAL_KEYS = frozenset({"instruction", "context", "priority", "metadata"})
@@ -155,10 +159,14 @@ class PublishAction:
                 raise PublishConfigError(
                     f"must be a mapping, got {config[key]!r}", f"{name}.{key}"
                 )
-        text_keys = ("instruction", "priority") if dispatch_type == "goal" else (
-            "worker_type",
-            "model_tier",
-            "priority",
+        text_keys = (
+            ("instruction", "priority")
+            if dispatch_type == "goal"
+            else (
+                "worker_type",
+                "model_tier",
+                "priority",
+            )
         )
         for key in text_keys:
             if key in config and not isinstance(config[key], str):
@@ -234,3 +242,42 @@ class PublishAction:
             "priority": config.get("priority", "normal"),
             "metadata": metadata,
         }
+
+
+def publish_overrides(raw: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Validate an entry's publish keys; say what they imply for the entry.
+
+    Args:
+        raw: The entry mapping.
+
+    Returns:
+        None for an ordinary entry; else `target` (the `PublishAction`),
+        `executor` (`nats`) and `runner` (None: publishing runs no tool).
+
+    Raises:
+        PublishConfigError: Naming the offending key.
+    """
+    if not PUBLISH_KEYS & set(raw):
+        return None
+    if "dispatch_type" not in raw:
+        given = sorted(PUBLISH_KEYS & set(raw))[0]
+        raise PublishConfigError("needs dispatch_type: goal or task", given)
+    if raw.get("target") is not None:
+        raise PublishConfigError(
+            "a dispatch_type entry publishes a message; it has no target", "target"
+        )
+    executor = raw.get("executor")
+    if executor is not None and executor != "nats":
+        raise PublishConfigError(
+            f"a dispatch_type entry publishes on NATS; got executor {executor!r}",
+            "executor",
+        )
+    if raw.get("dispatch") not in (None, "nats"):
+        raise PublishConfigError(
+            f"a dispatch_type entry publishes on NATS; got {raw.get('dispatch')!r}",
+            "dispatch",
+        )
+    action = PublishAction.from_entry(
+        raw.get("dispatch_type"), raw.get("goal_config"), raw.get("task_config")
+    )
+    return {"target": action, "executor": "nats", "runner": None}

@@ -36,7 +36,17 @@ __all__ = [
 
 _log = logging.getLogger("styxcache.scheduler.runner_spec")
 
-RUNNER_KEYS = frozenset({"cache_dir", "base", "data_dir", "read_only_caches", "policy"})
+RUNNER_KEYS = frozenset(
+    {
+        "cache_dir",
+        "base",
+        "data_dir",
+        "read_only_caches",
+        "policy",
+        "remote",
+        "remote_write",
+    }
+)
 """Keys an entry's `runner:` mapping may carry."""
 
 POLICY_FIELDS = frozenset(
@@ -102,6 +112,10 @@ class RunnerSpec:
             temporary folder per worker process.
         read_only_caches: Extra cache directories searched, never written.
         policy: `CachePolicy` fields as sorted `(name, value)` pairs.
+        remote: Remote cache URL (`s3://bucket/prefix`); None lets each
+            worker read `STYXCACHE_REMOTE`, `""` switches it off.
+        remote_write: Upload to the remote; None reads
+            `STYXCACHE_REMOTE_WRITE` on the worker (default true).
     """
 
     cache_dir: str
@@ -109,6 +123,8 @@ class RunnerSpec:
     data_dir: str | None = None
     read_only_caches: tuple[str, ...] = ()
     policy: tuple[tuple[str, Any], ...] = ()
+    remote: str | None = None
+    remote_write: bool | None = None
 
     @classmethod
     def from_mapping(
@@ -177,12 +193,15 @@ class RunnerSpec:
                 f" allowed: {', '.join(sorted(POLICY_FIELDS))}",
                 f"runner.policy.{bad[0]}",
             )
+        remote, remote_write = _remote_settings(raw)
         spec = cls(
             cache_dir=cache_dir,
             base=str(base),
             data_dir=data_dir,
             read_only_caches=tuple(path("read_only_caches", t) for t in tiers),
             policy=tuple(sorted((k, _frozen(v)) for k, v in policy_raw.items())),
+            remote=remote,
+            remote_write=remote_write,
         )
         spec.make_policy()  # every knob is checked now, not on a worker
         return spec
@@ -216,11 +235,37 @@ class RunnerSpec:
             "base": self.base,
             "data_dir": self.data_dir,
             "read_only_caches": list(self.read_only_caches),
+            "remote": self.remote,
+            "remote_write": self.remote_write,
             "policy": {
                 name: dict(value) if name == "extra" else _jsonable(value)
                 for name, value in self.policy
             },
         }
+
+
+def _remote_settings(raw: Mapping[str, Any]) -> tuple[str | None, bool | None]:
+    """Check `runner.remote` (a URL) and `runner.remote_write` (a boolean)."""
+    remote = raw.get("remote")
+    if remote is not None:
+        from styxcache.remote import RemoteConfigError, check_url
+
+        if not isinstance(remote, str):
+            raise RunnerSpecError(
+                f"must be a URL like s3://bucket/prefix, got {remote!r}",
+                "runner.remote",
+            )
+        if remote.strip():
+            try:
+                remote = check_url(remote, source="runner.remote")
+            except RemoteConfigError as exc:
+                raise RunnerSpecError(str(exc), "runner.remote") from None
+    write = raw.get("remote_write")
+    if write is not None and not isinstance(write, bool):
+        raise RunnerSpecError(
+            f"must be true or false, got {write!r}", "runner.remote_write"
+        )
+    return remote, write
 
 
 def _jsonable(value: Any) -> Any:
@@ -272,6 +317,8 @@ def runner_from_spec(spec: RunnerSpec) -> Any:
                 spec.cache_dir,
                 policy=spec.make_policy(),
                 read_only_caches=spec.read_only_caches,
+                remote=spec.remote,
+                remote_write=spec.remote_write,
             )
             _built[spec] = runner
             _log.debug("built a cached runner for %s", spec.cache_dir)

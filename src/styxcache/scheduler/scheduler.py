@@ -65,6 +65,7 @@ from styxcache.scheduler.runs import (
     RunRequest,
     execute_run,
 )
+from styxcache.scheduler.stores import StoreUnavailableError, open_store
 from styxcache.scheduler.triggers import load_zone
 
 __all__ = ["Scheduler", "item_key"]
@@ -135,6 +136,7 @@ class Scheduler:
         executor: Executor | Any | None = None,
         ledger: RunStore | None = None,
         state_dir: str | Path | None = None,
+        store: RunStore | str | None = None,
         max_sleep_seconds: float = 30.0,
         shutdown_timeout_seconds: float = 30.0,
         jump_threshold_seconds: float = 2.0,
@@ -167,6 +169,9 @@ class Scheduler:
             ledger: Run store (default: a SQLite `Ledger` in `state_dir`,
                 else in memory).
             state_dir: Folder for `ledger.sqlite3`.
+            store: The run store, as `ledger` (whichever name reads better),
+                or a `postgresql://` URL for a store shared by several
+                schedulers (see docs/how-to/replicas.md).
             max_sleep_seconds: Longest single wait, so a suspend or a clock
                 jump is noticed promptly.
             shutdown_timeout_seconds: Default grace for running work.
@@ -224,6 +229,8 @@ class Scheduler:
             as_executor(executor) if executor is not None else ThreadExecutor(4)
         )
         self.nats = nats
+        self.dask_tls: Any = None
+        """`DaskTLS` for entries' `tls://` executors (a file's `dask:` section)."""
         self.pool_size = pool_size
         self.test_mode = False
         """Run every fire inline in the thread that calls `run_pending()` or
@@ -238,6 +245,10 @@ class Scheduler:
         self._executors: dict[str, Executor] = {}
         self._adapted: dict[int, tuple[Any, Executor]] = {}
         self._executors_lock = threading.Lock()
+        if store is not None:
+            if ledger is not None:
+                raise TypeError("pass the run store as store= or ledger=, not both")
+            ledger = open_store(store) if isinstance(store, str) else store
         if ledger is None:
             path = (
                 Path(state_dir) / "ledger.sqlite3"
@@ -266,6 +277,9 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._session_start: float | None = None
         self._recovered = False
+        # While the run store is out of reach, re-sync no sooner than this
+        # (monotonic seconds), instead of spinning.
+        self._store_retry_at = 0.0
         self._ready: list[_Fire] = []
         # Insertion-ordered, so fires due together start in registration order.
         self._unsynced: dict[str, None] = {}
@@ -285,6 +299,7 @@ class Scheduler:
         executor: Executor | Any | None = None,
         logger: logging.Logger | None = None,
         state_dir: str | Path | None = None,
+        store: RunStore | str | None = None,
     ) -> Scheduler:
         """Build a scheduler from a YAML schedule file.
 
@@ -295,6 +310,8 @@ class Scheduler:
                 `distributed.Client` or a `concurrent.futures.Executor`).
             logger: Where run lines go.
             state_dir: Overrides the file's `state_dir`.
+            store: Overrides the file's `state` (a run store or a
+                `postgresql://` URL); wins over `state_dir`.
 
         Returns:
             A scheduler with every entry registered.
@@ -309,16 +326,20 @@ class Scheduler:
             clock=clock,
             executor=executor
             or (
-                make_executor(kind, config.executor.max_workers)
+                make_executor(kind, config.executor.max_workers, dask_tls=config.dask)
                 if kind != "nats"
                 else None
             ),
             state_dir=state_dir if state_dir is not None else config.state_dir,
+            store=store
+            if store is not None
+            else (config.state if state_dir is None else None),
             max_sleep_seconds=config.max_sleep_seconds,
             shutdown_timeout_seconds=config.shutdown_timeout_seconds,
             nats=config.nats,
             pool_size=config.executor.max_workers,
         )
+        scheduler.dask_tls = config.dask
         if executor is None and kind == "nats":
             scheduler.executor = scheduler._executor_named("nats")
         scheduler.config_path = Path(path)
@@ -489,7 +510,9 @@ class Scheduler:
                 if kind == "nats":
                     executor = self._connect_nats()
                 else:
-                    executor = make_executor(kind, self.pool_size)
+                    executor = make_executor(
+                        kind, self.pool_size, dask_tls=self.dask_tls
+                    )
                 self._executors[kind] = executor
                 self.logger.info("executor %s ready", kind)
             return executor
@@ -580,7 +603,9 @@ class Scheduler:
             return
         if not self._recovered:
             self._recovered = True
-            self.ledger.recover_orphans(now)
+            # A shared store retries lost runs by lease (see _adopt) instead.
+            if not hasattr(self.ledger, "adopt_orphans"):
+                self.ledger.recover_orphans(now)
         states = self.ledger.sync_entries(
             (
                 (j.entry.name, j.entry.trigger.signature, j.entry.enabled, j.learned)
@@ -593,6 +618,55 @@ class Scheduler:
             job.synced = True
             job.fresh = False
             self._schedule_next(job)
+
+    def _store_lost(self) -> None:
+        """Forget planned state until the run store answers again.
+
+        Every job is re-read from the store when it is back, so the fires
+        due meanwhile go through the catch-up rules like after a restart.
+        """
+        self._store_retry_at = self.clock.monotonic() + min(1.0, self.max_sleep_seconds)
+        for name, job in self._jobs.items():
+            job.synced = False
+            job.version += 1  # its heap slot is stale now
+            self._unsynced[name] = None
+
+    def _adopt(self, now: float) -> list[_Fire]:
+        """Take over runs of schedulers that died (stores with leases only)."""
+        adopt = getattr(self.ledger, "adopt_orphans", None)
+        if adopt is None or self.stopping.is_set():
+            return []
+        retries = {n: j.entry.retries for n, j in self._jobs.items() if j.synced}
+        fires: list[_Fire] = []
+        for record, attempt in adopt(now, retries):
+            job = self._jobs[record.entry]
+            fire = _Fire(
+                record=record,
+                entry=job.entry,
+                expand=record.item == "*",
+                attempt=attempt,
+            )
+            if record.item not in ("", "*") and job.entry.expand_from is not None:
+                fire.item = self._item_for(job.entry, record.item)
+            job.running += 1
+            fires.append(fire)
+        return fires
+
+    def _item_for(self, entry: ScheduleEntry, key: str) -> dict[str, Any]:
+        """Find a fan-out item by key again (its dict is not stored)."""
+        try:
+            items = resolve_callable(entry.expand_from)()  # type: ignore[arg-type]
+            found = dict(self._items(entry, items)).get(key)
+        except Exception as exc:
+            self.logger.warning("%s: expand_from failed: %s", entry.name, exc)
+            found = None
+        if found is None:
+            self.logger.warning(
+                "%s: item %s is no longer listed by expand_from; retried without it",
+                entry.name,
+                key,
+            )
+        return found or {}
 
     def _collect_due(
         self, now: float, horizon: float
@@ -842,11 +916,16 @@ class Scheduler:
         to_start: list[_Fire] = []
         with self._lock:
             now = self.clock.time()
-            self._sync(now)
-            records, fires, watermarks = self._collect_due(
-                now, now + max(0.0, lookahead)
-            )
-            claimed = self.ledger.claim(records, watermarks) if records else []
+            try:
+                self._sync(now)
+                to_start.extend(self._adopt(now))
+                records, fires, watermarks = self._collect_due(
+                    now, now + max(0.0, lookahead)
+                )
+                claimed = self.ledger.claim(records, watermarks) if records else []
+            except StoreUnavailableError:
+                records, fires, claimed = [], [], []
+                self._store_lost()
             won = {r.key for r, ok in zip(records, claimed, strict=True) if ok}
             for fire in fires:
                 if fire.record.key not in won:
@@ -957,7 +1036,16 @@ class Scheduler:
                     lateness=parent.lateness,
                 )
             )
-        claimed = self.ledger.claim(records) if records else []
+        try:
+            claimed = self.ledger.claim(records) if records else []
+        except StoreUnavailableError as exc:
+            # Nothing was claimed; the fire is recorded when the store is back.
+            parent.state, parent.ended = "interrupted", self.clock.time()
+            parent.reason = f"its items could not be claimed: {exc}"
+            self.ledger.update([parent])
+            with self._lock:
+                self._finish_slot(entry.name)
+            return 0
         parent.state, parent.ended = "ok", self.clock.time()
         parent.reason = f"expanded into {len(children)} item(s)"
         self.ledger.update([parent])
@@ -1196,7 +1284,7 @@ class Scheduler:
                     break
                 heapq.heappop(self._heap)  # stale: superseded by a reload
             if self._unsynced:
-                return 0.0
+                return max(0.0, self._store_retry_at - self.clock.monotonic())
             return self._heap[0][0] - now if self._heap else float("inf")
 
     def run(
@@ -1484,7 +1572,10 @@ class Scheduler:
         """
         now = self.clock.time()
         start = self._session_start if self._session_start is not None else now
-        counts = self.ledger.count_by_state()
+        try:
+            counts = self.ledger.count_by_state()
+        except StoreUnavailableError:
+            counts = {}
         record: dict[str, Any] = {
             "start": utc_from_timestamp(start).isoformat(),
             "finish": utc_from_timestamp(now).isoformat(),

@@ -9,7 +9,8 @@ The signature travels in NATS headers, so the body stays plain JSON that any
 consumer can read (the goal and task messages of publish entries). It covers
 the subject, a timestamp, a random nonce, the run key and the body:
 
-    HMAC-SHA256(key, "styxcache-nats-1\\n" subject "\\n" ts "\\n" nonce "\\n" run "\\n" body)
+    HMAC-SHA256(key, "styxcache-nats-1" LF subject LF timestamp LF nonce
+                     LF run key LF body)
 
 A receiver drops a message that is unsigned, signed with another key, sent
 to another subject than the one it was signed for, older (or newer) than
@@ -39,7 +40,7 @@ __all__ = [
     "HEADER_SIGNATURE",
     "HEADER_TIMESTAMP",
     "MIN_KEY_BYTES",
-    "BadMessage",
+    "BadMessageError",
     "MessageAuth",
     "load_key",
 ]
@@ -62,7 +63,7 @@ MIN_KEY_BYTES = 16
 _DOMAIN = b"styxcache-nats-1"
 
 
-class BadMessage(ValueError):
+class BadMessageError(ValueError):
     """A message that failed authentication.
 
     Attributes:
@@ -154,7 +155,7 @@ class MessageAuth:
         >>> auth.check("a.b", b"{}", headers, run="r1")
         >>> try:
         ...     auth.check("a.b", b"{}", headers, run="r1")
-        ... except BadMessage as exc:
+        ... except BadMessageError as exc:
         ...     print(exc.reason)
         replayed
     """
@@ -236,11 +237,11 @@ class MessageAuth:
                 (None: not checked).
 
         Raises:
-            BadMessage: Naming why it was refused.
+            BadMessageError: Naming why it was refused.
         """
         try:
             self._check(subject, body, headers or {}, run)
-        except BadMessage as exc:
+        except BadMessageError as exc:
             with self._lock:
                 self.dropped[exc.reason] += 1
             raise
@@ -252,25 +253,28 @@ class MessageAuth:
             return
         signature = headers.get(HEADER_SIGNATURE)
         if not signature:
-            raise BadMessage("unsigned", "no signature header")
+            raise BadMessageError("unsigned", "no signature header")
         ts = headers.get(HEADER_TIMESTAMP, "")
         nonce = headers.get(HEADER_NONCE, "")
         signed_run = headers.get(HEADER_RUN, "")
         expected = self._mac(subject, ts, nonce, signed_run, body)
         if not hmac.compare_digest(expected, signature):
-            raise BadMessage("bad-signature", "the signature does not match")
+            raise BadMessageError("bad-signature", "the signature does not match")
         try:
             sent = float(ts)
         except ValueError:
-            raise BadMessage("malformed", "the timestamp is not a number") from None
+            raise BadMessageError(
+                "malformed", "the timestamp is not a number"
+            ) from None
         if len(nonce) < 16:
-            raise BadMessage("malformed", "the nonce is too short")
+            raise BadMessageError("malformed", "the nonce is too short")
         if run is not None and run != signed_run:
-            raise BadMessage("bad-signature", "the body names another run")
+            raise BadMessageError("bad-signature", "the body names another run")
         now = self._clock()
         if abs(now - sent) > self.window_seconds:
-            raise BadMessage(
-                "stale", f"sent {now - sent:+.0f}s from now (window ±{self.window_seconds:g}s)"
+            raise BadMessageError(
+                "stale",
+                f"sent {now - sent:+.0f}s from now (window ±{self.window_seconds:g}s)",
             )
         with self._lock:
             seen = self._seen
@@ -278,7 +282,7 @@ class MessageAuth:
             while seen.order and seen.order[0][0] < horizon:
                 seen.nonces.discard(seen.order.popleft()[1])
             if nonce in seen.nonces:
-                raise BadMessage("replayed", "this nonce was already accepted")
+                raise BadMessageError("replayed", "this nonce was already accepted")
             seen.nonces.add(nonce)
             seen.order.append((now, nonce))
 

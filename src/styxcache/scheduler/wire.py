@@ -99,7 +99,7 @@ def reload_subject(prefix: str) -> str:
 
 
 def health_subject(prefix: str, name: str) -> str:
-    """Return the health-check subject of one scheduler (`<prefix>.scheduler.<name>`)."""
+    """Return a scheduler's health-check subject (`<prefix>.scheduler.<name>`)."""
     return f"{prefix}.scheduler.{name}"
 
 

@@ -1,0 +1,322 @@
+"""Scale benchmark: a cache of 100,000 entries (issue 14).
+
+Builds a cache of N entries and times what a user runs on it: `stats`,
+`ls --limit 50`, the first row of a full `ls`, `gc --dry-run`, a real `gc`,
+`verify`, `export` and `import`, each as the console script in its own
+process (what a user waits for, interpreter start-up included; the start-up
+of `styxcache --help` is measured alongside). It also times a hit and a miss
+through `CachingRunner` with a do-nothing base runner (it writes its one
+output in-process, so no process is spawned) on a 100-entry cache and on the
+big one, side by side with the bare base runner.
+
+The entries are written the way a miss writes them (`CacheStore.stage`, the
+output, `Manifest` with `scan_outputs`, `CacheStore.commit`, `record_tool`,
+a miss event in the process's event file), with the key computed by
+`key.build_payload`, minus running a tool; a few hundred real misses through
+`CachingRunner` are mixed in. Last uses are spread over 60 days.
+
+Usage:
+    python benchmarks/scale.py                   # 100,000 entries, ~2-3 minutes
+    python benchmarks/scale.py --entries 20000   # smaller
+    python benchmarks/scale.py --profile ls      # cProfile one command in-process
+
+Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import logging
+import os
+import pstats
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from styxdefs import Metadata, Runner
+from styxdefs.local_runner import _LocalExecution
+
+from styxcache import CachePolicy, CachingRunner
+from styxcache.catalog import record_commit
+from styxcache.events import CacheEvent, EventLog
+from styxcache.hashing import ContentHasher
+from styxcache.key import build_payload
+from styxcache.manifest import Manifest, scan_outputs
+from styxcache.store import CacheStore
+
+TOOLS = [
+    Metadata(id=f"tool{t}", name=f"tool {t}", package=f"pkg{t % 7}") for t in range(100)
+]
+DAY = 86400.0
+
+
+class _NullExecution(_LocalExecution):
+    """LocalRunner's execution, but `run` writes the output in this process."""
+
+    def run(
+        self, cargs: list[str], handle_stdout: Any = None, handle_stderr: Any = None
+    ) -> None:
+        (self.output_dir / "out.txt").write_text(cargs[-1])
+
+
+class NullRunner(Runner):
+    """A do-nothing base runner: no process, one small output file."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.count = 0
+        self.logger = logging.getLogger("bench.null")
+
+    def start_execution(self, metadata: Metadata) -> _NullExecution:
+        self.count += 1
+        return _NullExecution(
+            self.logger, self.data_dir / f"{self.count}", metadata, None
+        )
+
+
+def call(runner: Runner, tool: Metadata, i: int) -> None:
+    """One tool call the way a NiWrap wrapper makes it."""
+    execution = runner.start_execution(tool)
+    execution.params({"@type": f"{tool.package}/{tool.id}", "subject": i, "fwhm": 6.0})
+    execution.output_file("out.txt")
+    execution.run(["write", f"subject {i}\n"])
+
+
+def fill(root: Path, count: int, *, start: int = 0) -> None:
+    """Write `count` entries the way a miss does, minus running a tool."""
+    store = CacheStore(root)
+    events = EventLog(root)
+    hasher = ContentHasher()
+    now = time.time()
+    for i in range(start, start + count):
+        tool = TOOLS[i % len(TOOLS)]
+        params = {"@type": f"{tool.package}/{tool.id}", "subject": i, "fwhm": 6.0}
+        payload = build_payload(
+            metadata=tool,
+            image=None,
+            env={},
+            params=params,
+            inputs=[],
+            digests=[],
+            extra={},
+            path_params="ignore",
+            hash_path=lambda p: "",
+        )
+        key = payload.key()
+        staging = store.stage(key)
+        (staging / "out.txt").write_text(f"subject {i}\n" * (1 + i % 50))
+        manifest = Manifest(
+            key=key,
+            tool=f"{tool.package}/{tool.id}",
+            payload=payload.to_json(),
+            outputs=scan_outputs(
+                staging, skip=store.RESERVED, hash_file=hasher.hash_file
+            ),
+            fingerprint="0" * 64,
+            fingerprint_parts={"cargs": "write"},
+            duration_s=1.0 + i % 60,
+            exit_status=0,
+            created=now,
+            last_used=now,
+            version="bench",
+        )
+        (staging / store.MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+        entry = store.commit(staging, key)
+        store.record_tool(manifest.tool, key)
+        record_commit(root, key, entry, manifest)
+        events.append(
+            CacheEvent("miss", manifest.tool, key, duration_s=manifest.duration_s)
+        )
+        used = now - DAY - (i * 7919 % (60 * 86400))
+        os.utime(entry, (used, used))
+
+
+def _script() -> list[str]:
+    found = shutil.which("styxcache", path=str(Path(sys.executable).parent))
+    return [found] if found else [sys.executable, "-m", "styxcache.cli"]
+
+
+def timed(
+    args: list[str], env: dict[str, str], *, first_line: bool = False
+) -> tuple[float, float, int]:
+    """Run the console script; return (seconds to the first row, to the end, rc)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [*_script(), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    assert proc.stdout is not None
+    first = 0.0
+    if first_line:
+        header = 0
+        for line in proc.stdout:
+            header += 1
+            if header == 3:  # title, rule, first row
+                first = time.perf_counter() - started
+                break
+    proc.stdout.read()
+    rc = proc.wait()
+    return first, time.perf_counter() - started, rc
+
+
+def _per_call(fn: Callable[[int], None], n: int) -> float:
+    times = []
+    for i in range(n):
+        t = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def hit_and_miss(
+    work: Path, cache: Path, label: str, calls: int = 300
+) -> dict[str, float]:
+    """Median per-call times: bare base runner, miss, hit (warm)."""
+    base = NullRunner(work / f"{label}-bare")
+    bare = _per_call(lambda i: call(base, TOOLS[i % 100], 10_000_000 + i), calls)
+    runner = CachingRunner(
+        NullRunner(work / f"{label}-scratch"), cache, policy=CachePolicy()
+    )
+    offset = 20_000_000 + hash(label) % 1_000_000 * 1000
+    miss = _per_call(lambda i: call(runner, TOOLS[i % 100], offset + i), calls)
+    hit = _per_call(lambda i: call(runner, TOOLS[i % 100], offset + i), calls)
+    return {"bare": bare, "miss": miss, "hit": hit}
+
+
+def profile(command: list[str], cache: Path) -> None:
+    from styxcache.cli import main
+
+    os.environ["STYXCACHE_DIR"] = str(cache)
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        main(command, standalone_mode=False)
+    except SystemExit:
+        pass
+    prof.disable()
+    pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--keep", type=Path, help="Build (or reuse) the cache here.")
+    parser.add_argument("--profile", help="cProfile one command (e.g. 'ls') and stop.")
+    parser.add_argument("--json", type=Path, help="Also write the figures here.")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="styx-scale-"))
+    cache = args.keep or work / "cache"
+    rows: list[tuple[str, str, str]] = []
+    figures: dict[str, Any] = {"entries": args.entries}
+    try:
+        if not (cache / "done-filling").exists():
+            started = time.perf_counter()
+            fill(cache, args.entries)
+            (cache / "done-filling").write_text("")
+            print(
+                f"filled {args.entries} entries in {time.perf_counter() - started:.1f} s",
+                file=sys.stderr,
+            )
+        if args.profile:
+            profile(args.profile.split(), cache)
+            return 0
+        small = work / "small"
+        fill(small, 100)
+        env = {**os.environ, "STYXCACHE_DIR": str(cache)}
+        _, startup, _ = timed(["--help"], env)
+        figures["startup"] = startup
+        for name, argv, first in [
+            ("stats", ["stats"], False),
+            ("ls --limit 50", ["ls", "--limit", "50"], False),
+            ("ls (everything): first row", ["ls"], True),
+            (
+                "gc --dry-run --max-entries 90%",
+                ["gc", "--dry-run", "--max-entries", str(args.entries * 9 // 10)],
+                False,
+            ),
+            ("verify (sizes)", ["verify"], False),
+            (
+                "gc --max-entries 90% (removes 10%)",
+                [
+                    "gc",
+                    "--max-entries",
+                    str(args.entries * 9 // 10),
+                    "--keep-recent",
+                    "0",
+                ],
+                False,
+            ),
+        ]:
+            first_s, total, rc = timed(argv, env, first_line=first)
+            figures[name] = {"first": first_s, "total": total, "rc": rc}
+            shown = (
+                f"{first_s:.2f} s (whole listing {total:.1f} s)"
+                if first
+                else f"{total:.2f} s"
+            )
+            rows.append((name, shown, f"exit {rc}"))
+            print(rows[-1], file=sys.stderr)
+        archive = work / "all.tar.gz"
+        _, total, rc = timed(["export", str(archive)], env)
+        size = archive.stat().st_size if archive.exists() else 0
+        rows.append(
+            ("export (all)", f"{total:.1f} s", f"{size / 2**20:.1f} MiB, exit {rc}")
+        )
+        figures["export"] = {"total": total, "bytes": size}
+        t = time.perf_counter()
+        subprocess.run(["sh", "-c", f"gzip -dc {archive} > /dev/null"], check=True)
+        gunzip = time.perf_counter() - t
+        t = time.perf_counter()
+        subprocess.run(
+            ["tar", "-xzf", str(archive), "-C", str(work / "small")], check=True
+        )
+        untar = time.perf_counter() - t
+        target = work / "imported"
+        _, total, rc = timed(["import", "--cache-dir", str(target), str(archive)], env)
+        rows.append(
+            (
+                "import (all)",
+                f"{total:.1f} s",
+                f"`gzip -dc`: {gunzip:.1f} s, `tar -xzf`: {untar:.1f} s; exit {rc}",
+            )
+        )
+        figures["import"] = {"total": total, "gunzip": gunzip, "untar": untar}
+        for label, where in (
+            ("100 entries", small),
+            (f"{args.entries} entries", cache),
+        ):
+            got = hit_and_miss(work, where, label.split()[0])
+            figures[label] = got
+            rows.append((f"hit, {label}", f"{got['hit'] * 1e3:.3f} ms", ""))
+            rows.append(
+                (
+                    f"miss, {label}",
+                    f"{(got['miss'] - got['bare']) * 1e3:.3f} ms library time",
+                    f"bare base runner {got['bare'] * 1e3:.3f} ms",
+                )
+            )
+        print(
+            f"\ninterpreter + import start-up (`styxcache --help`): {startup:.2f} s\n"
+        )
+        print("| operation | time | notes |\n|---|---|---|")
+        for row in rows:
+            print(f"| {row[0]} | {row[1]} | {row[2]} |")
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=1))
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

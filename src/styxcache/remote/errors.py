@@ -1,0 +1,96 @@
+"""What can go wrong with a remote cache, and turning client errors into those.
+
+Every call into the object-store client goes through `client_call`, so a
+local filesystem error is never mistaken for a remote one, and no client
+message reaches a log before its secrets are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+
+__all__ = [
+    "DamagedEntryError",
+    "ObjectMissingError",
+    "RemoteConfigError",
+    "RemoteError",
+    "client_call",
+    "scrub",
+]
+
+_SECRET_VARS = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_TOKEN",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_SAS_KEY",
+    "AZURE_CLIENT_SECRET",
+)
+
+
+class RemoteConfigError(ValueError):
+    """A remote cache setting that cannot work (bad URL, client missing)."""
+
+
+class RemoteError(Exception):
+    """The object store failed: network, authentication, timeout, server error.
+
+    Attributes:
+        kind: The client's error class (`PermissionDeniedError`...).
+    """
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class ObjectMissingError(RemoteError):
+    """The object does not exist in the store."""
+
+
+class DamagedEntryError(ValueError):
+    """A remote entry fails verification: it is never served."""
+
+
+def scrub(message: str) -> str:
+    """Shorten a client error to its first line and remove every secret value.
+
+    Args:
+        message: The error text.
+
+    Returns:
+        One line of at most 400 characters, secret environment values
+        replaced by `***`.
+    """
+    text = message.strip()
+    line = text.splitlines()[0] if text else "unknown error"
+    for name in _SECRET_VARS:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            line = line.replace(value, "***")
+    line = re.sub(r"(?i)(signature=|x-amz-security-token=|sig=)[^&\s]+", r"\1***", line)
+    return line[:400]
+
+
+@contextlib.contextmanager
+def client_call(what: str) -> Iterator[None]:
+    """Translate the errors of the object-store calls made inside the block.
+
+    Args:
+        what: The operation and object, for the message.
+
+    Raises:
+        ObjectMissingError: The object does not exist.
+        RemoteError: Anything else the client raised.
+    """
+    try:
+        yield
+    except FileNotFoundError:
+        raise ObjectMissingError(f"{what}: not found", "NotFoundError") from None
+    except Exception as exc:
+        kind = type(exc).__name__
+        raise RemoteError(f"{what}: {scrub(str(exc))}", kind) from None

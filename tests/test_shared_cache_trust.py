@@ -1,0 +1,394 @@
+"""A shared cache no member can poison, tested with real Unix users.
+
+Two users, `a` and `b`, share a group. Each pipeline step runs in a forked
+child that has switched to that user (setgroups/setgid/setuid), so every file
+is created, renamed and checked by the kernel with that user's rights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import grp
+import os
+import pickle
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import blake3
+import pytest
+from styxdefs import LocalRunner, Metadata
+
+from conftest import require, run_tool
+from styxcache import CacheEvent, CachePolicy, CachingRunner
+from styxcache.store import remove_tree
+from styxcache.trust import prepare_shared_cache
+
+COPY = Metadata(id="copy", name="Copy a file", package="test")
+FORGED = "forged!\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Lab:
+    a: User
+    b: User
+    group: str
+    gid: int
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    """Two real users in one shared group, removed at the end."""
+    require(
+        os.geteuid() == 0 and shutil.which("useradd") is not None,
+        "creating Unix users needs root and useradd (CI runs as root)",
+    )
+    suffix = f"{os.getpid() % 100000}"
+    group = f"sclab{suffix}"
+    names = [f"scusa{suffix}", f"scusb{suffix}"]
+    subprocess.run(["groupadd", group], check=True)
+    try:
+        for name in names:
+            subprocess.run(
+                ["useradd", "-M", "-N", "-g", group, "-s", "/usr/sbin/nologin", name],
+                check=True,
+            )
+        gid = grp.getgrnam(group).gr_gid
+        users = [User(n, pwd.getpwnam(n).pw_uid, gid) for n in names]
+        yield Lab(users[0], users[1], group, gid)
+    finally:
+        for name in names:
+            subprocess.run(["userdel", name], check=False, capture_output=True)
+        subprocess.run(["groupdel", group], check=False, capture_output=True)
+
+
+@pytest.fixture
+def base(lab: Lab) -> Iterator[Path]:
+    """A folder every user can traverse (pytest's tmp_path is root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="styxcache-trust-", dir="/tmp"))
+    path.chmod(0o755)
+    (path / "in.txt").write_text("the real result\n")
+    (path / "in.txt").chmod(0o644)
+    for user in (lab.a, lab.b):
+        scratch = path / user.name
+        scratch.mkdir()
+        os.chown(scratch, user.uid, user.gid)
+    yield path
+    remove_tree(path)
+
+
+def start_as_user(
+    user: User, umask: int, func: Callable[..., Any], *args: Any
+) -> Callable[[], Any]:
+    """Start `func(*args)` in a forked child switched to `user`.
+
+    Returns:
+        A function that waits for the child and returns `func`'s result.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            os.close(read_end)
+            os.setgroups([user.gid])
+            os.setgid(user.gid)
+            os.setuid(user.uid)
+            os.umask(umask)
+            payload = pickle.dumps(("ok", func(*args)))
+        except BaseException:
+            payload = pickle.dumps(("error", traceback.format_exc()))
+        with os.fdopen(write_end, "wb") as out:
+            out.write(payload)
+        os._exit(0)
+    os.close(write_end)
+
+    def result() -> Any:
+        with os.fdopen(read_end, "rb") as answer:
+            data = answer.read()
+        os.waitpid(pid, 0)
+        status, value = pickle.loads(data)
+        if status == "error":
+            raise AssertionError(f"step as {user.name} failed:\n{value}")
+        return value
+
+    return result
+
+
+def as_user(user: User, umask: int, func: Callable[..., Any], *args: Any) -> Any:
+    """Run `func(*args)` in a forked child switched to `user`; return its result."""
+    return start_as_user(user, umask, func, *args)()
+
+
+def copy_step(
+    cache: Path,
+    base: Path,
+    trust: Any = "self",
+    verify: str = "size",
+    command: list[str] | None = None,
+) -> dict[str, Any]:
+    """One pipeline step, the way generated wrapper code calls the runner."""
+    events: list[CacheEvent] = []
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    runner = CachingRunner(
+        LocalRunner(data_dir=base / me / "styx_tmp"),
+        cache,
+        policy=CachePolicy(trust=trust, verify=verify, memo=False),  # type: ignore[arg-type]
+        on_event=events.append,
+    )
+    out = run_tool(
+        runner,
+        COPY,
+        {"infile": str(base / "in.txt")},
+        inputs={"infile": {}},
+        outputs={"out": "out.txt"},
+        cargs=lambda p: [*(command or []), "cp", p["infile"], "out.txt"],
+    )
+    return {
+        "content": out["out"].read_text(),
+        "path": str(out["out"]),
+        "kinds": [e.kind for e in events],
+        "reasons": [e.reason for e in events],
+    }
+
+
+def forge_entry(entry: Path, target: Path) -> None:
+    """Write a forged copy of `entry` at `target`, manifest and all.
+
+    Same size as the real output and a manifest whose digest matches the
+    forged bytes, so neither `verify="size"` nor `verify="full"` notices.
+    """
+    import json
+
+    shutil.copytree(entry, target, symlinks=True)
+    for path in [target, *target.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    out = target / "out.txt"
+    real = out.read_text()
+    forged = FORGED.ljust(len(real) - 1, "!") + "\n"
+    out.write_text(forged)
+    manifest_path = target / ".styxcache.manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for record in manifest["outputs"]:
+        if record["path"] == "out.txt":
+            record["digest"] = blake3.blake3(forged.encode()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def replace_entry(entry: str, scratch: str) -> list[str]:
+    """Member b's attack: move a's entry away and put a forged one there."""
+    done: list[str] = []
+    forged = Path(scratch) / "forged"
+    forge_entry(Path(entry), forged)
+    try:
+        # Within the shard: moving a's folder elsewhere would need write
+        # access to the folder itself, which a sealed entry does not give.
+        os.rename(entry, f"{entry}.stolen")
+        done.append("moved a's entry away")
+    except OSError as exc:
+        done.append(f"refused: {exc.strerror}")
+        return done
+    os.rename(forged, entry)
+    done.append("planted the forged entry")
+    return done
+
+
+def rewrite_in_place(entry: str) -> str:
+    """Member b's other attack: edit a's committed output and manifest."""
+    try:
+        Path(entry, "out.txt").write_text(FORGED)
+    except OSError as exc:
+        return f"refused: {exc.strerror}"
+    return "rewritten"
+
+
+def old_docs_cache(base: Path, lab: Lab, owner: User | None = None) -> Path:
+    """The cache as the old how-to set it up: chgrp lab, chmod g+rwxs, no +t."""
+    cache = base / "cache"
+    cache.mkdir()
+    os.chown(cache, owner.uid if owner else -1, lab.gid)
+    cache.chmod(0o2775)
+    return cache
+
+
+def test_forged_replacement_is_not_served_even_with_full_verify(
+    lab: Lab, base: Path
+) -> None:
+    cache = old_docs_cache(base, lab, owner=lab.a)
+    first = as_user(lab.a, 0o002, copy_step, cache, base)
+    assert first["kinds"] == ["miss"] and first["content"] == "the real result\n"
+    entry = str(Path(first["path"]).parent)
+    assert Path(entry).parent.parent == cache
+    # In the old layout the shard is group-writable and not sticky, so b can
+    # swap a's entry for a forged one whose manifest matches it.
+    steps = as_user(lab.b, 0o002, replace_entry, entry, str(base / lab.b.name))
+    assert steps == ["moved a's entry away", "planted the forged entry"]
+    again = as_user(lab.a, 0o002, copy_step, cache, base, "self", "full")
+    assert again["content"] == "the real result\n"
+    assert again["kinds"] == ["miss"]
+    assert "not trusted" in again["reasons"][0]
+    # The victim did not delete the planted entry (it is not hers).
+    assert Path(entry, "out.txt").read_text().startswith("forged!")
+
+
+def test_members_cannot_touch_each_others_entries_in_a_prepared_cache(
+    lab: Lab, base: Path
+) -> None:
+    cache = prepare_shared_cache(base / "cache", lab.group)
+    first = as_user(lab.a, 0o002, copy_step, cache, base)
+    entry = str(Path(first["path"]).parent)
+    assert Path(entry).parent.parent == cache
+    for path in [Path(entry), *Path(entry).iterdir()]:
+        assert not path.lstat().st_mode & (stat.S_IWGRP | stat.S_IWOTH), path
+    assert as_user(lab.b, 0o002, rewrite_in_place, entry).startswith("refused")
+    steps = as_user(lab.b, 0o002, replace_entry, entry, str(base / lab.b.name))
+    assert steps[0].startswith("refused")  # the sticky shard protects a's entry
+    again = as_user(lab.a, 0o002, copy_step, cache, base, "self", "full")
+    assert again == {**first, "kinds": ["hit"], "reasons": again["reasons"]}
+
+
+def plant_shard(cache: str, base: str) -> list[str]:
+    """Member b plants a forged shard for a's key (renaming a's shard if any).
+
+    b learns the key by running the same step in a private cache.
+    """
+    scratch = Path(base) / pwd.getpwuid(os.geteuid()).pw_name
+    own = copy_step(scratch / "own-cache", Path(base))
+    real_entry = Path(own["path"]).parent
+    shard, name = real_entry.parent.name, real_entry.name
+    forged_shard = scratch / "shard"
+    forged_shard.mkdir()
+    forge_entry(real_entry, forged_shard / name)
+    done: list[str] = []
+    target = Path(cache, shard)
+    if target.exists():
+        try:
+            os.rename(target, Path(cache, f"{shard}.old"))
+        except OSError as exc:
+            return [f"refused: {exc.strerror}"]
+        done.append("renamed a's shard")
+    os.rename(forged_shard, target)
+    done.append("planted a forged shard")
+    return done
+
+
+@pytest.mark.parametrize("owner", ["admin", "a"])
+def test_a_planted_shard_is_refused(lab: Lab, base: Path, owner: str) -> None:
+    cache = old_docs_cache(base, lab, owner=lab.a if owner == "a" else None)
+    first = as_user(lab.a, 0o022, copy_step, cache, base)
+    assert first["content"] == "the real result\n"
+    planted = as_user(lab.b, 0o022, plant_shard, str(cache), str(base))
+    again = as_user(lab.a, 0o022, copy_step, cache, base, "self", "full")
+    assert again["content"] == "the real result\n"
+    if owner == "a":
+        # a's own cache folder was made sticky on a's first lookup, so b
+        # cannot rename a's shard at all.
+        assert planted == ["refused: Operation not permitted"]
+        assert again["kinds"] == ["hit"]
+    else:
+        # The admin's folder is group-writable without the sticky bit: a
+        # never trusted it, ran uncached, and refuses b's planted shard.
+        assert planted == ["planted a forged shard"]
+        assert again["kinds"] == ["miss"] and "not trusted" in again["reasons"][0]
+
+
+def test_members_who_trust_each_other_share_hits(lab: Lab, base: Path) -> None:
+    cache = prepare_shared_cache(base / "cache", lab.group)
+    first = as_user(lab.a, 0o002, copy_step, cache, base)
+    assert first["kinds"] == ["miss"]
+    by_name = as_user(lab.b, 0o002, copy_step, cache, base, [lab.a.name])
+    by_group = as_user(lab.b, 0o002, copy_step, cache, base, "group")
+    for served in (by_name, by_group):
+        assert served["kinds"] == ["hit"]
+        assert served["path"] == first["path"]
+        assert served["content"] == "the real result\n"
+
+
+def test_an_untrusted_members_entry_runs_uncached_and_stays(
+    lab: Lab, base: Path
+) -> None:
+    cache = prepare_shared_cache(base / "cache", lab.group)
+    first = as_user(lab.a, 0o002, copy_step, cache, base)
+    mine = as_user(lab.b, 0o002, copy_step, cache, base)  # trust="self"
+    assert mine["kinds"] == ["miss"] and "not trusted" in mine["reasons"][0]
+    assert mine["content"] == "the real result\n"
+    assert mine["path"] != first["path"]  # b's result stays with b's runner
+    assert Path(first["path"]).read_text() == "the real result\n"
+
+
+# Without other users: the policy knob, and one's own damaged entries ---------
+
+
+def test_the_trust_setting_is_checked_when_the_policy_is_made() -> None:
+    with pytest.raises(ValueError, match="no such user: 'no-such-user-zz'"):
+        CachePolicy(trust=["no-such-user-zz"])
+    with pytest.raises(ValueError, match="'self', 'group', 'any'"):
+        CachePolicy(trust="everyone")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not a user name or uid"):
+        CachePolicy(trust=[1.5])  # type: ignore[list-item]
+    assert CachePolicy(trust=["root", 0, 7]).trust == (0, 7)
+    assert CachePolicy().trust == "self"
+
+
+def test_an_own_entry_others_may_write_is_moved_aside_and_recomputed(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "in.txt").write_text("the real result\n")
+    cache = tmp_path / "cache"
+    first = copy_step(cache, tmp_path)
+    out = Path(first["path"])
+    out.chmod(0o646)  # anyone may now rewrite the cached output
+    again = copy_step(cache, tmp_path)
+    assert again["kinds"] == ["miss"] and "writable by others" in again["reasons"][0]
+    assert list((cache / ".quarantine").glob(f"*{out.parent.name}*"))
+    assert copy_step(cache, tmp_path)["kinds"] == ["hit"]
+
+
+def test_trust_any_turns_the_checks_off(tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("the real result\n")
+    cache = tmp_path / "cache"
+    Path(copy_step(cache, tmp_path, "any")["path"]).chmod(0o646)
+    assert copy_step(cache, tmp_path, "any")["kinds"] == ["hit"]
+
+
+def plant_entry(cache: str, base: str) -> str:
+    """Member b plants a forged entry for a's key in a prepared cache."""
+    scratch = Path(base) / pwd.getpwuid(os.geteuid()).pw_name
+    own = copy_step(scratch / "own-cache", Path(base))
+    real_entry = Path(own["path"]).parent
+    forge_entry(real_entry, scratch / "forged")
+    target = Path(cache, real_entry.parent.name, real_entry.name)
+    os.rename(scratch / "forged", target)
+    return str(target)
+
+
+def test_an_entry_planted_while_the_tool_runs_is_not_handed_over(
+    lab: Lab, base: Path
+) -> None:
+    cache = prepare_shared_cache(base / "cache", lab.group)
+    started, go = base / "started", base / "go"
+    for fifo in (started, go):
+        os.mkfifo(fifo)
+        fifo.chmod(0o666)
+    # a's tool says it started, then waits for the word to finish.
+    gate = ["sh", "-c", f'echo started > {started}; read x < {go}; exec "$@"', "sh"]
+    finish = start_as_user(lab.a, 0o002, copy_step, cache, base, "self", "size", gate)
+    assert started.read_text() == "started\n"
+    planted = as_user(lab.b, 0o002, plant_entry, str(cache), str(base))
+    go.write_text("go\n")
+    with pytest.raises(AssertionError, match="UntrustedEntryError") as failed:
+        finish()
+    assert "is not trusted" in str(failed.value)
+    assert Path(planted, "out.txt").read_text().startswith("forged!")
