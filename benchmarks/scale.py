@@ -210,8 +210,15 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="Build (or reuse) the cache here.")
     parser.add_argument("--profile", help="cProfile one command (e.g. 'ls') and stop.")
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
+        help="Where to build the caches (default: /dev/shm, a RAM disk, so the "
+        "figures show styxcache's own cost, not the disk's).",
+    )
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="styx-scale-"))
+    work = Path(tempfile.mkdtemp(prefix="styx-scale-", dir=args.dir))
     cache = args.keep or work / "cache"
     rows: list[tuple[str, str, str]] = []
     figures: dict[str, Any] = {"entries": args.entries}

@@ -156,11 +156,17 @@ def test_fifo_and_device_inputs_run_uncached_with_one_warning(
     strict = make_runner(
         tmp_path / "cache2", tmp_path / "styx_tmp", unkeyable_params="error"
     )
-    execution = strict.start_execution(TOOL)
-    execution.input_file(str(fifo))
-    execution.output_file("out.txt")
+
+    def strict_call() -> None:
+        execution = strict.start_execution(TOOL)
+        execution.input_file(str(fifo))
+        execution.output_file("out.txt")
+        execution.run(["sh", "-c", f"echo run >> {counter}"])
+
+    # Raised as soon as the key is settled, before the tool runs.
     with pytest.raises(UnkeyableInputError, match="FIFO"):
-        run_bounded(lambda: execution.run(["true"]))
+        run_bounded(strict_call)
+    assert runs(counter) == 3
 
 
 def test_huge_folder_param_runs_uncached_naming_the_param(

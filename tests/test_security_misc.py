@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pickle
+import pty
 import sqlite3
 import subprocess
 import textwrap
@@ -136,11 +137,42 @@ def test_markup_in_names_and_paths_is_printed_as_it_is(tmp_path: Path) -> None:
     assert "out[red].txt" in verify.output.replace("\n", "")
 
 
-def noop() -> None:
+def noop(*_args: object) -> None:
     """A schedule target."""
 
 
-def test_schedule_list_and_history_print_paths_as_they_are(tmp_path: Path) -> None:
+def fail_with_markup(*_args: object) -> None:
+    """A schedule target whose error message looks like rich markup."""
+    raise RuntimeError("boom x[/]y[bold]")
+
+
+def _on_a_terminal(*args: str) -> tuple[int, str]:
+    """Run the console script with stdout on a pseudo-terminal (rich tables)."""
+    master, slave = pty.openpty()
+    proc = subprocess.run(
+        ["styxcache", *args],
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent), "COLUMNS": "200"},
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other end is closed and drained
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return proc.returncode, b"".join(chunks).decode() + proc.stderr
+
+
+def test_schedule_list_and_history_print_data_as_it_is(tmp_path: Path) -> None:
     folder = tmp_path / "jobs[/]x[bold]"  # "jobs[" / "]x[bold]"
     folder.mkdir(parents=True)
     config = folder / "jobs.yaml"
@@ -152,22 +184,24 @@ def test_schedule_list_and_history_print_paths_as_they_are(tmp_path: Path) -> No
             schedules:
               - name: nightly
                 interval_seconds: 60
-                target: test_security_misc:noop
+                target: test_security_misc:fail_with_markup
             """
         )
     )
-    listed = CliRunner().invoke(main, ["schedule", "list", str(config)])
-    assert listed.exit_code == 0, listed.output
-    assert "[/]" in listed.output and "nightly" in listed.output
+    code, listed = _on_a_terminal("schedule", "list", str(config))
+    assert code == 0, listed
+    assert "jobs[/]x[bold]" in listed and "Traceback" not in listed
     clock = FakeClock()
     scheduler = Scheduler.from_yaml(config, clock=clock, executor=InlineExecutor())
     scheduler.run_pending()
     clock.advance(120)
     scheduler.run_pending()
     scheduler.close()
-    history = CliRunner().invoke(main, ["schedule", "history", str(config)])
-    assert history.exit_code == 0, history.output
-    assert "[/]" in history.output and "nightly" in history.output
+    code, history = _on_a_terminal("schedule", "history", str(config))
+    assert code == 0, history
+    assert "boom x[/]y[bold]" in history and "Traceback" not in history
+    piped = CliRunner().invoke(main, ["schedule", "history", str(config)])
+    assert piped.exit_code == 0 and "boom x[/]y[bold]" in piped.output
 
 
 # The ledger: corrupt and empty files ------------------------------------------

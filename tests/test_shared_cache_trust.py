@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import grp
+import json
 import os
 import pickle
 import pwd
@@ -16,6 +17,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -71,7 +73,7 @@ def lab() -> Iterator[Lab]:
         yield Lab(users[0], users[1], group, gid)
     finally:
         for name in names:
-            subprocess.run(["userdel", name], check=False, capture_output=True)
+            subprocess.run(["userdel", "-f", name], check=False, capture_output=True)
         subprocess.run(["groupdel", group], check=False, capture_output=True)
 
 
@@ -86,6 +88,11 @@ def base(lab: Lab) -> Iterator[Path]:
         scratch = path / user.name
         scratch.mkdir()
         os.chown(scratch, user.uid, user.gid)
+    # One step as root first, so every module a step imports lazily is loaded
+    # before the children switch users (the interpreter may live under a
+    # folder only root can read, as in CI).
+    copy_step(path / "warm-up", path)
+    remove_tree(path / "warm-up")
     yield path
     remove_tree(path)
 
@@ -170,8 +177,6 @@ def forge_entry(entry: Path, target: Path) -> None:
     Same size as the real output and a manifest whose digest matches the
     forged bytes, so neither `verify="size"` nor `verify="full"` notices.
     """
-    import json
-
     shutil.copytree(entry, target, symlinks=True)
     for path in [target, *target.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
@@ -363,6 +368,16 @@ def test_trust_any_turns_the_checks_off(tmp_path: Path) -> None:
     assert copy_step(cache, tmp_path, "any")["kinds"] == ["hit"]
 
 
+def _release(fifo: Path) -> None:
+    """Let a tool waiting on `fifo` finish (if nobody waits, nothing to do)."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return
+    with os.fdopen(fd, "w") as handle:
+        handle.write("go\n")
+
+
 def plant_entry(cache: str, base: str) -> str:
     """Member b plants a forged entry for a's key in a prepared cache."""
     scratch = Path(base) / pwd.getpwuid(os.geteuid()).pw_name
@@ -385,10 +400,37 @@ def test_an_entry_planted_while_the_tool_runs_is_not_handed_over(
     # a's tool says it started, then waits for the word to finish.
     gate = ["sh", "-c", f'echo started > {started}; read x < {go}; exec "$@"', "sh"]
     finish = start_as_user(lab.a, 0o002, copy_step, cache, base, "self", "size", gate)
-    assert started.read_text() == "started\n"
-    planted = as_user(lab.b, 0o002, plant_entry, str(cache), str(base))
-    go.write_text("go\n")
+    try:
+        # In a thread, so that a child that failed early fails the test
+        # instead of leaving it waiting on the pipe forever.
+        said: list[str] = []
+        waiter = threading.Thread(
+            target=lambda: said.append(started.read_text()), daemon=True
+        )
+        waiter.start()
+        waiter.join(120)
+        assert said == ["started\n"], "a's tool never started"
+        planted = as_user(lab.b, 0o002, plant_entry, str(cache), str(base))
+    finally:
+        _release(go)
     with pytest.raises(AssertionError, match="UntrustedEntryError") as failed:
         finish()
     assert "is not trusted" in str(failed.value)
     assert Path(planted, "out.txt").read_text().startswith("forged!")
+
+
+def test_gc_keeps_the_prepared_shard_folders(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from styxcache.cli import main
+
+    cache = prepare_shared_cache(tmp_path / "cache")
+    long_ago = 1_000_000_000
+    for shard in ("00", "ab", "ff"):
+        os.utime(cache / shard, (long_ago, long_ago))
+    result = CliRunner().invoke(main, ["gc", "--cache-dir", str(cache)])
+    assert result.exit_code == 0, result.output
+    for shard in ("00", "ab", "ff"):
+        mode = (cache / shard).stat().st_mode
+        assert stat.S_ISDIR(mode) and mode & stat.S_ISVTX
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o3775

@@ -31,6 +31,7 @@ from styxcache.modes import (
 from styxcache.policy import CachePolicy, ImageDigestResolver, parse_size, trust_tag
 from styxcache.runner import CacheDirectoryError, CachingRunner, use_cache
 from styxcache.store import CacheStore
+from styxcache.trust import UntrustedEntryError, prepare_shared_cache
 
 __all__ = [
     "CacheDirectoryError",
@@ -48,6 +49,7 @@ __all__ = [
     "Manifest",
     "OutputRecord",
     "ParamEncodingError",
+    "UntrustedEntryError",
     "bypass",
     "cache_mode",
     "collect_events",
@@ -55,6 +57,7 @@ __all__ = [
     "enabled",
     "is_bypassed",
     "parse_size",
+    "prepare_shared_cache",
     "refresh",
     "register_encoder",
     "trust_tag",

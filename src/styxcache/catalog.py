@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -35,16 +36,19 @@ __all__ = [
     "CATALOG_DIR",
     "CatalogRow",
     "append_rows",
+    "checks_of",
     "foldable",
     "load_catalog",
+    "manifest_stamp",
     "record_commit",
+    "row_for",
     "write_snapshot",
 ]
 
 _log = logging.getLogger("styxcache.catalog")
 
 CATALOG_DIR = ".catalog"
-_FORMAT = "c1"
+_FORMAT = "c2"
 _HOST = socket.gethostname()
 _RESERVED = (
     ".styxcache.manifest.json",
@@ -66,6 +70,12 @@ class CatalogRow(NamedTuple):
         files: Number of output files.
         created: Unix time of the commit.
         duration_s: How long the tool ran.
+        stamp: The manifest file's `inode:size:mtime_ns:ctime_ns` when the
+            row was written ("-" when unknown). Any change to the file
+            changes its ctime, which nothing can set back.
+        checks: The manifest without its key payload, as compact JSON ("-"
+            when unknown or too large): what `verify` needs, valid while
+            the manifest still has `stamp`.
     """
 
     key: str
@@ -75,19 +85,22 @@ class CatalogRow(NamedTuple):
     files: int
     created: float
     duration_s: float
+    stamp: str = "-"
+    checks: str = "-"
 
     def to_line(self) -> str:
         """Return the row as one tab-separated line."""
         return (
             f"{_FORMAT}\t{self.key}\t{self.inode}\t{self.size}\t{self.files}\t"
-            f"{self.created!r}\t{self.duration_s!r}\t{self.tool}\n"
+            f"{self.created!r}\t{self.duration_s!r}\t{self.tool}\t{self.stamp}\t"
+            f"{self.checks}\n"
         )
 
     @classmethod
     def from_line(cls, line: str) -> CatalogRow | None:
         """Parse a line; None for a torn, foreign or damaged one."""
         parts = line.rstrip("\n").split("\t")
-        if len(parts) != 8 or parts[0] != _FORMAT:
+        if len(parts) != 10 or parts[0] != _FORMAT:
             return None
         try:
             return cls(
@@ -98,6 +111,8 @@ class CatalogRow(NamedTuple):
                 int(parts[4]),
                 float(parts[5]),
                 float(parts[6]),
+                parts[8],
+                parts[9],
             )
         except ValueError:
             return None
@@ -292,6 +307,67 @@ def foldable(files: list[str]) -> int:
     return sum(1 for n in files if n.startswith("snapshot-") or _writer_finished(n))
 
 
+MAX_CHECKED_OUTPUTS = 256
+"""Entries with more outputs keep no `checks` (verify reads their manifest)."""
+
+
+def manifest_stamp(path: str | os.PathLike[str]) -> str:
+    """Return a manifest file's `inode:size:mtime_ns:ctime_ns`, or "-".
+
+    Args:
+        path: The manifest file.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "-"
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def checks_of(manifest: Manifest) -> str:
+    """Return the manifest without its key payload, as compact JSON, or "-".
+
+    Args:
+        manifest: The manifest.
+    """
+    if len(manifest.outputs) > MAX_CHECKED_OUTPUTS:
+        return "-"
+    light = dataclasses.replace(manifest, payload={}, fingerprint_parts={})
+    # Compact JSON escapes tabs and newlines: the line stays one line.
+    return json.dumps(dataclasses.asdict(light), separators=(",", ":"))
+
+
+def row_for(
+    key: str, entry: str | os.PathLike[str], manifest: Manifest
+) -> CatalogRow | None:
+    """Describe a committed entry folder for the catalog; None if it is gone.
+
+    Args:
+        key: The entry's key.
+        entry: Its folder.
+        manifest: Its manifest (as read from, or written to, the folder).
+    """
+    try:
+        inode = os.lstat(entry).st_ino
+    except OSError:
+        return None
+    extra = 0
+    for name in _RESERVED:
+        with contextlib.suppress(OSError):
+            extra += os.lstat(os.path.join(entry, name)).st_size
+    return CatalogRow(
+        key=key,
+        inode=inode,
+        tool=manifest.tool,
+        size=manifest.total_size + extra,
+        files=len(manifest.outputs),
+        created=manifest.created,
+        duration_s=manifest.duration_s,
+        stamp=manifest_stamp(os.path.join(entry, _RESERVED[0])),
+        checks=checks_of(manifest) if manifest.key == key else "-",
+    )
+
+
 def record_commit(root: Path, key: str, entry: Path, manifest: Manifest) -> None:
     """Catalog an entry just committed; never raises.
 
@@ -302,24 +378,9 @@ def record_commit(root: Path, key: str, entry: Path, manifest: Manifest) -> None
         manifest: Its manifest.
     """
     try:
-        inode = os.lstat(entry).st_ino
-        extra = 0
-        for name in _RESERVED:
-            with contextlib.suppress(OSError):
-                extra += os.lstat(os.path.join(entry, name)).st_size
-    except OSError:
+        row = row_for(key, entry, manifest)
+    except (OSError, TypeError, ValueError) as exc:
+        _log.debug("cannot catalog %s: %s", key[:12], exc)
         return
-    append_rows(
-        root,
-        [
-            CatalogRow(
-                key=key,
-                inode=inode,
-                tool=manifest.tool,
-                size=manifest.total_size + extra,
-                files=len(manifest.outputs),
-                created=manifest.created,
-                duration_s=manifest.duration_s,
-            )
-        ],
-    )
+    if row is not None:
+        append_rows(root, [row])

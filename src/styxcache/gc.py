@@ -435,7 +435,13 @@ def _staging_key(name: str) -> str:
     return head if "." in name and is_cache_key(head) else ""
 
 
-def _sweep(store: CacheStore, report: GcReport, ages: SweepAges, now: float) -> None:
+def _sweep(
+    store: CacheStore,
+    report: GcReport,
+    ages: SweepAges,
+    now: float,
+    present: frozenset[str] | None = None,
+) -> None:
     for path in _children(store, store.STAGING_DIR, report):
         age = _age(path, now)
         if age is None or age < ages.staging_s:
@@ -458,12 +464,21 @@ def _sweep(store: CacheStore, report: GcReport, ages: SweepAges, now: float) -> 
         age = _age(path, now, use_ctime=True)
         if age is not None and age >= ages.trash_s:
             _sweep_item(store, report, "trash", path)
-    _sweep_index(store, report)
+    _sweep_index(store, report, present)
     _sweep_shards(store, report, ages, now)
 
 
-def _sweep_index(store: CacheStore, report: GcReport) -> None:
-    """Drop per-tool index records of entries that are gone."""
+def _sweep_index(
+    store: CacheStore, report: GcReport, present: frozenset[str] | None = None
+) -> None:
+    """Drop per-tool index records of entries that are gone.
+
+    Args:
+        store: The cache.
+        report: Where removals are recorded.
+        present: Keys the entry scan found (and did not remove): their
+            records are kept without a system call each.
+    """
     for tool_dir in _children(store, store.TOOLS_DIR, report):
         if not real_dir(tool_dir):
             with contextlib.suppress(OSError):
@@ -472,6 +487,8 @@ def _sweep_index(store: CacheStore, report: GcReport) -> None:
                     report.note_unsafe(str(tool_dir), unsafe_reason(tool_dir, st))
             continue
         for item in folder_entries(tool_dir):
+            if present is not None and item.name in present:
+                continue
             # Only our own records: regular files named by a key.
             if not (is_cache_key(item.name) and item.is_file(follow_symlinks=False)):
                 continue
@@ -501,6 +518,8 @@ def _sweep_shards(
         if not is_shard_name(item.name) or not item.is_dir(follow_symlinks=False):
             continue
         shard = Path(item.path)
+        if item.stat(follow_symlinks=False).st_mode & stat.S_ISVTX:
+            continue  # laid out by prepare_shared_cache: its owner must keep it
         age = _age(shard, now)
         if age is None or age < ages.staging_s or folder_entries(shard):
             continue
@@ -558,7 +577,9 @@ def collect_garbage(
         keep_used_after=started if keep_used_after is None else keep_used_after,
     )
     if sweep:
-        _sweep(store, report, ages or SweepAges(), started)
+        gone = {r.entry.key for r in report.removed}
+        present = frozenset(e.key for e in entries if e.key not in gone)
+        _sweep(store, report, ages or SweepAges(), started, present)
     return report
 
 

@@ -21,6 +21,7 @@ from styxcache.catalog import (
     append_rows,
     foldable,
     load_catalog,
+    row_for,
     write_snapshot,
 )
 from styxcache.manifest import Manifest, ManifestError
@@ -131,6 +132,12 @@ def describe_entry(store: CacheStore, key: str) -> EntryInfo | None:
 
 
 def _describe(store: CacheStore, key: str, entry: Path, last_used: float) -> EntryInfo:
+    return _describe_read(store, key, entry, last_used)[0]
+
+
+def _describe_read(
+    store: CacheStore, key: str, entry: Path, last_used: float
+) -> tuple[EntryInfo, Manifest | None]:
     try:
         manifest = Manifest.read(entry / store.MANIFEST)
     except ManifestError:
@@ -139,9 +146,10 @@ def _describe(store: CacheStore, key: str, entry: Path, last_used: float) -> Ent
         state: EntryState = (
             "uncommitted" if (entry / store.UNCOMMITTED).exists() else "incomplete"
         )
-        return EntryInfo(
+        info = EntryInfo(
             key, "", folder_size(entry), 0, last_used, last_used, 0.0, state
         )
+        return info, None
     extra = 0
     for name in store.RESERVED:
         try:
@@ -154,7 +162,7 @@ def _describe(store: CacheStore, key: str, entry: Path, last_used: float) -> Ent
         state = "uncommitted"
     else:
         state = "incomplete"
-    return EntryInfo(
+    info = EntryInfo(
         key=key,
         tool=manifest.tool,
         size=manifest.total_size + extra,
@@ -164,6 +172,7 @@ def _describe(store: CacheStore, key: str, entry: Path, last_used: float) -> Ent
         duration_s=manifest.duration_s,
         state=state,
     )
+    return info, manifest
 
 
 class EntryStamp(NamedTuple):
@@ -231,20 +240,14 @@ class EntryDescriber:
                 row.duration_s,
                 "complete",
             )
-        info = _describe(self.store, stamp.key, Path(stamp.path), stamp.last_used)
-        if info.state == "complete":
-            self.learned += 1
-            self.valid.append(
-                CatalogRow(
-                    info.key,
-                    stamp.inode,
-                    info.tool,
-                    info.size,
-                    info.files,
-                    info.created,
-                    info.duration_s,
-                )
-            )
+        info, manifest = _describe_read(
+            self.store, stamp.key, Path(stamp.path), stamp.last_used
+        )
+        if info.state == "complete" and manifest is not None:
+            learned = row_for(stamp.key, stamp.path, manifest)
+            if learned is not None and learned.inode == stamp.inode:
+                self.learned += 1
+                self.valid.append(learned)
         return info
 
     def fold(self, *, complete: bool) -> None:

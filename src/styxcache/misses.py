@@ -85,9 +85,10 @@ def _explain_one(store: CacheStore, event: CacheEvent) -> MissExplanation:
             new.payload,
             limit=_CANDIDATES,
             skip_key=event.key,
-            # The miss happened at event.time: an entry committed after it
-            # (another process, a later run) is not what it missed against.
-            created_before=min(event.time, new.created),
+            # The event is written when the run ends; the miss happened when
+            # the call started. An entry committed after that (by another
+            # process while this tool ran) is not what it missed against.
+            created_before=min(event.time - event.duration_s, new.created),
         )
         if found is not None:
             nearest_key, differences = found

@@ -149,10 +149,13 @@ class Doubt:
         reason: What was found, naming the path and its owner or mode.
         own: The entry folder is yours: it is damage you may move aside,
             rather than someone else's entry you must leave alone.
+        whole_cache: The doubt is about the cache folder or a folder above
+            it, so it holds for every entry.
     """
 
     reason: str
     own: bool
+    whole_cache: bool = False
 
 
 class _Checker:
@@ -271,7 +274,7 @@ class _Checker:
     def check(self, entry: Path) -> Doubt | None:
         problem = self._check_root()
         if problem:
-            return Doubt(problem, own=False)
+            return Doubt(problem, own=False, whole_cache=True)
         shard = os.path.join(self.root, entry.parent.name)
         try:
             problem = self._folder_problem(shard, os.lstat(shard), repair=True)
@@ -290,6 +293,9 @@ class _Checker:
         problem = self._item_problem(path, st)
         if problem or not stat.S_ISDIR(st.st_mode):
             return problem
+        # The common case, a sealed item of a plainly trusted owner, is decided
+        # inline: this loop runs over every file of every hit.
+        plainly = {0, self.me, self._owner}
         pending = [path]
         while pending:
             folder = pending.pop()
@@ -302,10 +308,12 @@ class _Checker:
                     info = item.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                problem = self._item_problem(item.path, info)
-                if problem:
-                    return problem
-                if stat.S_ISDIR(info.st_mode):
+                mode = info.st_mode
+                if info.st_uid not in plainly or mode & _OTHERS_WRITE:
+                    problem = self._item_problem(item.path, info)
+                    if problem:
+                        return problem
+                if stat.S_ISDIR(mode):
                     pending.append(item.path)
         return ""
 
@@ -359,14 +367,21 @@ def check_entry(root: Path, entry: Path, setting: TrustSetting) -> Doubt | None:
             checker = _checkers[index] = _Checker(root, setting)
     doubt = checker.check(entry)
     if doubt is not None and not doubt.own:
-        warned = (os.fspath(root), entry.name)
+        warned = (os.fspath(root), "" if doubt.whole_cache else entry.name)
         if warned not in _warned:
+            if len(_warned) >= 4096:
+                _warned.clear()
             _warned.add(warned)
+            what = (
+                "no entry is"
+                if doubt.whole_cache
+                else f"cache entry {entry.name[:12]} is not"
+            )
             _log.warning(
-                "cache entry %s in %s is not trusted: %s; not served "
+                "%s in %s trusted: %s; running uncached "
                 "(CachePolicy(trust=...) says whose entries to trust, "
                 "see docs/security.md)",
-                entry.name[:12],
+                what,
                 root,
                 doubt.reason,
             )
@@ -438,13 +453,15 @@ def prepare_shared_cache(root: Path | str, group: str | int | None = None) -> Pa
         CacheStore.TRASH_DIR,
         CacheStore.TOOLS_DIR,
         ".events",
+        ".catalog",
     ]
     # Leases, the tool index and event files are taken over, pruned and
     # shared by every member: losing them costs a rerun, never a wrong hit,
     # so those folders are not sticky (a sticky one would stop a member
     # breaking a dead colleague's lease).
     cooperative = {CacheStore.LOCKS_DIR, CacheStore.TOOLS_DIR, CacheStore.FAILED_DIR}
-    cooperative |= {".events", CacheStore.QUARANTINE_DIR, CacheStore.TRASH_DIR}
+    cooperative |= {".events", ".catalog", CacheStore.QUARANTINE_DIR}
+    cooperative.add(CacheStore.TRASH_DIR)
     path.mkdir(parents=True, exist_ok=True)
     for folder in (path, *(path / name for name in names)):
         folder.mkdir(exist_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -19,7 +20,12 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from styxcache.events import EVENTS_DIR, CacheEvent, CacheStats, read_events
+from styxcache.events import (
+    EVENTS_DIR,
+    CacheEvent,
+    CacheStats,
+    _well_formed,
+)
 
 __all__ = ["UsageReport", "read_zero_mark", "summarize", "usage_report", "zero_stats"]
 
@@ -98,6 +104,13 @@ def read_zero_mark(cache_root: Path) -> float | None:
 def usage_report(cache_root: Path, *, since: float | None = None) -> UsageReport:
     """Add up the events of a cache directory since `since` and the zero mark.
 
+    Events are read once: totals of blocks of `BLOCK_EVENTS` events are kept
+    in `.events/rollup.json` (with each block's byte range and time range), so
+    a report on 100,000 events reads only what was appended since the last
+    one, plus the one block per file that straddles `since`. Totals are
+    exact: a block is used whole only when all its events are at or after
+    `since`. Without write access the rollup is still read, never written.
+
     Args:
         cache_root: The cache directory.
         since: Only events at or after this Unix time.
@@ -108,7 +121,184 @@ def usage_report(cache_root: Path, *, since: float | None = None) -> UsageReport
     mark = read_zero_mark(cache_root)
     bounds = [t for t in (since, mark) if t is not None]
     start = max(bounds) if bounds else None
-    return summarize(read_events(cache_root, since=start), since=start)
+    folder = cache_root / EVENTS_DIR
+    if os.path.islink(folder) or not folder.is_dir():
+        return summarize((), since=start)
+    rollup = _Rollup.load(folder)
+    changed = False
+    tools: dict[str, CacheStats] = {}
+    span: list[float] = []
+    for path in sorted(folder.glob("*.jsonl")):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        blocks = rollup.blocks_of(path.name, st.st_ino, st.st_size)
+        end = blocks[-1].end if blocks else 0
+        if st.st_size > end:
+            fresh = _read_blocks(path, end)
+            if fresh:
+                blocks.extend(fresh)
+                changed = True
+        rollup.files[path.name] = (st.st_ino, blocks)
+        for block in blocks:
+            if block.count == 0 or (start is not None and block.last < start):
+                continue
+            if start is None or block.first >= start:
+                _merge(tools, block.tools)
+                span += [block.first, block.last]
+            else:  # straddles `since`: count its events one by one
+                for event in _events_between(path, block.start, block.end):
+                    if event.time >= start:
+                        tools.setdefault(event.tool, CacheStats()).add(event)
+                        span.append(event.time)
+    rollup.forget_missing(folder)
+    if changed:
+        rollup.save(folder)
+    total = CacheStats()
+    _merge_stats(total, tools.values())
+    ordered = {name: tools[name] for name in sorted(tools)}
+    first, last = (min(span), max(span)) if span else (None, None)
+    return UsageReport(total, ordered, start, first, last)
+
+
+ROLLUP_NAME = "rollup.json"
+BLOCK_EVENTS = 4096
+"""Events per rollup block: the most a report parses per file for `since`."""
+_STAT_FIELDS = tuple(f.name for f in dataclasses.fields(CacheStats))
+
+
+@dataclasses.dataclass
+class _Block:
+    start: int
+    end: int
+    count: int
+    first: float
+    last: float
+    tools: dict[str, list[float]]
+
+    def as_list(self) -> list[object]:
+        return [self.start, self.end, self.count, self.first, self.last, self.tools]
+
+
+class _Rollup:
+    """Totals of blocks of each event file, keyed by file name and inode."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[int, list[_Block]]] = {}
+
+    @classmethod
+    def load(cls, folder: Path) -> _Rollup:
+        rollup = cls()
+        try:
+            data = json.loads((folder / ROLLUP_NAME).read_text("utf-8"))
+            if data.get("fields") != list(_STAT_FIELDS):
+                return rollup  # CacheStats changed: count everything again
+            for name, (inode, blocks) in data["files"].items():
+                rollup.files[name] = (
+                    int(inode),
+                    [_Block(*item) for item in blocks],
+                )
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return cls()
+        return rollup
+
+    def blocks_of(self, name: str, inode: int, size: int) -> list[_Block]:
+        known = self.files.get(name)
+        if known is None or known[0] != inode or (known[1] and known[1][-1].end > size):
+            return []  # new, replaced or truncated: read it from the start
+        return list(known[1])
+
+    def forget_missing(self, folder: Path) -> None:
+        for name in list(self.files):
+            if not (folder / name).exists():
+                del self.files[name]
+
+    def save(self, folder: Path) -> None:
+        data = {
+            "fields": list(_STAT_FIELDS),
+            "files": {
+                name: [inode, [b.as_list() for b in blocks]]
+                for name, (inode, blocks) in self.files.items()
+            },
+        }
+        temp = folder / f".{ROLLUP_NAME}.{uuid.uuid4().hex[:8]}"
+        try:
+            temp.write_text(json.dumps(data), encoding="utf-8")
+            os.replace(temp, folder / ROLLUP_NAME)
+        except OSError as exc:  # a read-only cache: the next report reads again
+            _log.debug("cannot save the statistics rollup in %s: %s", folder, exc)
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
+
+def _parse(line: bytes) -> CacheEvent | None:
+    try:
+        data = json.loads(line.decode("utf-8", errors="replace"))
+        event = CacheEvent.from_dict(data) if isinstance(data, dict) else None
+    except (ValueError, TypeError):
+        return None
+    return event if event is not None and _well_formed(event) else None
+
+
+def _events_between(path: Path, start: int, end: int) -> Iterable[CacheEvent]:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            data = handle.read(end - start)
+    except OSError:
+        return []
+    return [e for e in map(_parse, data.split(b"\n")) if e is not None]
+
+
+def _read_blocks(path: Path, offset: int) -> list[_Block]:
+    """Count the whole lines of an event file from `offset` on, in blocks."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+    except OSError:
+        return []
+    whole = data.rfind(b"\n") + 1  # a torn last line waits for its end
+    blocks: list[_Block] = []
+    position = 0
+    lines = data[:whole].split(b"\n")[:-1] if whole else []
+    for begin in range(0, len(lines), BLOCK_EVENTS):
+        chunk = lines[begin : begin + BLOCK_EVENTS]
+        size = sum(len(line) + 1 for line in chunk)
+        tools: dict[str, CacheStats] = {}
+        times: list[float] = []
+        for event in filter(None, map(_parse, chunk)):
+            tools.setdefault(event.tool, CacheStats()).add(event)
+            times.append(event.time)
+        blocks.append(
+            _Block(
+                offset + position,
+                offset + position + size,
+                len(times),
+                min(times, default=0.0),
+                max(times, default=0.0),
+                {
+                    name: [getattr(stats, f) for f in _STAT_FIELDS]
+                    for name, stats in tools.items()
+                },
+            )
+        )
+        position += size
+    return blocks
+
+
+def _merge(tools: dict[str, CacheStats], block: dict[str, list[float]]) -> None:
+    for name, values in block.items():
+        stats = tools.setdefault(name, CacheStats())
+        for field, value in zip(_STAT_FIELDS, values, strict=False):
+            setattr(stats, field, getattr(stats, field) + value)
+
+
+def _merge_stats(total: CacheStats, parts: Iterable[CacheStats]) -> None:
+    for stats in parts:
+        for field in _STAT_FIELDS:
+            setattr(total, field, getattr(total, field) + getattr(stats, field))
 
 
 def _writer_finished(name: str) -> bool:

@@ -41,6 +41,10 @@ from styxcache.events import CacheEvent
 from styxcache.store import CacheStore
 
 BEHAVIOURS = ("main", "all", "none", "fail", "outside")
+FULL = "all+optional"
+"""Every optional param filled too (flags, optional inputs), stand-in writing
+every declared output."""
+VARIANTS = (*BEHAVIOURS, FULL)
 
 RESULTS: list[WrapperResult] = []
 """Every wrapper checked in this pytest session, for the summary table."""
@@ -56,7 +60,9 @@ esac
 write() {
   case "$1" in
   '') return ;;
-  */) mkdir -p -- "$1"; return ;;
+  "$STANDIN_ROOT"/*) ;;
+  /*) return ;; # never outside the test's folder (/root/mri_create_t2combined.log)
+  */) mkdir -p -- "$1" && printf '%s\n' "$STANDIN_TOKEN" >"${1}standin.txt"; return ;;
   */*) mkdir -p -- "${1%/*}" ;;
   esac
   printf '%s %s\n' "$STANDIN_TOKEN" "$1" >"$1"
@@ -127,8 +133,9 @@ class Call:
 class BehaviourResult:
     """One behaviour of one wrapper."""
 
-    behaviour: str
+    behaviour: str  # a name of VARIANTS
     expect: str  # "hit", "rerun" or "either"
+    mode: str = ""  # the stand-in's STANDIN_MODE; the behaviour by default
     hit: bool = False
     changed: bool = False  # a changed input (or param) was checked to rerun
     problems: list[str] = dataclasses.field(default_factory=list)
@@ -142,6 +149,7 @@ class WrapperResult:
     suite: str
     command: str = ""
     unbuildable: str = ""
+    full_unbuildable: str = ""  # why the all-optional variant could not be built
     behaviours: list[BehaviourResult] = dataclasses.field(default_factory=list)
     problems: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
@@ -184,23 +192,25 @@ class Session:
         self.environ: dict[str, str] = {
             "PATH": f"{self.bin}:/usr/bin:/bin",
             "LC_ALL": "C",
+            "STANDIN_ROOT": str(root),
         }
         self.bare_dir = root / "bare"
         self.cached_base_dir = root / "cached-base"
         self.bare = LocalRunner(data_dir=self.bare_dir, environ=self.environ)
         self.events: list[CacheEvent] = []
-        # One cache per behaviour: the behaviour is chosen by the environment,
+        # One cache per variant: the behaviour is chosen by the environment,
         # which is not part of the key, so a shared cache would serve one
         # behaviour's entry to another.
         self.caches = {
-            behaviour: CachingRunner(
+            variant: CachingRunner(
                 LocalRunner(data_dir=self.cached_base_dir, environ=self.environ),
-                root / "cache" / behaviour,
+                root / "cache" / variant,
                 policy=CachePolicy(memo_dir=root / "memo"),
                 on_event=self.events.append,
             )
-            for behaviour in BEHAVIOURS
+            for variant in VARIANTS
         }
+        self.variant = BEHAVIOURS[0]
 
     def link(self, command: str) -> None:
         if "/" in command or not command:
@@ -214,7 +224,7 @@ class Session:
         before = len(_read_log(log))
         seen = len(self.events)
         result = Call()
-        runner = self.caches[self.environ["STANDIN_MODE"]] if cached else self.bare
+        runner = self.caches[self.variant] if cached else self.bare
         try:
             result.outputs = wrapper.function(**kwargs, runner=runner)
         except Exception as exc:
@@ -361,23 +371,33 @@ def _write_inputs(files: list[Path], text: str) -> None:
         path.write_text(f"{text} {path.name}\n")
 
 
+def _prepare(
+    session: Session, wrapper: Wrapper, work: Path, *, optional: bool
+) -> tuple[dict[str, Any], list[Path], RecordingDryRunner, Path]:
+    """Build the arguments, dry-run them, link the command, write the spec."""
+    kwargs, files = build_arguments(wrapper, work / "inputs", optional=optional)
+    dry = RecordingDryRunner()
+    wrapper.function(**kwargs, runner=dry)
+    assert dry.last_cargs is not None, "the dry run ran nothing"
+    session.link(dry.last_cargs[0])
+    spec = work / "spec.txt"
+    names = [n for n in dry.declared if n not in (".", "")]
+    spec.write_text("".join(f"{n}\n" for n in names))
+    return kwargs, files, dry, spec
+
+
 def check_wrapper(session: Session, wrapper: Wrapper, work: Path) -> WrapperResult:
     """Run every behaviour of one wrapper and report what differed."""
     started = time.perf_counter()
     result = WrapperResult(wrapper.id, wrapper.suite)
     try:
-        kwargs, files = build_arguments(wrapper, work / "inputs")
-        dry = RecordingDryRunner()
-        wrapper.function(**kwargs, runner=dry)
-        assert dry.last_cargs is not None, "the dry run ran nothing"
-        result.command = dry.last_cargs[0]
-        session.link(result.command)
+        kwargs, files, dry, spec = _prepare(session, wrapper, work, optional=False)
     except UnbuildableError as exc:
         result.unbuildable = str(exc)
         return result
-    spec = work / "spec.txt"
-    names = [n for n in dry.declared if n not in (".", "")]
-    spec.write_text("".join(f"{n}\n" for n in names))
+    assert dry.last_cargs is not None
+    result.command = dry.last_cargs[0]
+    declared = list(dry.declared)
     env = session.environ
     env.update(
         STANDIN_LOG=str(work / "runs.log"),
@@ -390,10 +410,23 @@ def check_wrapper(session: Session, wrapper: Wrapper, work: Path) -> WrapperResu
         )
         result.behaviours.append(outcome)
         _run_behaviour(session, wrapper, kwargs, files, outcome)
+    try:
+        full = _prepare(session, wrapper, work / "full", optional=True)
+    except UnbuildableError as exc:
+        result.full_unbuildable = str(exc)
+    else:
+        kwargs, files, dry, spec = full
+        declared += dry.declared
+        env.update(STANDIN_SPEC=str(spec))
+        outcome = BehaviourResult(
+            FULL, expectation("all", dry.declared, len(dry.staged)), mode="all"
+        )
+        result.behaviours.append(outcome)
+        _run_behaviour(session, wrapper, kwargs, files, outcome)
     litter = sorted(p.name for p in session.cached_base_dir.glob("*"))
     # A `..` name only resolves while the base runner's folder exists, so a
     # call declaring one runs in that folder, which stays, as without a cache.
-    escapes = any(is_outside(n) and not os.path.isabs(n) for n in names)
+    escapes = any(is_outside(n) and not os.path.isabs(n) for n in declared)
     if litter and not escapes:
         result.problems.append(
             f"the cached LocalRunner's data_dir holds {litter[:3]} after the calls"
@@ -411,7 +444,8 @@ def _run_behaviour(
     files: list[Path],
     outcome: BehaviourResult,
 ) -> None:
-    behaviour, problems = outcome.behaviour, outcome.problems
+    behaviour, problems = outcome.mode or outcome.behaviour, outcome.problems
+    session.variant = outcome.behaviour
     env = session.environ
     _write_inputs(files, f"{wrapper.id} {behaviour} v1")
     env.update(STANDIN_MODE=behaviour, STANDIN_TOKEN=f"{behaviour}-v1")

@@ -97,6 +97,7 @@ class Slot:
     name: str
     candidates: list[Callable[[], Any]]
     index: int = 0
+    forced: bool = False  # a bound from a validation message was tried
 
     def value(self) -> Any:
         return self.candidates[self.index]()
@@ -203,8 +204,12 @@ class Builder:
             planned[param.name] = self.plan(param.name, hints[param.name])
         return lambda: function(**{k: thunk() for k, thunk in planned.items()})
 
-    def build(self) -> dict[str, Any]:
+    def build(self, *, optional: bool = False) -> dict[str, Any]:
         """Return the wrapper's keyword arguments, valid for its validator.
+
+        Args:
+            optional: Fill the optional params too (flags set, every optional
+                input file given), not only the required ones.
 
         Raises:
             UnbuildableError: If no combination of candidates passes validation.
@@ -216,7 +221,7 @@ class Builder:
         hints = typing.get_type_hints(params_fn)
         planned: dict[str, Callable[[], Any]] = {}
         for param in inspect.signature(params_fn).parameters.values():
-            if param.default is not inspect.Parameter.empty:
+            if param.default is not inspect.Parameter.empty and not optional:
                 continue
             planned[param.name] = self.plan(param.name, hints[param.name])
         last = ""
@@ -235,28 +240,51 @@ class Builder:
         )
 
     def _advance(self, message: str) -> bool:
-        """Move the slots the validation message names to their next candidate."""
-        named = set(re.findall(r"`([^`]+)`", message))
+        """Move the slots the validation message names to their next candidate.
+
+        A message naming a range ("must be between 50 and 99", "must contain
+        between 5 and 5 elements") makes its lower bound the next candidate.
+        """
+        named = {_plain(n) for n in re.findall(r"`([^`]+)`", message)}
         length = "elements" in message
+        bounds = re.search(r"between (-?[0-9.]+) and (-?[0-9.]+)", message)
         moved = False
         for slot in self.slots:
-            base = slot.name.removesuffix("[]")
-            if base in named and slot.name.endswith("[]") == length:
-                moved = slot.advance() or moved
+            if _plain(slot.name.removesuffix("[]")) not in named:
+                continue
+            if slot.name.endswith("[]") != length:
+                continue
+            if bounds is not None and not slot.forced:
+                current = slot.value()
+                low = float(bounds.group(1))
+                value = int(low) if length or isinstance(current, int) else low
+                slot.candidates.insert(slot.index + 1, lambda v=value: v)
+                slot.forced = True
+            moved = slot.advance() or moved
         return moved
 
 
+def _plain(name: str) -> str:
+    """A param name as validators and Python signatures both spell it."""
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
 def build_arguments(
-    wrapper: Wrapper, inputs: Path
+    wrapper: Wrapper, inputs: Path, *, optional: bool = False
 ) -> tuple[dict[str, Any], list[Path]]:
     """Keyword arguments for `wrapper` and the input files they name.
+
+    Args:
+        wrapper: The wrapper.
+        inputs: Folder for the generated input files.
+        optional: Fill the optional params too.
 
     Raises:
         UnbuildableError: If the signature cannot be filled automatically.
     """
     inputs.mkdir(parents=True, exist_ok=True)
     builder = Builder(wrapper, inputs)
-    kwargs = builder.build()
+    kwargs = builder.build(optional=optional)
     # Files planned for a union variant that was not chosen are not inputs.
     used = set(iter_paths(kwargs))
     for path in builder.files:
@@ -285,6 +313,22 @@ def changed_params(wrapper: Wrapper, kwargs: dict[str, Any]) -> dict[str, Any] |
         else:
             continue
         candidate = {**kwargs, name: new}
+        try:
+            validate(params_fn(**candidate))
+        except StyxValidationError:
+            continue
+        return candidate
+    # No required param to change (`afni_env`): set an optional one instead.
+    hints = typing.get_type_hints(params_fn)
+    simple = {bool: True, str: "changed", int: 2, float: 0.75}
+    for param in inspect.signature(params_fn).parameters.values():
+        if param.name in kwargs or param.default is inspect.Parameter.empty:
+            continue
+        kinds = [a for a in typing.get_args(hints[param.name]) if a is not type(None)]
+        kind = hints[param.name] if not kinds else kinds[0] if len(kinds) == 1 else None
+        if kind not in simple or simple[kind] == param.default:
+            continue
+        candidate = {**kwargs, param.name: simple[kind]}
         try:
             validate(params_fn(**candidate))
         except StyxValidationError:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conformance_harness import BEHAVIOURS, WrapperResult, check_many
+from conformance_harness import VARIANTS, WrapperResult, check_many
 from niwrap_catalogue import discover
 
 COLUMNS = ("wrappers", "cached", "uncached-by-rule", "failing", "unbuildable")
@@ -61,7 +61,7 @@ def behaviour_table(results: list[WrapperResult]) -> str:
         "(or param) was checked to rerun | failing |",
         "|---|---:|---:|---:|",
     ]
-    lines += [f"| {b} | {hits[b]} | {changed[b]} | {failing[b]} |" for b in BEHAVIOURS]
+    lines += [f"| {b} | {hits[b]} | {changed[b]} | {failing[b]} |" for b in VARIANTS]
     return "\n".join(lines)
 
 
@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         if result.unbuildable:
             print(f"unbuildable {result.wrapper}: {result.unbuildable}")
+        if result.full_unbuildable:
+            print(
+                f"no all-optional variant {result.wrapper}: {result.full_unbuildable}"
+            )
     if args.json is not None:
         args.json.write_text(
             json.dumps(

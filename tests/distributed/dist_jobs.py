@@ -111,3 +111,8 @@ def memo_put_and_read(folder: str, key: str) -> list[str]:
     memo = DigestMemo(Path(folder))
     memo.put(key, f"digest-of-{key}")
     return sorted(k for k in ("w0", "w1", "test") if memo.get(k) is not None)
+
+
+def two_sessions() -> list[dict[str, Any]]:
+    """Seeds 002/003's example expansion: one context dict per active session."""
+    return [{"session_id": "s1"}, {"session_id": "s2"}]

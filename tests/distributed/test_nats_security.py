@@ -19,9 +19,21 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from dist_helpers import HERE, WORKER, Processes, lines, start_nats_worker, wait_for
+from dist_helpers import (
+    HERE,
+    LOOPBACK,
+    WORKER,
+    Processes,
+    free_port,
+    lines,
+    nats_binary,
+    port_open,
+    start_nats_worker,
+    wait_for,
+)
 from nats_security import PASSWORD, Spy
 
+from conftest import require
 from styxcache.cli import main
 from styxcache.scheduler import (
     FakeClock,
@@ -215,7 +227,7 @@ def test_forged_replayed_and_unknown_messages_are_refused_and_the_real_run_works
         scheduler.close()
     worker.send_signal(signal.SIGTERM)
     worker.wait(30)
-    log = processes.log("w1")
+    log = " ".join(processes.log("w1").split())  # log records may be wrapped
     refused = json.loads(
         log.split("messages refused: ")[1].split("}")[0].replace("'", '"') + "}"
     )
@@ -227,7 +239,7 @@ def test_forged_replayed_and_unknown_messages_are_refused_and_the_real_run_works
         "malformed": 1,  # the old format naming os:system
         "unknown-entry": 1,
     }
-    assert "refused run evil@1: entry 'evil' is not registered" in " ".join(log.split())
+    assert "refused run evil@1: entry 'evil' is not registered" in log
 
 
 def auth_key(files: dict[str, Path]) -> bytes:
@@ -381,6 +393,91 @@ def test_connect_options_carry_each_kind_of_credential(tmp_path: Path) -> None:
         ]
         == "pw-env"
     )
-    masked = NatsSettings(url="nats://u:s3cret@127.0.0.1:4222").display_url
-    assert masked == "nats://u:***@127.0.0.1:4222"
+    with_password = NatsSettings(url="nats://u:s3cret@127.0.0.1:4222")
+    assert with_password.display_url == "nats://u:***@127.0.0.1:4222"
+    # A reload logs old and new settings: never with the password.
+    assert "s3cret" not in repr(with_password) + str(with_password)
     assert NatsSettings(url="nats://t0ken@h:1").display_url == "nats://***@h:1"
+
+
+def test_schedule_run_refuses_nats_without_a_key_unless_told(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    dist_env: dict[str, Path],
+    nats_url: str,
+) -> None:
+    for name in (
+        "STYXCACHE_NATS_KEY",
+        "STYXCACHE_NATS_KEY_FILE",
+        "STYXCACHE_NATS_INSECURE_NO_SIGNING",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    config = tmp_path / "open.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            state_dir: state
+            nats: {{url: "{nats_url}", name: open}}
+            schedules:
+              - {{name: a, interval_seconds: 3600, target: dist_jobs:run_item,
+                  dispatch: nats, runner: none}}
+            """
+        )
+    )
+    command = [sys.executable, "-c", WORKER, "schedule", "run", str(config)]
+    refused = subprocess.run(
+        [*command, "--max-cycles", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "no NATS signing key" in " ".join(refused.stderr.split())
+    allowed = subprocess.run(
+        [*command, "--max-cycles", "1", "--insecure-no-signing"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert "NOT signed" in " ".join(allowed.stderr.split())
+
+
+@pytest.mark.parametrize("login", ["token", "nkey"])
+def test_token_and_nkey_logins(
+    tmp_path: Path, processes: Processes, nats_key: Path, login: str
+) -> None:
+    import os
+
+    nkeys = pytest.importorskip("nkeys") if login == "nkey" else None
+    binary = nats_binary()
+    require(binary is not None, "needs the nats-server binary")
+    assert binary is not None
+    secret = tmp_path / f"{login}.secret"
+    if nkeys is not None:
+        seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+        public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+        secret.write_bytes(seed + b"\n")
+        authorization = f'users = [ {{ nkey: "{public}" }} ]'
+        field = "nkey_seed_file"
+    else:
+        secret.write_text("tok-5f1e9a3c77\n")
+        authorization = 'token: "tok-5f1e9a3c77"'
+        field = "token_file"
+    secret.chmod(0o600)
+    port = free_port()
+    config = tmp_path / "nats.conf"
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\nauthorization {{ {authorization} }}\n"
+    )
+    server = processes.start("nats-server", [binary, "-c", str(config)])
+    wait_for(lambda: port_open(port) or server.poll() is not None, "nats-server")
+    assert server.poll() is None, processes.log("nats-server")
+    url = f"nats://{LOOPBACK}:{port}"
+    settings = NatsSettings(url=url, key_file=str(nats_key), **{field: str(secret)})
+    NatsDispatcher(settings, connect_timeout=10).shutdown()
+    with pytest.raises(OSError) as caught:
+        NatsDispatcher(NatsSettings(url=url, key_file=str(nats_key)), connect_timeout=5)
+    assert "tok-5f1e9a3c77" not in str(caught.value)

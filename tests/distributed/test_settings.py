@@ -279,7 +279,7 @@ def test_schedule_list_shows_each_entrys_executor(
         executor: processes
         nats: nats://127.0.0.1:4222
         schedules:
-          - {name: a, interval_seconds: 60, target: "dist_jobs:run_item"}
+          - {name: a, interval_seconds: 60, target: "dist_jobs:run_item", runner: none}
           - name: b
             interval_seconds: 60
             target: dist_jobs:run_item
@@ -290,7 +290,7 @@ def test_schedule_list_shows_each_entrys_executor(
     )
     result = CliRunner().invoke(main, ["schedule", "list", str(path), "--json"])
     assert result.exit_code == 0, result.output
-    rows = {row["name"]: row for row in json.loads(result.output)}
+    rows = {row["name"]: row for row in json.loads(result.output)["schedules"]}
     assert (rows["a"]["executor"], rows["a"]["cache_dir"]) == ("processes", None)
     assert (rows["b"]["executor"], rows["b"]["retries"]) == ("nats", 3)
     assert rows["b"]["cache_dir"] == str(tmp_path / "cache")

@@ -4,30 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
-from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedServer, weed_binary
-
-HERE = Path(__file__).parent
-BUCKET = "styxcache-tests"
-
-
-def _root_conftest() -> Any:
-    # Every conftest is imported as "conftest"; load the shared helpers of
-    # tests/conftest.py under a name of their own.
-    path = HERE.parent / "conftest.py"
-    spec = importlib.util.spec_from_file_location("_styxcache_tests_root_remote", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_root = _root_conftest()
-require: Callable[[bool, str], None] = _root.require
+from remote_helpers import require
+from seaweed import BUCKET, SeaweedServer, set_s3_env, weed_binary
 
 
 def _have_obstore() -> bool:
@@ -46,23 +27,6 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]
         yield server
     finally:
         server.stop()
-
-
-def set_s3_env(
-    monkeypatch: pytest.MonkeyPatch, server: SeaweedServer, *, secret: str = SECRET_KEY
-) -> None:
-    """Point the standard AWS variables at a server, as a user would."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-    # Nothing from the developer's own setup may leak in.
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
-    monkeypatch.delenv("STYXCACHE_REMOTE", raising=False)
-    monkeypatch.delenv("STYXCACHE_REMOTE_WRITE", raising=False)
 
 
 @pytest.fixture

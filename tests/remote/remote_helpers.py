@@ -17,23 +17,25 @@ UPPER = Metadata(id="upper", name="Upper-case a file", package="demo")
 BLOB = Metadata(id="blob", name="Write a large file", package="demo")
 
 
-def _run_tool() -> Any:
+def _root_conftest() -> Any:
+    # Every conftest is imported as "conftest" (tests elsewhere may win that
+    # name): load the shared helpers of tests/conftest.py under our own.
     path = HERE.parent / "conftest.py"
     spec = importlib.util.spec_from_file_location("_styxcache_tests_root_rh", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.run_tool
+    return module
 
 
-run_tool = _run_tool()
+_root = _root_conftest()
+run_tool = _root.run_tool
+require = _root.require
 
 
 def make_runner(cache: Path, scratch: Path, **kwargs: Any) -> CachingRunner:
     policy = kwargs.pop("policy", None) or CachePolicy()
-    return CachingRunner(
-        LocalRunner(data_dir=scratch), cache, policy=policy, **kwargs
-    )
+    return CachingRunner(LocalRunner(data_dir=scratch), cache, policy=policy, **kwargs)
 
 
 def upper(
@@ -69,7 +71,14 @@ def big_file(
         {"@type": "demo/blob", "infile": str(infile), "mib": mib},
         inputs={"infile": {}},
         outputs={"big": "big.bin"},
-        cargs=lambda p: [sys.executable, "-c", _BIG, str(counter), p["infile"], str(mib)],
+        cargs=lambda p: [
+            sys.executable,
+            "-c",
+            _BIG,
+            str(counter),
+            p["infile"],
+            str(mib),
+        ],
     )
 
 

@@ -19,9 +19,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 LOOPBACK = "127.0.0.1"
 ACCESS_KEY = "styxcache-test-key"
 SECRET_KEY = "styxcache-test-secret-0123456789"
+BUCKET = "styxcache-tests"
 
 
 def weed_binary() -> str | None:
@@ -123,7 +126,7 @@ class SeaweedServer:
 
     def _s3_answers(self) -> bool:
         try:
-            urllib.request.urlopen(self.endpoint, timeout=1)  # noqa: S310 - loopback
+            urllib.request.urlopen(self.endpoint, timeout=1)
         except urllib.error.HTTPError:
             return True  # 403 without credentials: the gateway is up
         except OSError:
@@ -171,3 +174,20 @@ class SeaweedServer:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def set_s3_env(
+    monkeypatch: pytest.MonkeyPatch, server: SeaweedServer, *, secret: str = SECRET_KEY
+) -> None:
+    """Point the standard AWS variables at a server, as a user would."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    # Nothing from the developer's own setup may leak in.
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    monkeypatch.delenv("STYXCACHE_REMOTE", raising=False)
+    monkeypatch.delenv("STYXCACHE_REMOTE_WRITE", raising=False)

@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import obstore
 import pytest
 from click.testing import CliRunner, Result
-from conftest import BUCKET, set_s3_env
 from remote_helpers import big_file, make_runner, runs, upper
-from seaweed import SECRET_KEY, SeaweedServer
+from seaweed import BUCKET, SECRET_KEY, SeaweedServer, set_s3_env
 
 from styxcache import CacheEvent
 from styxcache.cli import main
 from styxcache.remote import RemoteTier
 from styxcache.remote.envelope import blob_path
 from styxcache.store import CacheStore
+
+obstore = pytest.importorskip("obstore")
 
 
 def cli(*args: str) -> Result:
@@ -49,7 +49,9 @@ def test_push_then_pull_moves_verified_entries(
     tmp_path: Path, filled: tuple[Path, Path, list[Path]], remote_url: str
 ) -> None:
     cache, counter, inputs = filled
-    dry = cli_json("push", "--cache-dir", str(cache), "--remote", remote_url, "--dry-run")
+    dry = cli_json(
+        "push", "--cache-dir", str(cache), "--remote", remote_url, "--dry-run"
+    )
     assert len(dry["moved"]) == 3 and dry["dry_run"]
     assert list(RemoteTier(remote_url).iter_keys()) == []
 
@@ -99,7 +101,9 @@ def test_pull_refuses_a_damaged_entry(
     tmp_path: Path, filled: tuple[Path, Path, list[Path]], remote_url: str
 ) -> None:
     cache, _counter, _inputs = filled
-    cli_json("push", "--cache-dir", str(cache), "--remote", remote_url, "--tool", "demo/blob")
+    cli_json(
+        "push", "--cache-dir", str(cache), "--remote", remote_url, "--tool", "demo/blob"
+    )
     key = next(iter(CacheStore(cache).iter_keys()))
     for candidate in CacheStore(cache).iter_keys():
         found = CacheStore(cache).lookup(candidate).manifest

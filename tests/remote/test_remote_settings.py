@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 from remote_helpers import runs, upper
 
-from styxcache.scheduler.runner_spec import RunnerSpec, RunnerSpecError, runner_from_spec
+from styxcache.scheduler.runner_spec import (
+    RunnerSpec,
+    RunnerSpecError,
+    runner_from_spec,
+)
 
 
-def test_runner_settings_carry_the_remote(
-    tmp_path: Path, remote_url: str
-) -> None:
+def test_runner_settings_carry_the_remote(tmp_path: Path, remote_url: str) -> None:
     spec = RunnerSpec.from_mapping(
         {
             "cache_dir": str(tmp_path / "a"),
@@ -64,4 +66,6 @@ def test_bad_remote_settings_name_the_field(
 def test_remote_unset_leaves_it_to_the_worker_environment(tmp_path: Path) -> None:
     spec = RunnerSpec.from_mapping({"cache_dir": str(tmp_path)})
     assert spec.remote is None and spec.remote_write is None
-    assert RunnerSpec.from_mapping({"cache_dir": str(tmp_path), "remote": ""}).remote == ""
+    assert (
+        RunnerSpec.from_mapping({"cache_dir": str(tmp_path), "remote": ""}).remote == ""
+    )

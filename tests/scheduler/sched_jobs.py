@@ -59,3 +59,17 @@ def append_to_file(ctx: Any) -> None:
 
 def touch(ctx: Any) -> None:
     Path(os.environ["SCHED_OUT"]).touch()
+
+
+def sort_subjects(ctx: Any) -> None:
+    """Sort a file through the global Styx runner (a cache, when one is set)."""
+    from styxdefs import Metadata, get_global_runner
+
+    source = os.environ["SCHED_SORT_INPUT"]
+    execution = get_global_runner().start_execution(
+        Metadata(id="sort-subjects", name="Sort subjects", package="coreutils")
+    )
+    execution.params({"@type": "coreutils/sort-subjects", "input": source})
+    local = execution.input_file(source)
+    execution.output_file("sorted.txt")
+    execution.run(["sort", local, "-o", "sorted.txt"])

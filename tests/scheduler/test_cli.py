@@ -51,7 +51,7 @@ def test_list_json_shows_next_fires(
         main, ["schedule", "list", str(path), "-n", "2", "--json"]
     )
     assert result.exit_code == 0, result.output
-    rows = {row["name"]: row for row in json.loads(result.output)}
+    rows = {row["name"]: row for row in json.loads(result.output)["schedules"]}
     assert len(rows["nightly"]["next"]) == 2
     assert all(t.endswith(("+01:00", "+02:00")) for t in rows["nightly"]["next"])
     assert rows["paused"]["next"] == [] and rows["paused"]["enabled"] is False
@@ -73,7 +73,8 @@ def test_history_reads_the_ledger(write_yaml: Callable[[str], Path]) -> None:
     scheduler.close()
     result = runner.invoke(main, ["schedule", "history", str(path), "--json"])
     assert result.exit_code == 0, result.output
-    (row,) = [json.loads(line) for line in result.output.splitlines()]
+    # One JSON document (the convention of every --json), runs under "runs".
+    (row,) = json.loads(result.output)["runs"]
     assert (row["entry"], row["state"], row["hits"], row["misses"]) == (
         "nightly",
         "ok",
@@ -84,6 +85,12 @@ def test_history_reads_the_ledger(write_yaml: Callable[[str], Path]) -> None:
         main, ["schedule", "history", str(path), "--entry", "nightly"]
     )
     assert table.exit_code == 0 and "nightly" in table.output
+    # Piped (not a terminal): a header and one tab-separated line per run,
+    # never wrapped, with the real start and the lateness.
+    header, line = table.output.splitlines()
+    columns = dict(zip(header.split("\t"), line.split("\t"), strict=True))
+    assert columns["schedule"] == "nightly" and columns["state"] == "ok"
+    assert "T" in columns["started"] and columns["late s"]
 
 
 def test_run_starts_and_stops(

@@ -139,7 +139,7 @@ def test_slow_routine_does_not_drift(clock: FakeClock) -> None:
 
 
 def test_bad_constructor_arguments() -> None:
-    with pytest.raises(TypeError, match="routine must be callable"):
+    with pytest.raises(TypeError, match="routine \\(callable\\) or an object"):
         Scheduler(routine=42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="wait_ms"):
         Scheduler(wait_ms=-1)

@@ -135,7 +135,7 @@ def test_process_executor_shutdown_terminates_workers(
     s.register_task("hang", MINUTE, "sched_jobs_proc:hang")
     s.run_pending()
     clock.advance(MINUTE)
-    s.run_pending()
+    s.run_pending(wait=False)
     # Wait for the worker to start the target: poll the ledger-independent marker
     # through a real event the child cannot share, so use the future instead.
     (fire,) = list(s._inflight.values())

@@ -202,13 +202,12 @@ def test_update_history_and_counts(open_store: OpenStore) -> None:
 
 def test_pause_is_stored_and_shared(open_store: OpenStore) -> None:
     store = open_store()
-    if not hasattr(store, "set_paused"):
-        pytest.skip("this store version has no pause (scheduler change pending)")
     store.set_paused("e", True, 100.0)
-    store.set_paused("e", True, 200.0)
-    assert open_store().paused_entries() == {"e"}
+    store.set_paused("e", True, 200.0)  # already paused: keeps the first instant
+    store.set_paused("never-seen", True, 150.0)
+    assert open_store().paused_entries() == {"e": 100.0, "never-seen": 150.0}
     store.set_paused("e", False, 300.0)
-    assert open_store().paused_entries() == set()
+    assert open_store().paused_entries() == {"never-seen": 150.0}
 
 
 # --------------------------------------------------------- with a scheduler
@@ -317,6 +316,42 @@ def test_fan_out_items_are_claimed_once(
     assert sorted(r.item for r in rows) == ["*", "s1", "s2", "s3"]
 
 
+def test_pause_on_one_scheduler_holds_for_all(
+    open_store: OpenStore, clock: FakeClock
+) -> None:
+    ran: list[str] = []
+    schedulers = [_scheduler(open_store(), clock) for _ in range(2)]
+    for index, scheduler in enumerate(schedulers):
+        scheduler.register_task("e", MINUTE, lambda i=index: ran.append(f"s{i}"))
+        scheduler.run_pending()
+    schedulers[0].pause("e")
+    clock.advance(MINUTE)
+    for scheduler in schedulers[::-1]:
+        scheduler.run_pending()
+    assert ran == []
+    schedulers[1].resume("e")
+    clock.advance(MINUTE)
+    for scheduler in schedulers:
+        scheduler.run_pending()
+    assert len(ran) == 1
+    assert _states(schedulers[0].ledger, "e") == ["skipped", "ok"]
+
+
+def test_trigger_now_is_recorded_like_a_fire(
+    open_store: OpenStore, clock: FakeClock
+) -> None:
+    ran: list[float] = []
+    scheduler = _scheduler(open_store(), clock)
+    scheduler.register_task("e", 3600.0, lambda: ran.append(clock.time()))
+    scheduler.run_pending()
+    clock.advance(5)
+    (record,) = scheduler.trigger("e")
+    assert ran == [clock.time()]
+    stored = open_store().get(record.key)
+    assert stored is not None
+    assert (stored.state, stored.reason) == ("ok", "triggered by hand")
+
+
 # -------------------------------------------- PostgreSQL: leases and outages
 
 
@@ -391,7 +426,7 @@ def test_schema_is_versioned_and_upgraded(
         conn.execute(f"INSERT INTO {pg_schema}.schema_version VALUES (1)")
     store = pg_store.PostgresStore(pg_server.dsn, schema=pg_schema, heartbeat=False)
     store.set_paused("e", True, 1.0)
-    assert store.paused_entries() == {"e"}
+    assert store.paused_entries() == {"e": 1.0}
     store.close()
     with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
         versions = conn.execute(
@@ -474,3 +509,86 @@ def test_the_password_never_reaches_messages(
     store = PostgresStore(pg_server.dsn, schema=pg_schema, heartbeat=False)
     assert pg_server.password not in store.where
     store.close()
+
+
+# ------------------------------------------------ selecting the store (YAML, CLI)
+
+
+def test_yaml_state_and_cli_select_the_postgres_store(
+    pg_server: PgServer,
+    clock: FakeClock,
+    write_yaml: Callable[[str], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import psycopg
+    from click.testing import CliRunner
+
+    from styxcache.cli import main as cli_main
+    from styxcache.scheduler.pg_store import PostgresStore
+
+    # The password comes from PGPASSWORD, not the file.
+    monkeypatch.setenv("PGPASSWORD", pg_server.password)
+    url = pg_server.dsn.replace(f":{pg_server.password}@", "@")
+    config = write_yaml(
+        f"""\
+        state: {url}
+        schedules:
+          - name: yaml-entry
+            interval_seconds: 60
+            target: sched_jobs:record
+        """
+    )
+    try:
+        scheduler = Scheduler.from_yaml(config, clock=clock, executor=InlineExecutor())
+        assert isinstance(scheduler.ledger, PostgresStore)
+        assert pg_server.password not in scheduler.ledger.where
+        scheduler.run_pending()
+        clock.advance(MINUTE)
+        scheduler.run_pending()
+        scheduler.close()
+        result = CliRunner().invoke(
+            cli_main, ["schedule", "history", str(config), "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        assert '"entry": "yaml-entry"' in result.output
+        result = CliRunner().invoke(
+            cli_main,
+            ["schedule", "history", str(config), "--store", url, "--entry", "nope"],
+        )
+        assert result.exit_code == 0, result.output
+        result = CliRunner().invoke(
+            cli_main, ["schedule", "run", str(config), "--state", "/tmp/folder"]
+        )
+        assert result.exit_code != 0
+        assert "postgresql://" in result.output
+    finally:
+        with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA IF EXISTS styxcache CASCADE")
+
+
+def test_state_must_be_a_database_url(write_yaml: Callable[[str], Path]) -> None:
+    from styxcache.scheduler import ConfigError, load_config
+
+    config = write_yaml(
+        """\
+        state: /mnt/nfs/state
+        schedules: []
+        """
+    )
+    with pytest.raises(ConfigError, match=r"state.*postgresql://"):
+        load_config(config)
+
+
+def test_store_and_ledger_are_one_setting(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="not both"):
+        Scheduler(store=Ledger(":memory:"), ledger=Ledger(":memory:"))
+
+
+def test_masked_dsn_never_shows_a_password() -> None:
+    from styxcache.scheduler.stores import mask_dsn
+
+    assert mask_dsn("postgresql://u:s3cret@db:5433/x") == (
+        "host=db port=5433 dbname=x user=u"
+    )
+    assert "s3cret" not in mask_dsn("host=db password=s3cret user=u")
+    assert "s3cret" not in mask_dsn("postgresql://u:s3cret@db:bad:port/x?=")

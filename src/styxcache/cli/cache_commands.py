@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +18,20 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from styxcache.catalog import (
+    CatalogRow,
+    CatalogRows,
+    append_rows,
+    load_catalog,
+    manifest_stamp,
+    row_for,
+)
 from styxcache.gc import GcLimits, SweepAges, collect_garbage
 from styxcache.hashing import ContentHasher
 from styxcache.inventory import (
     EntryDescriber,
     EntryInfo,
+    EntryStamp,
     KeyPrefixError,
     describe_entry,
     resolve_key,
@@ -31,9 +41,10 @@ from styxcache.inventory import (
 from styxcache.manifest import Manifest, ManifestError
 from styxcache.misses import explain_misses
 from styxcache.store import CacheStore
+from styxcache.store import _check_outputs as check_outputs
 from styxcache.transfer import TransferError, export_entries, import_entries
 from styxcache.usage import usage_report, zero_stats
-from styxcache.walk import iter_entry_dirs, real_dir
+from styxcache.walk import real_dir
 
 from . import _report
 from ._common import (
@@ -392,23 +403,33 @@ def verify(*, cache_dir: Path | None, full: bool, as_json: bool) -> None:
     store = open_store(cache_dir)
     hasher = ContentHasher()
     unsafe: list[dict[str, str]] = []
-    keys = [
-        item.name
-        for item in iter_entry_dirs(
-            store.root,
+    stamps = list(
+        scan_stamps(
+            store,
             on_unsafe=lambda path, why: unsafe.append({"path": path, "reason": why}),
         )
-    ]
+    )
+    catalog = load_catalog(store.root)
+    learned: list[CatalogRow] = []
     damaged: list[dict[str, str]] = []
     uncommitted = 0
     checked = 0
     with _progress("verifying") as progress:
-        task = progress.add_task("verify", total=len(keys))
-        for key in keys:
-            progress.advance(task)
+        task = progress.add_task("verify", total=len(stamps))
+        for n, stamp in enumerate(stamps):
+            if n % 256 == 0:
+                progress.update(task, completed=n)
+            key = stamp.key
+            if not full and _unchanged_and_whole(store, stamp, catalog.rows):
+                checked += 1
+                continue
             problem = _verify_one(store, key, full, hasher)
             if problem is None:
                 continue  # gone meanwhile
+            if problem == "" and not full:
+                row = _row_after_lookup(store, stamp)
+                if row is not None:
+                    learned.append(row)
             checked += 1
             if problem == "uncommitted":
                 uncommitted += 1
@@ -436,8 +457,47 @@ def verify(*, cache_dir: Path | None, full: bool, as_json: bool) -> None:
             + (f", {uncommitted} uncommitted runs" if uncommitted else "")
             + "."
         )
+    append_rows(store.root, learned)  # the next verify skips their manifests
     if damaged or unsafe:
         raise SystemExit(1)
+
+
+def _unchanged_and_whole(
+    store: CacheStore, stamp: EntryStamp, rows: CatalogRows
+) -> bool:
+    """Check an entry's sizes against its catalog row, without its manifest.
+
+    Valid only while the entry folder and its manifest file are the ones
+    the row was written for (same inodes, and the manifest's size, mtime
+    and ctime unchanged): then the row's copy of the manifest (all but the
+    key payload) is the manifest. The checks are the store's own. Anything
+    else, or any problem found, goes through the full lookup, which says
+    why and quarantines.
+    """
+    row = rows.get(stamp.key)
+    if row is None or row.inode != stamp.inode or "-" in (row.stamp, row.checks):
+        return False
+    entry = stamp.path
+    if manifest_stamp(os.path.join(entry, store.MANIFEST)) != row.stamp:
+        return False
+    if not os.path.exists(os.path.join(entry, store.DONE_MARKER)):
+        return False
+    try:
+        manifest = Manifest.from_json(row.checks)
+    except ManifestError:
+        return False
+    if manifest.key != stamp.key:
+        return False
+    return check_outputs(Path(entry), manifest, "size", None) == ""
+
+
+def _row_after_lookup(store: CacheStore, stamp: EntryStamp) -> CatalogRow | None:
+    try:
+        manifest = Manifest.read(Path(stamp.path) / store.MANIFEST)
+    except ManifestError:
+        return None
+    row = row_for(stamp.key, stamp.path, manifest)
+    return row if row is not None and row.inode == stamp.inode else None
 
 
 def _print_unsafe(unsafe: list[dict[str, str]]) -> None:

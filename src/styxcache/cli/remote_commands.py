@@ -71,9 +71,9 @@ def _finish(report: SyncReport, verb: str, where: str, as_json: bool) -> None:
         emit_json({"remote": where, **report.as_dict()})
     else:
         console = out_console()
-        would = "Would have " if report.dry_run else ""
+        done = f"Would have {verb}" if report.dry_run else verb.capitalize()
         console.print(
-            f"{would}{verb} {len(report.moved)} entries "
+            f"{done} {len(report.moved)} entries "
             f"({human_size(report.bytes)}); {len(report.present)} were already there.",
             markup=False,
         )

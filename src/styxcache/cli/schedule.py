@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
-import sys
+import os
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.logging import RichHandler
-from rich.table import Table
 
+from styxcache.cli._common import emit_json
+from styxcache.cli._logging import configure_logging, log_format_option
+from styxcache.cli._tables import print_table
 from styxcache.scheduler import (
     ConfigError,
     InlineExecutor,
@@ -22,8 +21,9 @@ from styxcache.scheduler import (
     load_config,
 )
 from styxcache.scheduler.clock import utc_from_timestamp
-from styxcache.scheduler.config import ScheduleConfig, executor_label
+from styxcache.scheduler.config import ScheduleConfig, cache_label, executor_label
 from styxcache.scheduler.ledger import LedgerError
+from styxcache.scheduler.nats_connect import ENV_INSECURE
 from styxcache.scheduler.stores import (
     StoreUnavailableError,
     is_database_url,
@@ -95,31 +95,39 @@ def schedule() -> None:
     "--max-cycles", type=click.IntRange(min=1), help="Stop after this many wakes."
 )
 @click.option(
+    "--insecure-no-signing",
+    is_flag=True,
+    help="Send and accept NATS messages without a signing key: anyone who can"
+    " publish to the server can then forge results and reload this scheduler."
+    " Private test servers only.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default="INFO",
     show_default=True,
 )
+@log_format_option
 def run(
     config: Path,
     *,
     state_dir: Path | None,
     state_url: str | None,
     lease_seconds: float,
+    insecure_no_signing: bool,
     max_cycles: int | None,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the schedules in the foreground, one log line per run.
 
     SIGTERM or Ctrl-C stops claiming fires and gives running ones
     `shutdown_timeout_seconds` to finish; SIGHUP reloads CONFIG.yaml.
     """
-    handler = RichHandler(
-        console=Console(stderr=True), show_path=False, rich_tracebacks=False
-    )
-    logging.basicConfig(
-        level=log_level.upper(), handlers=[handler], format="%(message)s", force=True
-    )
+    configure_logging(log_level, log_format)
+    if insecure_no_signing:
+        # Read by NatsSettings.insecure() when the NATS executor starts.
+        os.environ[ENV_INSECURE] = "1"
     try:
         _check_state_url(state_url)
         url = state_url or (_load(config).state if state_dir is None else None)
@@ -168,38 +176,43 @@ def list_(config: Path, count: int, as_json: bool) -> None:
             "executor": executor_label(e.executor) or parsed.executor.kind,
             "retries": e.retries,
             "cache_dir": e.runner.cache_dir if e.runner is not None else None,
+            "runs_through": cache_label(e),
             "next": [t.isoformat() for t in fires.get(e.name, [])],
         }
         for e in parsed.entries
     ]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        emit_json({"config": str(config), "schedules": rows})
         return
-    table = Table(title=f"{len(rows)} schedule(s) in {config}")
-    for column in (
-        "name",
-        "trigger",
-        "target",
-        "cache",
-        "catchup",
-        "overlap",
-        "executor",
-        "next fires",
-    ):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(
-            row["name"] + ("" if row["enabled"] else " (disabled)"),
-            row["trigger"],
-            row["target"]
-            + (f"\nfan-out: {row['expand_from']}" if row["expand_from"] else ""),
-            row["cache"],
-            row["catchup"],
-            row["overlap"],
-            row["executor"],
-            "\n".join(row["next"]) or "-",
-        )
-    Console(markup=False).print(table)  # names and paths are data
+    print_table(
+        f"{len(rows)} schedule(s) in {config}",
+        (
+            "name",
+            "trigger",
+            "target",
+            "cache",
+            "mode",
+            "catchup",
+            "overlap",
+            "executor",
+            "next fires",
+        ),
+        [
+            (
+                row["name"] + ("" if row["enabled"] else " (disabled)"),
+                row["trigger"],
+                row["target"]
+                + (f"\nfan-out: {row['expand_from']}" if row["expand_from"] else ""),
+                row["runs_through"],
+                row["cache"],
+                row["catchup"],
+                row["overlap"],
+                row["executor"],
+                "\n".join(row["next"]) or "-",
+            )
+            for row in rows
+        ],
+    )
 
 
 def _ref(ref: object) -> str:
@@ -221,6 +234,15 @@ def validate(config: Path) -> None:
         else f"ledger in {parsed.state_dir}"
     )
     click.echo(f"{config}: OK, {len(parsed.entries)} schedule(s); {where}")
+    for entry in parsed.entries:
+        label = cache_label(entry)
+        if label == "none":
+            label = (
+                "no cache (runner: none)"
+                if entry.executor != "nats"
+                else ("the NATS worker's cache")
+            )
+        click.echo(f"  {entry.name}: {label}")
 
 
 @schedule.command()
@@ -256,25 +278,7 @@ def history(
     as_json: bool,
 ) -> None:
     """Show recorded runs from the ledger, newest first."""
-    _check_state_url(state_url)
-    url = state_url
-    if url is None and state_dir is None:
-        url = _load(config).state
-    ledger: Any
-    if url is not None:
-        try:
-            ledger = open_store(url, heartbeat=False)
-        except StoreUnavailableError as exc:
-            raise click.ClickException(str(exc)) from None
-        path: Any = ledger.where
-    else:
-        folder = state_dir if state_dir is not None else _load(config).state_dir
-        path = folder / LEDGER_NAME
-        if not path.exists():
-            raise click.ClickException(
-                f"no ledger at {path} yet (has `schedule run` started?)"
-            )
-        ledger = Ledger(path)
+    ledger, path = _open_ledger(config, state_dir, state_url)
     try:
         rows = [
             r.as_dict() for r in ledger.history(entry=entry, state=state, limit=limit)
@@ -282,33 +286,67 @@ def history(
     finally:
         ledger.close()
     if as_json:
-        for row in rows:
-            click.echo(json.dumps(_readable(row), sort_keys=True))
+        emit_json({"ledger": str(path), "runs": [_readable(row) for row in rows]})
         return
-    table = Table(title=f"runs in {path}")
-    for column in (
-        "nominal",
-        "schedule",
-        "item",
-        "state",
-        "late s",
-        "hits",
-        "misses",
-        "note",
-    ):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(
-            utc_from_timestamp(row["nominal"]).isoformat(),
-            row["entry"],
-            row["item"],
-            row["state"],
-            f"{row['lateness']:.3f}" if row["lateness"] is not None else "",
-            "" if row["hits"] is None else str(row["hits"]),
-            "" if row["misses"] is None else str(row["misses"]),
-            (row["error"] or row["reason"])[:80],
+    print_table(
+        f"runs in {path}",
+        (
+            "nominal",
+            "schedule",
+            "item",
+            "state",
+            "started",
+            "took s",
+            "late s",
+            "hits",
+            "misses",
+            "note",
+        ),
+        [_history_cells(row) for row in rows],
+    )
+
+
+def _open_ledger(
+    config: Path,
+    state_dir: Path | None,
+    state_url: str | None,
+    *,
+    create: bool = False,
+) -> tuple[Any, Any]:
+    """Open the run store a schedule file uses; return it and where it is."""
+    _check_state_url(state_url)
+    url = state_url
+    if url is None and state_dir is None:
+        url = _load(config).state
+    if url is not None:
+        try:
+            store = open_store(url, heartbeat=False)
+        except StoreUnavailableError as exc:
+            raise click.ClickException(str(exc)) from None
+        return store, store.where
+    folder = state_dir if state_dir is not None else _load(config).state_dir
+    path = folder / LEDGER_NAME
+    if not path.exists() and not create:
+        raise click.ClickException(
+            f"no ledger at {path} yet (has `schedule run` started?)"
         )
-    Console(file=sys.stdout, markup=False).print(table)
+    return Ledger(path), path
+
+
+def _history_cells(row: dict[str, Any]) -> tuple[str, ...]:
+    started, ended = row["started"], row["ended"]
+    return (
+        utc_from_timestamp(row["nominal"]).isoformat(),
+        row["entry"],
+        row["item"],
+        row["state"],
+        utc_from_timestamp(started).isoformat() if started is not None else "",
+        f"{ended - started:.3f}" if started is not None and ended is not None else "",
+        f"{row['lateness']:.3f}" if row["lateness"] is not None else "",
+        "" if row["hits"] is None else str(row["hits"]),
+        "" if row["misses"] is None else str(row["misses"]),
+        row["error"] or row["reason"],
+    )
 
 
 def _check_state_url(url: str | None) -> None:
@@ -329,3 +367,175 @@ def _readable(row: dict[str, Any]) -> dict[str, Any]:
             else None
         )
     return out
+
+
+_name_arg = click.argument("name", metavar="NAME")
+_state_dir_option = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Override state_dir.",
+)
+_store_option = click.option(
+    "--store",
+    "state_url",
+    metavar="URL",
+    help="A postgresql:// run store (default: the file's state:, else the"
+    " ledger in state_dir).",
+)
+_json_flag = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document to stdout."
+)
+
+
+def _entry(parsed: ScheduleConfig, name: str) -> None:
+    names = [e.name for e in parsed.entries]
+    if name not in names:
+        raise click.ClickException(
+            f"no schedule {name!r} in {parsed.path}; it has: {', '.join(names) or '-'}"
+        )
+
+
+def _parse_item(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if isinstance(value, dict):
+        return value
+    if "=" in text:
+        pairs = [part.split("=", 1) for part in text.split(",")]
+        if all(len(pair) == 2 and pair[0] for pair in pairs):
+            return {key.strip(): val.strip() for key, val in pairs}
+    raise click.BadParameter(
+        f'{text!r}: give a JSON object (\'{{"subject": "sub-01"}}\') or'
+        " key=value pairs (subject=sub-01)",
+        param_hint="'--item'",
+    )
+
+
+@schedule.command()
+@_config_arg
+@_name_arg
+@click.option(
+    "--item",
+    "items",
+    multiple=True,
+    help="Run this fan-out item instead of calling expand_from: a JSON object"
+    " or key=value pairs (repeatable).",
+)
+@_state_dir_option
+@_store_option
+@_json_flag
+def trigger(
+    config: Path,
+    name: str,
+    *,
+    items: tuple[str, ...],
+    state_dir: Path | None,
+    state_url: str | None,
+    as_json: bool,
+) -> None:
+    """Run schedule NAME now and wait for it; recorded in the ledger like any run.
+
+    The run's nominal time is now and its reason "triggered by hand"; it
+    goes through the entry's cache, cache mode and executor.
+    """
+    parsed = _load(config)
+    _entry(parsed, name)
+    chosen = [_parse_item(text) for text in items] or None
+    store, where = _open_ledger(config, state_dir, state_url, create=True)
+    scheduler = Scheduler.from_yaml(config, store=store)
+    try:
+        records = scheduler.trigger(name, chosen)
+    finally:
+        scheduler.close()
+    rows = [_readable(r.as_dict()) for r in records]
+    if as_json:
+        emit_json({"ledger": str(where), "runs": rows})
+    else:
+        for record in records:
+            took = (
+                f" in {record.ended - record.started:.2f}s"
+                if record.started is not None and record.ended is not None
+                else ""
+            )
+            click.echo(
+                f"{record.key}: {record.state}{took}"
+                + (
+                    f" ({record.hits} hits, {record.misses} misses)"
+                    if record.hits is not None
+                    else ""
+                )
+                + (f": {record.error}" if record.error else "")
+            )
+    if any(r.state == "failed" for r in records):
+        raise SystemExit(1)
+
+
+def _pause(
+    config: Path,
+    name: str,
+    state_dir: Path | None,
+    state_url: str | None,
+    as_json: bool,
+    *,
+    paused: bool,
+) -> None:
+    parsed = _load(config)
+    _entry(parsed, name)
+    store, where = _open_ledger(config, state_dir, state_url, create=True)
+    try:
+        store.set_paused(name, paused, dt.datetime.now(dt.timezone.utc).timestamp())
+        now_paused = name in store.paused_entries()
+    finally:
+        store.close()
+    if as_json:
+        emit_json({"ledger": str(where), "schedule": name, "paused": now_paused})
+        return
+    if paused:
+        click.echo(
+            f"{name}: paused in {where}; running schedulers skip its fires from"
+            " their next wake (`styxcache schedule resume` to undo)"
+        )
+    else:
+        click.echo(f"{name}: resumed in {where}; it fires again from its next time")
+
+
+@schedule.command()
+@_config_arg
+@_name_arg
+@_state_dir_option
+@_store_option
+@_json_flag
+def pause(
+    config: Path,
+    name: str,
+    *,
+    state_dir: Path | None,
+    state_url: str | None,
+    as_json: bool,
+) -> None:
+    """Pause schedule NAME: its fires are recorded skipped until resumed.
+
+    Kept in the ledger, so running schedulers honour it without a restart
+    and it survives restarts.
+    """
+    _pause(config, name, state_dir, state_url, as_json, paused=True)
+
+
+@schedule.command()
+@_config_arg
+@_name_arg
+@_state_dir_option
+@_store_option
+@_json_flag
+def resume(
+    config: Path,
+    name: str,
+    *,
+    state_dir: Path | None,
+    state_url: str | None,
+    as_json: bool,
+) -> None:
+    """Resume schedule NAME from its next fire (paused fires are not caught up)."""
+    _pause(config, name, state_dir, state_url, as_json, paused=False)

@@ -147,6 +147,7 @@ class RemoteTier:
         self._damaged: dict[str, str | None] = {}
         self._files: concurrent.futures.ThreadPoolExecutor | None = None
         self._parts: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pid = os.getpid()
 
     @classmethod
     def from_settings(cls, remote: str | None, write: bool | None) -> RemoteTier | None:
@@ -177,9 +178,18 @@ class RemoteTier:
 
     # Plumbing -------------------------------------------------------------
 
+    def _after_fork(self) -> None:
+        # A forked child inherits pools whose threads did not survive the
+        # fork (a submit would wait forever) and the client's connections.
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+            self._store, self._files, self._parts = None, None, None
+
     @property
     def store(self) -> Any:
         """The obstore store, built on first use."""
+        self._after_fork()
         if self._store is None:
             with self._lock:
                 if self._store is None:
@@ -192,6 +202,7 @@ class RemoteTier:
         concurrent.futures.ThreadPoolExecutor, concurrent.futures.ThreadPoolExecutor
     ]:
         # Two pools: a file task waits on its parts, so they must not share one.
+        self._after_fork()
         with self._lock:
             if self._files is None or self._parts is None:
                 self._files = concurrent.futures.ThreadPoolExecutor(

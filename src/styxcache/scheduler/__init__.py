@@ -51,6 +51,7 @@ from styxcache.scheduler.runs import (
     execute_run,
 )
 from styxcache.scheduler.scheduler import Scheduler, item_key
+from styxcache.scheduler.stores import StoreUnavailableError, open_store
 from styxcache.scheduler.triggers import (
     CronTrigger,
     IntervalTrigger,
@@ -84,6 +85,7 @@ __all__ = [
     "ScheduleConfig",
     "ScheduleEntry",
     "Scheduler",
+    "StoreUnavailableError",
     "SystemClock",
     "ThreadExecutor",
     "Trigger",
@@ -96,6 +98,7 @@ __all__ = [
     "json_saver",
     "load_config",
     "make_executor",
+    "open_store",
     "parse_config",
     "pickle_reader",
     "pickle_saver",

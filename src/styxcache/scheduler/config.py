@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import importlib
 import math
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -32,7 +34,12 @@ import yaml
 
 from styxcache.modes import CacheMode
 from styxcache.scheduler.nats_connect import NatsSettings, NatsSettingsError
-from styxcache.scheduler.runner_spec import RunnerSpec, RunnerSpecError
+from styxcache.scheduler.runner_spec import (
+    POLICY_FIELDS,
+    RUNNER_KEYS,
+    RunnerSpec,
+    RunnerSpecError,
+)
 from styxcache.scheduler.triggers import (
     CronTrigger,
     IntervalTrigger,
@@ -42,15 +49,23 @@ from styxcache.scheduler.triggers import (
 )
 
 __all__ = [
+    "ENTRY_FIELDS",
     "ENTRY_KEYS",
+    "TOP_FIELDS",
     "ConfigError",
+    "ConfigErrors",
     "ExecutorSpec",
+    "FieldDoc",
     "NatsSettings",
     "ScheduleConfig",
     "ScheduleEntry",
     "build_entry",
+    "cache_label",
+    "default_cache_dir",
     "load_config",
     "parse_config",
+    "register_entry_keys",
+    "render_reference",
     "resolve_callable",
 ]
 
@@ -66,52 +81,165 @@ _SUBJECT = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
 _REF = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*|\.[A-Za-z_]\w*)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
-ENTRY_KEYS = frozenset(
-    {
-        "name",
-        "cron",
-        "interval_seconds",
-        "timezone",
-        "anchor",
-        "target",
-        "expand_from",
-        "cache",
-        "catchup",
-        "max_catchup",
-        "overlap",
-        "jitter_seconds",
-        "grace_seconds",
-        "max_fanout",
-        "enabled",
-        "executor",
-        "dispatch",
-        "runner",
-        "retries",
-    }
-)
-"""Keys a schedule entry may carry."""
 
-_DEFAULTABLE = ENTRY_KEYS - {
-    "name",
-    "cron",
-    "interval_seconds",
-    "target",
-    "expand_from",
-    "executor",
+@dataclasses.dataclass(frozen=True)
+class FieldDoc:
+    """One key the loader accepts, as the reference documents it.
+
+    Attributes:
+        default: The default, as written in YAML (`""`: required or none).
+        doc: One line saying what it does.
+        defaultable: Whether `defaults:` may set it for every entry.
+    """
+
+    default: str
+    doc: str
+    defaultable: bool = True
+
+
+# The loader's own table: it decides which keys are accepted, and
+# docs/scheduler.md's reference is generated from it (`render_reference`).
+# Extensions add rows here (see `register_entry_keys`).
+ENTRY_FIELDS: dict[str, FieldDoc] = {
+    "name": FieldDoc("", "unique name: letters, digits, `_ . -`", False),
+    "cron": FieldDoc("", "cron expression (5 fields, or 6 with seconds)", False),
+    "interval_seconds": FieldDoc(
+        "", "fire every N seconds instead of `cron` (exactly one of the two)", False
+    ),
+    "timezone": FieldDoc("UTC", "IANA zone whose wall time `cron` is read in"),
+    "anchor": FieldDoc(
+        "1970-01-01T00:00:00+00:00",
+        "intervals only: one point of the grid (ISO datetime or Unix seconds)",
+    ),
+    "target": FieldDoc(
+        "", "`module:function` called with the run's `RunContext`", False
+    ),
+    "expand_from": FieldDoc(
+        "", "`module:function` returning a list of dicts: one run per dict", False
+    ),
+    "cache": FieldDoc("normal", "cache mode inside the run: normal, refresh, bypass"),
+    "catchup": FieldDoc("latest", "late fires: latest, all, none"),
+    "max_catchup": FieldDoc("10", "most late fires `all` runs; overlap queue length"),
+    "overlap": FieldDoc("forbid", "a fire while a run is going: forbid, allow, queue"),
+    "jitter_seconds": FieldDoc("0", "deterministic start delay, below the period"),
+    "grace_seconds": FieldDoc("60", "a fire this late or less is on time"),
+    "max_fanout": FieldDoc("1000", "most items one fire may expand into"),
+    "enabled": FieldDoc(
+        "true", "false: never fires (restarts from now when re-enabled)"
+    ),
+    "executor": FieldDoc(
+        "(the file's)",
+        "where runs go: inline, threads, processes, nats, dask://host:port",
+        False,
+    ),
+    "dispatch": FieldDoc("local", "`nats` is another spelling of `executor: nats`"),
+    "runner": FieldDoc(
+        "(the file's)",
+        "cache the run goes through: a mapping with `cache_dir` (`base`,"
+        " `data_dir`, `read_only_caches`, `policy`), or `none` for no cache",
+    ),
+    "retries": FieldDoc("0", "restarts of a run the executor lost (worker died)"),
 }
-_TOP_KEYS = frozenset(
+"""Every key a schedule entry may carry, with its default and meaning."""
+
+TOP_FIELDS: dict[str, FieldDoc] = {
+    "schedules": FieldDoc("", "the list of entries"),
+    "state_dir": FieldDoc(
+        ".styxcache-schedule", "folder of the ledger, relative to the file"
+    ),
+    "state": FieldDoc("", "`postgresql://` URL of a run store shared by schedulers"),
+    "executor": FieldDoc(
+        "threads", "`kind` (inline, threads, processes, nats, dask://...), max_workers"
+    ),
+    "runner": FieldDoc(
+        "(a default cache)",
+        "the cache of every entry without `runner:`; `none` for no cache",
+    ),
+    "nats": FieldDoc("", "NATS server and credentials for `executor: nats`"),
+    "dask": FieldDoc("", "TLS files for `tls://` Dask schedulers"),
+    "defaults": FieldDoc("", "entry keys applied to every entry"),
+    "max_sleep_seconds": FieldDoc("30", "longest single wait of the loop"),
+    "shutdown_timeout_seconds": FieldDoc("30", "grace for running work on shutdown"),
+}
+"""Every top-level key of a schedule file."""
+
+
+def register_entry_keys(fields: Mapping[str, FieldDoc]) -> None:
+    """Accept more entry keys (for extensions such as publish entries).
+
+    Args:
+        fields: Key to its documentation row.
+    """
+    ENTRY_FIELDS.update(fields)
+
+
+def _entry_keys() -> frozenset[str]:
+    return frozenset(ENTRY_FIELDS)
+
+
+def _defaultable() -> frozenset[str]:
+    return frozenset(k for k, f in ENTRY_FIELDS.items() if f.defaultable)
+
+
+register_entry_keys(
     {
-        "schedules",
-        "state_dir",
-        "state",
-        "executor",
-        "nats",
-        "dask",
-        "defaults",
-        "max_sleep_seconds",
-        "shutdown_timeout_seconds",
+        "dispatch_type": FieldDoc(
+            "",
+            "seeds 002/003: publish a `goal` or `task` message instead of"
+            " running a target",
+            False,
+        ),
+        "goal_config": FieldDoc("", "with `dispatch_type: goal`: the goal", False),
+        "task_config": FieldDoc("", "with `dispatch_type: task`: the task", False),
     }
 )
+
+
+def render_reference() -> str:
+    """Return the Markdown key reference of docs/scheduler.md.
+
+    Generated from `TOP_FIELDS` and `ENTRY_FIELDS`, the tables the loader
+    itself checks keys against, so the documentation cannot drift.
+
+    Returns:
+        Two Markdown tables.
+    """
+
+    def table(fields: Mapping[str, FieldDoc], extra: str) -> list[str]:
+        rows = [
+            f"| key | default | meaning{extra} |",
+            "|---|---|---|" + ("---|" if extra else ""),
+        ]
+        for key, field in fields.items():
+            default = (
+                f"`{field.default}`"
+                if field.default[:1] not in ("", "(")
+                else (field.default or "-")
+            )
+            cells = [f"`{key}`", default, field.doc]
+            if extra:
+                cells.append("yes" if field.defaultable else "no")
+            rows.append("| " + " | ".join(cells) + " |")
+        return rows
+
+    lines = ["Top-level keys:", ""]
+    lines += table(TOP_FIELDS, "")
+    lines += ["", "Keys of each entry under `schedules:`:", ""]
+    lines += table(ENTRY_FIELDS, " | in `defaults:`")
+    lines += [
+        "",
+        "Keys of a `runner:` mapping: "
+        + ", ".join(f"`{k}`" for k in sorted(RUNNER_KEYS))
+        + ". Fields of its `policy:` (`CachePolicy`): "
+        + ", ".join(f"`{k}`" for k in sorted(POLICY_FIELDS))
+        + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+ENTRY_KEYS: frozenset[str] = frozenset(ENTRY_FIELDS)
+"""Keys a schedule entry may carry (as of import; see `register_entry_keys`)."""
+_TOP_KEYS = frozenset(TOP_FIELDS)
 
 Target = Callable[..., Any]
 
@@ -122,19 +250,133 @@ class ConfigError(ValueError):
     Attributes:
         entry: Name (or position) of the offending entry, if any.
         field: The offending key, if any.
+        file: The schedule file, when the error came from one.
+        line: 1-based line of the offending value in `file`.
+        column: 1-based column of the offending value.
+        errors: Every error of the file (just this one for a single error).
     """
 
     def __init__(
-        self, message: str, *, entry: str | None = None, field: str | None = None
+        self,
+        message: str,
+        *,
+        entry: str | None = None,
+        field: str | None = None,
+        file: Path | None = None,
+        line: int | None = None,
+        column: int | None = None,
     ):
-        where = []
-        if entry is not None:
-            where.append(f"schedule {entry!r}")
-        if field is not None:
-            where.append(f"field {field!r}")
-        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+        self.message = message
         self.entry = entry
         self.field = field
+        self.file = file
+        self.line = line
+        self.column = column
+        self.errors: list[ConfigError] = [self]
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        where = []
+        if self.entry is not None:
+            where.append(f"schedule {self.entry!r}")
+        if self.field is not None:
+            where.append(f"field {self.field!r}")
+        text = f"{', '.join(where)}: {self.message}" if where else self.message
+        if self.file is not None:
+            spot = str(self.file)
+            if self.line is not None:
+                spot += f":{self.line}:{self.column or 1}"
+            text = f"{spot}: {text}"
+        return text
+
+    def locate(self, file: Path | None, line: int | None, column: int | None) -> None:
+        """Attach the file position (done by the loader, which knows it).
+
+        Args:
+            file: The schedule file.
+            line: 1-based line.
+            column: 1-based column.
+        """
+        self.file, self.line, self.column = file, line, column
+        self.args = (self._text(),)
+
+
+class ConfigErrors(ConfigError):  # noqa: N818 - still one ConfigError, listing all
+    """Several errors of one file, reported together (`errors` lists them)."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        """Collect errors.
+
+        Args:
+            errors: At least one error.
+        """
+        first = errors[0]
+        super().__init__(
+            first.message,
+            entry=first.entry,
+            field=first.field,
+            file=first.file,
+            line=first.line,
+            column=first.column,
+        )
+        self.errors = list(errors)
+        self.args = (self._text(),)
+
+    def _text(self) -> str:
+        errors = getattr(self, "errors", None)
+        if not errors or len(errors) == 1:
+            return super()._text()
+        lines = [f"{len(errors)} errors:"]
+        lines.extend(f"  {error._text()}" for error in errors)
+        return "\n".join(lines)
+
+
+def _raise_all(errors: list[ConfigError]) -> None:
+    flat = [e for error in errors for e in error.errors]
+    flat.sort(key=lambda e: (e.line is None, e.line or 0, e.column or 0))
+    if len(flat) == 1:
+        raise flat[0]
+    if flat:
+        raise ConfigErrors(flat)
+
+
+_BOOL_WORDS = "yes/no/on/off/true/false"
+# Keys whose value must be text: a YAML 1.1 boolean there is a quoting mistake.
+_TEXT_KEYS = frozenset(
+    {
+        "name",
+        "cron",
+        "timezone",
+        "target",
+        "expand_from",
+        "cache",
+        "catchup",
+        "overlap",
+        "executor",
+        "dispatch",
+        "dispatch_type",
+        "anchor",
+    }
+)
+
+
+def _bool_hint(error: ConfigError, value: Any, source: str | None = None) -> None:
+    """Say that YAML read a word as a boolean where text was expected."""
+    if not isinstance(value, bool) or error.field not in _TEXT_KEYS:
+        return
+    as_bool = str(value).lower()
+    if source is not None:
+        error.message += (
+            f" (YAML read `{source}` as the boolean {as_bool}: unquoted"
+            f" {_BOOL_WORDS} are booleans in YAML; write"
+            f' {error.field}: "{source}" for the text)'
+        )
+    else:
+        error.message += (
+            f" (YAML read the value as the boolean {as_bool}: quote words such"
+            f" as {_BOOL_WORDS} to keep them text)"
+        )
+    error.args = (error._text(),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,6 +480,8 @@ class ScheduleConfig:
         max_sleep_seconds: Longest single sleep of the loop.
         shutdown_timeout_seconds: Default grace for running work on shutdown.
         path: The file it came from, if any.
+        default_runner: The cache of entries without `runner:` (None:
+            `runner: none` at the top, no cache).
     """
 
     entries: tuple[ScheduleEntry, ...]
@@ -247,6 +491,7 @@ class ScheduleConfig:
     shutdown_timeout_seconds: float = 30.0
     path: Path | None = None
     nats: NatsSettings | None = None
+    default_runner: RunnerSpec | None = None
     state: str | None = None
     dask: Any = None  # DaskTLS from the `dask:` section (tls:// schedulers)
 
@@ -409,6 +654,29 @@ def _anchor(raw: Mapping[str, Any], entry: str) -> float:
     )
 
 
+class _Collector:
+    """Runs checks and keeps every `ConfigError` instead of stopping at one."""
+
+    def __init__(self, raw: Mapping[str, Any], *, collect: bool = True) -> None:
+        self.raw = raw
+        self.errors: list[ConfigError] = []
+        self.collect = collect
+
+    def check(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if not self.collect:
+            # First pass: stop at the first error (registering thousands of
+            # valid entries stays cheap); the caller reruns collecting all.
+            return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            self.errors.append(exc)
+            return _FAILED
+
+
+_FAILED: Any = object()
+
+
 def build_entry(
     raw: Mapping[str, Any],
     *,
@@ -416,116 +684,236 @@ def build_entry(
     resolve: bool = True,
     pass_context: bool = True,
     base_dir: Path | None = None,
+    default_runner: RunnerSpec | None = None,
 ) -> ScheduleEntry:
-    """Validate one entry mapping.
+    """Validate one entry mapping, reporting every bad field at once.
 
     Args:
-        raw: The entry's keys (see `ENTRY_KEYS`); `cron` may also be given as
-            a `Trigger` under the key `trigger`.
+        raw: The entry's keys (see `ENTRY_FIELDS`); `cron` may also be given
+            as a `Trigger` under the key `trigger`.
         label: How to name the entry in errors if it has no valid name.
         resolve: Import `module:function` references now, to fail early.
         pass_context: Whether the target receives a `RunContext`.
         base_dir: Folder relative `runner:` paths are resolved against.
+        default_runner: The cache of an entry without `runner:` (the file's
+            default); `runner: none` opts out.
 
     Returns:
         The entry.
 
     Raises:
-        ConfigError: On any unknown key or invalid value.
+        ConfigError: On any unknown key or invalid value (`ConfigErrors`,
+            with `errors` listing each, when there are several).
     """
     if not isinstance(raw, Mapping):
         raise ConfigError(f"must be a mapping, got {type(raw).__name__}", entry=label)
+    options = (label, resolve, pass_context, base_dir, default_runner)
+    try:
+        return _build_entry(raw, *options, collect=False)
+    except ConfigError:
+        return _build_entry(raw, *options, collect=True)
+
+
+def _build_entry(  # noqa: PLR0917 - internal, mirrors build_entry
+    raw: Mapping[str, Any],
+    label: str | None,
+    resolve: bool,
+    pass_context: bool,
+    base_dir: Path | None,
+    default_runner: RunnerSpec | None,
+    *,
+    collect: bool,
+) -> ScheduleEntry:
+    got = _Collector(raw, collect=collect)
     name = raw.get("name")
     entry = label if label is not None else repr(name)
     if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(
+        got.check(
+            _fail,
             f"name must be letters, digits, '_', '.', '-' (got {name!r})",
-            entry=entry,
-            field="name",
+            entry,
+            "name",
         )
-    entry = name
-    allowed = ENTRY_KEYS | {"trigger"}
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) {_names(unknown)}; allowed: {_names(sorted(ENTRY_KEYS))}",
-            entry=entry,
-            field=unknown[0],
+    else:
+        entry = name
+    known = _entry_keys()
+    for key in sorted(set(raw) - known - {"trigger"}):
+        got.check(
+            _fail,
+            f"unknown key {key!r}; allowed: {_names(sorted(known))}",
+            entry,
+            key,
         )
-    trigger = _build_trigger(raw, entry)
+    trigger = got.check(_build_trigger, raw, entry)
+    publish = got.check(_publish, raw, entry)
+    if publish is _FAILED:
+        publish = None
 
-    target = raw.get("target")
+    target = raw.get("target") if publish is None else publish["target"]
     expand_from = raw.get("expand_from")
-    for key, ref in (("target", target), ("expand_from", expand_from)):
-        if ref is None:
-            continue
-        if not callable(ref) and not (isinstance(ref, str) and _REF.match(ref)):
-            raise ConfigError(
-                f"expected 'module:function', got {ref!r}", entry=entry, field=key
-            )
-        if resolve:
-            try:
-                resolve_callable(ref)
-            except ValueError as exc:
-                raise ConfigError(str(exc), entry=entry, field=key) from None
+    refs = [("expand_from", expand_from)]
+    if publish is None:
+        refs.insert(0, ("target", target))
+    for key, ref in refs:
+        if ref is not None:
+            got.check(_check_ref, ref, entry, key, resolve)
     if target is None:
-        raise ConfigError(
-            "is required ('module:function')", entry=entry, field="target"
-        )
+        got.check(_fail, "is required ('module:function')", entry, "target")
 
-    cache_value = raw.get("cache", "normal")
-    try:
-        cache = CacheMode(cache_value)
-    except ValueError:
-        raise ConfigError(
-            f"must be one of normal, refresh, bypass; got {cache_value!r}",
-            entry=entry,
-            field="cache",
-        ) from None
+    cache = got.check(_cache_mode, raw, entry)
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
-        raise ConfigError(
-            f"must be true or false, got {enabled!r}", entry=entry, field="enabled"
-        )
-    executor = _entry_executor(raw, entry)
-    if executor == "nats" and not isinstance(target, str):
-        raise ConfigError(
+        got.check(_fail, f"must be true or false, got {enabled!r}", entry, "enabled")
+    executor = got.check(_entry_executor, raw, entry)
+    if publish is not None:
+        executor = publish["executor"]
+    elif executor == "nats" and not isinstance(target, str):
+        got.check(
+            _fail,
             "NATS workers import their target by name: give 'module:function',"
             f" not {target!r}",
-            entry=entry,
-            field="target",
+            entry,
+            "target",
         )
-    runner = raw.get("runner")
-    if runner is not None and not isinstance(runner, RunnerSpec):
-        try:
-            runner = RunnerSpec.from_mapping(runner, base_dir)
-        except RunnerSpecError as exc:
-            raise ConfigError(str(exc), entry=entry, field=exc.field) from None
+    runner, runner_is_default = None, False
+    if publish is None:
+        chosen = got.check(_entry_runner, raw, entry, base_dir, default_runner)
+        if chosen is not _FAILED:
+            runner, runner_is_default = chosen
     retries = raw.get("retries", 0)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ConfigError(
-            f"must be a whole number >= 0, got {retries!r}",
-            entry=entry,
-            field="retries",
+        got.check(
+            _fail, f"must be a whole number >= 0, got {retries!r}", entry, "retries"
         )
+    catchup = got.check(_choice, raw, "catchup", entry, "latest", _CATCHUP)
+    max_catchup = got.check(_integer, raw, "max_catchup", entry, 10)
+    overlap = got.check(_choice, raw, "overlap", entry, "forbid", _OVERLAP)
+    jitter = got.check(_number, raw, "jitter_seconds", entry, 0.0)
+    grace = got.check(_number, raw, "grace_seconds", entry, 60.0)
+    max_fanout = got.check(_integer, raw, "max_fanout", entry, 1000)
+    _raise_all(got.errors)
     return ScheduleEntry(
-        name=name,
+        name=entry,
         trigger=trigger,
         target=target,
         expand_from=expand_from,
         cache=cache,
-        catchup=_choice(raw, "catchup", entry, "latest", _CATCHUP),  # type: ignore[arg-type]
-        max_catchup=_integer(raw, "max_catchup", entry, 10),
-        overlap=_choice(raw, "overlap", entry, "forbid", _OVERLAP),  # type: ignore[arg-type]
-        jitter_seconds=_number(raw, "jitter_seconds", entry, 0.0),
-        grace_seconds=_number(raw, "grace_seconds", entry, 60.0),
-        max_fanout=_integer(raw, "max_fanout", entry, 1000),
+        catchup=catchup,
+        max_catchup=max_catchup,
+        overlap=overlap,
+        jitter_seconds=jitter,
+        grace_seconds=grace,
+        max_fanout=max_fanout,
         enabled=enabled,
         pass_context=pass_context,
         executor=executor,
         runner=runner,
         retries=retries,
+        runner_is_default=runner_is_default,
     )
+
+
+def _fail(message: str, entry: str, field: str) -> None:
+    raise ConfigError(message, entry=entry, field=field)
+
+
+def _publish(raw: Mapping[str, Any], entry: str) -> dict[str, Any] | None:
+    # Seeds 002/003's publish entries (dispatch_type goal|task).
+    from styxcache.scheduler.publish import PublishConfigError, publish_overrides
+
+    try:
+        return publish_overrides(raw)
+    except PublishConfigError as exc:
+        raise ConfigError(str(exc), entry=entry, field=exc.field) from None
+
+
+def _check_ref(ref: Any, entry: str, key: str, resolve: bool) -> None:
+    if not callable(ref) and not (isinstance(ref, str) and _REF.match(ref)):
+        raise ConfigError(
+            f"expected 'module:function', got {ref!r}", entry=entry, field=key
+        )
+    if resolve:
+        try:
+            resolve_callable(ref)
+        except ValueError as exc:
+            raise ConfigError(str(exc), entry=entry, field=key) from None
+
+
+def _cache_mode(raw: Mapping[str, Any], entry: str) -> CacheMode:
+    value = raw.get("cache", "normal")
+    try:
+        return CacheMode(value)
+    except ValueError:
+        raise ConfigError(
+            f"must be one of normal, refresh, bypass; got {value!r}",
+            entry=entry,
+            field="cache",
+        ) from None
+
+
+_NO_RUNNER = ("none", "off", False)
+
+
+def _entry_runner(
+    raw: Mapping[str, Any],
+    entry: str,
+    base_dir: Path | None,
+    default: RunnerSpec | None,
+) -> tuple[RunnerSpec | None, bool]:
+    """Return the entry's runner spec and whether it is the file's default."""
+    if "runner" not in raw:
+        return default, default is not None
+    value = raw["runner"]
+    if value is None or (isinstance(value, (str, bool)) and value in _NO_RUNNER):
+        return None, False  # the explicit opt-out: no cache
+    if isinstance(value, RunnerSpec):
+        return value, False
+    try:
+        return RunnerSpec.from_mapping(value, base_dir), False
+    except RunnerSpecError as exc:
+        raise ConfigError(str(exc), entry=entry, field=exc.field) from None
+
+
+def cache_label(entry: ScheduleEntry) -> str:
+    """Say which cache an entry's runs go through, for logs and `schedule list`.
+
+    Args:
+        entry: The entry.
+
+    Returns:
+        The cache folder, with ` (default)` when the entry did not choose
+        it; `none` for an entry without a cache (`runner: none`, or a code
+        entry that uses whatever global runner the program set).
+    """
+    if entry.runner is None:
+        return "none"
+    folder = str(entry.runner.cache_dir)
+    return f"{folder} (default)" if entry.runner_is_default else folder
+
+
+def default_cache_dir(state_dir: Path | None = None) -> Path:
+    """The cache used by file entries that name no `runner:`.
+
+    `$STYXCACHE_DIR` when set (the cache commands' variable), else the
+    platform's user cache folder (`~/.cache/styxcache` on Linux), else a
+    `cache` folder beside the state dir.
+
+    Args:
+        state_dir: The schedule's state folder (the last resort).
+
+    Returns:
+        The folder (not created here).
+    """
+    env = os.environ.get("STYXCACHE_DIR")
+    if env:
+        return Path(env).expanduser().absolute()
+    try:
+        import platformdirs
+
+        return Path(platformdirs.user_cache_dir("styxcache"))
+    except Exception:  # no home folder: keep it next to the ledger
+        base = state_dir if state_dir is not None else Path.cwd()
+        return base.parent.absolute() / "styxcache-cache"
 
 
 def _entry_executor(raw: Mapping[str, Any], entry: str) -> Any:
@@ -618,54 +1006,122 @@ def _build_trigger(raw: Mapping[str, Any], entry: str) -> Trigger:
         raise ConfigError(str(exc), entry=entry, field="interval_seconds") from None
 
 
+@dataclasses.dataclass
+class _Marks:
+    """Where each mapping key and value sits in the YAML file (1-based)."""
+
+    file: Path | None = None
+    # id(mapping) -> (line, column) of the mapping, and key -> (line,
+    # column, source text) of its value.
+    maps: dict[int, tuple[tuple[int, int], dict[str, tuple[int, int, str | None]]]] = (
+        dataclasses.field(default_factory=dict)
+    )
+
+    def place(self, error: ConfigError, *mappings: Any) -> None:
+        """Give `error` the position of its field in the first mapping holding it."""
+        key = (error.field or "").split(".")[0]
+        fallback: tuple[int, int] | None = None
+        for mapping in mappings:
+            known = self.maps.get(id(mapping)) if mapping is not None else None
+            if known is None:
+                continue
+            start, values = known
+            fallback = fallback or start
+            if key in values:
+                line, column, source = values[key]
+                _bool_hint(error, mapping.get(key), source)
+                error.locate(self.file, line, column)
+                return
+        for mapping in mappings:
+            if isinstance(mapping, Mapping) and key in mapping:
+                _bool_hint(error, mapping.get(key))
+                break
+        if fallback is not None:
+            error.locate(self.file, *fallback)
+        elif self.file is not None:
+            error.locate(self.file, None, None)
+
+
 def parse_config(
     data: Any,
     *,
     base_dir: Path | None = None,
     resolve: bool = True,
     path: Path | None = None,
+    marks: _Marks | None = None,
 ) -> ScheduleConfig:
-    """Validate a decoded schedule document.
+    """Validate a decoded schedule document, reporting every error at once.
 
     Args:
         data: The decoded YAML document.
         base_dir: Folder relative paths (state_dir) are resolved against.
         resolve: Import target references now.
         path: The file the document came from (kept on the result).
+        marks: Positions of the document's keys (from `load_config`).
 
     Returns:
         The validated configuration.
 
     Raises:
-        ConfigError: On any invalid key or value.
+        ConfigError: On any invalid key or value (`ConfigErrors` listing
+            each, with file:line:column when read from a file, when there
+            are several).
     """
+    marks = marks or _Marks(file=path)
     base = base_dir or Path.cwd()
     if not isinstance(data, Mapping):
-        raise ConfigError(
+        error = ConfigError(
             "the file must hold a mapping with a 'schedules' list,"
             f" got {type(data).__name__}"
         )
-    unknown = sorted(set(data) - _TOP_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"unknown top-level key(s) {_names(unknown)};"
-            f" allowed: {_names(sorted(_TOP_KEYS))}",
-            field=unknown[0],
+        marks.place(error)
+        raise error
+    errors: list[ConfigError] = []
+
+    def top(fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except ConfigError as exc:
+            for error in exc.errors:
+                sub = data.get(error.entry) if error.entry is not None else None
+                marks.place(error, sub if isinstance(sub, Mapping) else None, data)
+            errors.append(exc)
+            return _FAILED
+
+    for key in sorted(set(data) - _TOP_KEYS):
+        top(
+            _fail_top,
+            f"unknown top-level key {key!r}; allowed: {_names(sorted(_TOP_KEYS))}",
+            key,
         )
     schedules = data.get("schedules")
     if not isinstance(schedules, list):
-        raise ConfigError("must be a list of entries", field="schedules")
+        top(_fail_top, "must be a list of entries", "schedules")
+        schedules = []
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, Mapping):
-        raise ConfigError("must be a mapping", field="defaults")
-    bad_defaults = sorted(set(defaults) - _DEFAULTABLE)
-    if bad_defaults:
-        raise ConfigError(
-            f"cannot set {_names(bad_defaults)} here;"
-            f" allowed: {_names(sorted(_DEFAULTABLE))}",
+        top(_fail_top, "must be a mapping", "defaults")
+        defaults = {}
+    defaultable = _defaultable()
+    for key in sorted(set(defaults) - defaultable):
+        error = ConfigError(
+            f"cannot set {key!r} here; allowed: {_names(sorted(defaultable))}",
             entry="defaults",
-            field=bad_defaults[0],
+            field=key,
         )
+        marks.place(error, defaults)
+        errors.append(error)
+    state_raw = data.get("state_dir", ".styxcache-schedule")
+    state_dir = Path(".styxcache-schedule")
+    if not isinstance(state_raw, str) or not state_raw:
+        top(_fail_top, f"must be a folder path, got {state_raw!r}", "state_dir")
+    else:
+        state_dir = Path(state_raw).expanduser()
+    if not state_dir.is_absolute():
+        state_dir = base / state_dir
+    default_runner = top(_file_runner, data, base, state_dir)
+    if default_runner is _FAILED:
+        default_runner = None
     entries: list[ScheduleEntry] = []
     seen: set[str] = set()
     for index, raw in enumerate(schedules, start=1):
@@ -673,49 +1129,54 @@ def parse_config(
         if isinstance(raw, Mapping) and isinstance(raw.get("name"), str):
             label = raw["name"]
         merged = {**defaults, **raw} if isinstance(raw, Mapping) else raw
-        entry = build_entry(merged, label=label, resolve=resolve, base_dir=base)
+        try:
+            entry = build_entry(
+                merged,
+                label=label,
+                resolve=resolve,
+                base_dir=base,
+                default_runner=default_runner,
+            )
+        except ConfigError as exc:
+            for error in exc.errors:
+                marks.place(error, raw, defaults)
+            errors.append(exc)
+            continue
         if entry.name in seen:
-            raise ConfigError("duplicate name", entry=entry.name, field="name")
+            error = ConfigError("duplicate name", entry=entry.name, field="name")
+            marks.place(error, raw)
+            errors.append(error)
         seen.add(entry.name)
         entries.append(entry)
-    state_raw = data.get("state_dir", ".styxcache-schedule")
-    if not isinstance(state_raw, str) or not state_raw:
-        raise ConfigError(
-            f"must be a folder path, got {state_raw!r}", field="state_dir"
-        )
-    state_dir = Path(state_raw).expanduser()
-    if not state_dir.is_absolute():
-        state_dir = base / state_dir
     state_url = data.get("state")
     if state_url is not None and not (
         isinstance(state_url, str)
         and state_url.startswith(("postgresql://", "postgres://"))
     ):
-        raise ConfigError(
+        top(
+            _fail_top,
             "must be a postgresql:// URL (a folder for the SQLite ledger goes in"
             f" state_dir), got a {type(state_url).__name__}",
-            field="state",
+            "state",
         )
-    executor = _executor_spec(data.get("executor"))
-    nats = _nats_settings(data.get("nats"), base)
-    dask = None
-    if data.get("dask") is not None:
-        # Imported here: dask_executor -> runs -> this module.
-        from styxcache.scheduler.dask_executor import DaskTLS
-
-        try:
-            dask = DaskTLS.from_mapping(data["dask"], base)
-        except ValueError as exc:
-            where, _, why = str(exc).partition(": ")
-            raise ConfigError(why, entry="dask", field=where.split(".")[-1]) from None
+    executor = top(_executor_spec, data.get("executor"))
+    nats = top(_nats_settings, data.get("nats"), base)
+    dask = top(_dask_settings, data.get("dask"), base)
+    max_sleep = top(
+        functools.partial(_number, minimum=0.001),
+        data,
+        "max_sleep_seconds",
+        "(top level)",
+        30.0,
+    )
+    shutdown = top(_number, data, "shutdown_timeout_seconds", "(top level)", 30.0)
+    _raise_all(errors)
     if nats is None and (
         executor.kind == "nats" or any(e.executor == "nats" for e in entries)
     ):
         # Seeds 002/003's files name no server: $STYXCACHE_NATS_URL, else
         # nats://127.0.0.1:4222 (credentials and key from the environment).
         nats = _nats_settings({}, base)
-    max_sleep = _number(data, "max_sleep_seconds", "(top level)", 30.0, minimum=0.001)
-    shutdown = _number(data, "shutdown_timeout_seconds", "(top level)", 30.0)
     return ScheduleConfig(
         entries=tuple(entries),
         state_dir=state_dir,
@@ -726,7 +1187,42 @@ def parse_config(
         path=path,
         nats=nats,
         dask=dask,
+        default_runner=default_runner,
     )
+
+
+def _fail_top(message: str, field: str) -> None:
+    raise ConfigError(message, field=field)
+
+
+def _file_runner(
+    data: Mapping[str, Any], base: Path, state_dir: Path
+) -> RunnerSpec | None:
+    """The cache of entries without `runner:`: the file's, else the default."""
+    value = data.get("runner", _FAILED)
+    if value is _FAILED:
+        return RunnerSpec.from_mapping(
+            {"cache_dir": str(default_cache_dir(state_dir))}, base
+        )
+    if value is None or (isinstance(value, (str, bool)) and value in _NO_RUNNER):
+        return None
+    try:
+        return RunnerSpec.from_mapping(value, base)
+    except RunnerSpecError as exc:
+        raise ConfigError(str(exc), field=exc.field) from None
+
+
+def _dask_settings(raw: Any, base: Path) -> Any:
+    if raw is None:
+        return None
+    # Imported here: dask_executor -> runs -> this module.
+    from styxcache.scheduler.dask_executor import DaskTLS
+
+    try:
+        return DaskTLS.from_mapping(raw, base)
+    except ValueError as exc:
+        where, _, why = str(exc).partition(": ")
+        raise ConfigError(why, entry="dask", field=where.split(".")[-1]) from None
 
 
 def _executor_spec(raw: Any) -> ExecutorSpec:
@@ -761,11 +1257,38 @@ def _nats_settings(raw: Any, base_dir: Path | None = None) -> NatsSettings | Non
         raise ConfigError(str(exc), entry="nats", field=exc.field) from None
 
 
+class _MarkingLoader(yaml.SafeLoader):
+    """A safe loader that remembers where every mapping key's value sits."""
+
+    positions: _Marks
+
+    def _map(self, node: yaml.MappingNode) -> Any:
+        data: dict[Any, Any] = {}
+        yield data
+        data.update(self.construct_mapping(node))
+        values: dict[str, tuple[int, int, str | None]] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                source = (
+                    value_node.value
+                    if isinstance(value_node, yaml.ScalarNode)
+                    else None
+                )
+                mark = value_node.start_mark
+                values[str(key_node.value)] = (mark.line + 1, mark.column + 1, source)
+        start = node.start_mark
+        self.positions.maps[id(data)] = ((start.line + 1, start.column + 1), values)
+
+
+_MarkingLoader.add_constructor("tag:yaml.org,2002:map", _MarkingLoader._map)
+
+
 def load_config(path: str | Path, *, resolve: bool = True) -> ScheduleConfig:
     """Read and validate a YAML schedule file.
 
     The file's folder is put on `sys.path` so that `target` modules can sit
-    next to it.
+    next to it. Every error of the file is reported at once, each as
+    `file:line:column: schedule 'name', field 'key': message`.
 
     Args:
         path: The YAML file.
@@ -775,20 +1298,36 @@ def load_config(path: str | Path, *, resolve: bool = True) -> ScheduleConfig:
         The validated configuration.
 
     Raises:
-        ConfigError: If the file cannot be read, is not YAML, or is invalid.
+        ConfigError: If the file cannot be read, is not YAML, or is invalid
+            (`ConfigErrors` when there are several errors).
     """
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {file}: {exc.strerror or exc}") from None
+    marks = _Marks(file=file)
+    loader = _MarkingLoader(text)
+    loader.positions = marks
     try:
-        data = yaml.safe_load(text)
+        data = loader.get_single_data()
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{file} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        error = ConfigError(
+            f"not valid YAML: {problem}" + (f" ({context})" if context else "")
+        )
+        if mark is not None:
+            error.locate(file, mark.line + 1, mark.column + 1)
+        else:
+            error.locate(file, None, None)
+        raise error from None
+    finally:
+        loader.dispose()
     folder = str(file.resolve().parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
     return parse_config(
-        data, base_dir=file.resolve().parent, resolve=resolve, path=file
+        data, base_dir=file.resolve().parent, resolve=resolve, path=file, marks=marks
     )

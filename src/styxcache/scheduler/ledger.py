@@ -82,6 +82,10 @@ CREATE TABLE IF NOT EXISTS entries (
     watermark REAL NOT NULL,
     enabled INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS paused (
+    name TEXT PRIMARY KEY,
+    since REAL NOT NULL
+);
 """
 
 
@@ -211,6 +215,14 @@ class RunStore(Protocol):
 
     def recover_orphans(self, now: float) -> int:
         """Mark runs of ended schedulers interrupted; return how many."""
+        ...
+
+    def set_paused(self, name: str, paused: bool, now: float) -> None:
+        """Pause or resume a schedule for every scheduler sharing the store."""
+        ...
+
+    def paused_entries(self) -> dict[str, float]:
+        """Return the paused schedules and since when (Unix seconds)."""
         ...
 
     def close(self) -> None:
@@ -551,6 +563,33 @@ class Ledger:
         with self._lock:
             rows = self._conn.execute(sql + " GROUP BY state", params).fetchall()
         return {r["state"]: int(r["n"]) for r in rows}
+
+    def set_paused(self, name: str, paused: bool, now: float) -> None:
+        """Pause or resume a schedule; running schedulers see it on their next wake.
+
+        Args:
+            name: Schedule name (need not be known to the ledger yet).
+            paused: True to pause, False to resume.
+            now: When (Unix seconds), kept as the start of the pause.
+        """
+        with self._transaction() as conn:
+            if paused:
+                conn.execute(
+                    "INSERT OR IGNORE INTO paused (name, since) VALUES (?, ?)",
+                    (name, now),
+                )
+            else:
+                conn.execute("DELETE FROM paused WHERE name = ?", (name,))
+
+    def paused_entries(self) -> dict[str, float]:
+        """Return the paused schedules and since when.
+
+        Returns:
+            Schedule name to the Unix time it was paused.
+        """
+        with self._lock:
+            rows = self._conn.execute("SELECT name, since FROM paused").fetchall()
+        return {str(r["name"]): float(r["since"]) for r in rows}
 
     def recover_orphans(self, now: float) -> int:
         """Mark running/planned runs of dead processes on this host interrupted.

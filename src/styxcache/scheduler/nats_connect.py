@@ -280,6 +280,18 @@ class NatsSettings:
         except TypeError as exc:  # pragma: no cover - keys were checked above
             raise NatsSettingsError(str(exc), "nats") from None
 
+    def __repr__(self) -> str:
+        """Show the settings with the URL's credentials masked (logs print it)."""
+        parts = [f"url={mask_url(self.url)!r}"]
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name != "url" and value != field.default:
+                parts.append(f"{field.name}={value!r}")
+        fields = ", ".join(parts)
+        return f"NatsSettings({fields})"
+
+    __str__ = __repr__
+
     @property
     def display_url(self) -> str:
         """The URL with any credentials masked, for logs and errors."""

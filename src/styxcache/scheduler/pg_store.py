@@ -196,6 +196,7 @@ class PostgresStore:
         self._lock = threading.RLock()
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
         self._connected_at = 0.0
+        self._renewed_at = 0.0
         self._down_since: float | None = None
         self._pending: dict[str, RunRecord] = {}
         self._next_adopt = 0.0
@@ -251,7 +252,7 @@ class PostgresStore:
             conn.close()
             raise
         self._conn = conn
-        self._connected_at = self._clock()
+        self._connected_at = self._renewed_at = self._clock()
         if self._down_since is not None:
             _log.warning(
                 "PostgreSQL run store %s is reachable again after %.1fs;"
@@ -366,11 +367,19 @@ class PostgresStore:
         self._flush()
         return True
 
-    def _renew(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
+    def _renew(
+        self, conn: psycopg.Connection[dict[str, Any]], *, force: bool = True
+    ) -> None:
+        now = self._clock()
+        # Claims renew in passing only when the heartbeat is overdue: one
+        # statement less per wake on the hot path.
+        if not force and now - self._renewed_at < self.lease_seconds / 3:
+            return
         conn.execute(
             self._q("UPDATE {s}.schedulers SET lease_expires = %s WHERE owner = %s"),
-            (self._clock() + self.lease_seconds, self.owner),
+            (now + self.lease_seconds, self.owner),
         )
+        self._renewed_at = now
 
     def _beat(self) -> None:
         interval = self.lease_seconds / 3
@@ -380,12 +389,26 @@ class PostgresStore:
             except Exception:
                 _log.exception("run store lease renewal failed")
 
-    def close(self) -> None:
-        """Give up the lease (so leftovers are taken over at once) and disconnect."""
+    def close(self, flush_timeout: float | None = None) -> None:
+        """Write what is pending, give up the lease and disconnect.
+
+        Results of runs that ended while the database was out of reach are
+        retried for up to `flush_timeout` seconds (default: one lease): left
+        unwritten, those runs would look lost to the other schedulers, which
+        would run them again.
+
+        Args:
+            flush_timeout: Longest wait for the database, in seconds.
+        """
         if self._closed.is_set():
             return
-        with self._lock:
+        limit = self.lease_seconds if flush_timeout is None else flush_timeout
+        deadline = time.monotonic() + limit
+        self._flush()
+        while self._pending and time.monotonic() < deadline:
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
             self._flush()
+        with self._lock:
             if self._conn is not None and not self._conn.closed:
                 try:
                     self._conn.execute(
@@ -400,6 +423,14 @@ class PostgresStore:
                 self._conn.close()
             self._conn = None
             self._closed.set()
+            if self._pending:
+                _log.warning(
+                    "closing the run store %s with %d run result(s) it could not"
+                    " write (the database is out of reach); other schedulers will"
+                    " take those runs for lost and retry them by their retries",
+                    self.where,
+                    len(self._pending),
+                )
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -507,15 +538,18 @@ class PostgresStore:
 
         self._retrying(work)
 
-    def paused_entries(self) -> set[str]:
-        """Return the names of paused schedules."""
+    def paused_entries(self) -> dict[str, float]:
+        """Return the paused schedules and since when.
 
-        def work(conn: psycopg.Connection[dict[str, Any]]) -> set[str]:
-            return {
-                r["name"] for r in conn.execute(self._q("SELECT name FROM {s}.paused"))
-            }
+        Returns:
+            Schedule name to the Unix time it was paused.
+        """
 
-        result: set[str] = self._retrying(work)
+        def work(conn: psycopg.Connection[dict[str, Any]]) -> dict[str, float]:
+            rows = conn.execute(self._q("SELECT name, since FROM {s}.paused"))
+            return {str(r["name"]): float(r["since"]) for r in rows}
+
+        result: dict[str, float] = self._retrying(work)
         return result
 
     # ------------------------------------------------------------------ runs
@@ -557,7 +591,7 @@ class PostgresStore:
         marks = sorted((watermarks or {}).items())
 
         def work(conn: psycopg.Connection[dict[str, Any]]) -> set[str]:
-            self._renew(conn)
+            self._renew(conn, force=False)
             won: set[str] = set()
             if ordered:
                 won = {r["key"] for r in conn.execute(insert, arrays)}
@@ -874,6 +908,15 @@ class PostgresStore:
                     ),
                 )
                 adopted.append((record, attempt))
+            # Rows of schedulers gone for a day with nothing left to take over.
+            conn.execute(
+                self._q(
+                    "DELETE FROM {s}.schedulers o WHERE o.lease_expires < %s"
+                    " AND NOT EXISTS (SELECT 1 FROM {s}.runs r WHERE r.owner = o.owner"
+                    " AND r.state IN ('running', 'planned'))"
+                ),
+                (now - 86400.0,),
+            )
             return adopted, marked
 
         adopted, marked = self._retrying(work)

@@ -187,6 +187,12 @@ class PublishAction:
         value: dict[str, Any] = json.loads(self.config_json)
         return value
 
+    def __str__(self) -> str:
+        """Name the action for listings (`publish goal`, `publish task summarizer`)."""
+        if self.dispatch_type == "task":
+            return f"publish task {self.config['worker_type']}"
+        return "publish goal"
+
     def __call__(self, *_args: Any) -> None:
         """Refuse to run: a publish entry runs nowhere but on NATS.
 

@@ -127,6 +127,8 @@ class RunOutcome:
         started: When the target really started (Unix seconds, on the
             scheduler's clock in-process, else the worker's wall clock).
         ended: When it returned.
+        on_clock: The stamps are on the scheduler's own clock (the run was
+            in-process); else they are the worker's wall clock.
     """
 
     ok: bool
@@ -138,6 +140,7 @@ class RunOutcome:
     duration_s: float = 0.0
     started: float | None = None
     ended: float | None = None
+    on_clock: bool = False
 
 
 def _global_is_caching() -> bool:
@@ -197,4 +200,5 @@ def execute_run(request: RunRequest) -> RunOutcome:
         duration_s=time.monotonic() - started,
         started=started_at,
         ended=wall(),
+        on_clock=request.clock is not None,
     )

@@ -46,6 +46,7 @@ from styxcache.scheduler.config import (
     ScheduleEntry,
     Target,
     build_entry,
+    cache_label,
     load_config,
     resolve_callable,
 )
@@ -72,6 +73,9 @@ __all__ = ["Scheduler", "item_key"]
 
 # Fires listed one by one per wake and entry; older ones are summarised.
 _MAX_ENUMERATED = 10_000
+# A herd due within this window is claimed ahead, at about this cost per fire.
+_HERD_WINDOW_S = 1.0
+_CLAIM_COST_S = 100e-6
 # Item keys longer than this are replaced by a digest of the item.
 _MAX_ITEM_KEY = 80
 
@@ -235,7 +239,8 @@ class Scheduler:
         self.test_mode = False
         """Run every fire inline in the thread that calls `run_pending()` or
         `run()`, whatever the executors (no pool, no dispatcher, no NATS
-        message, so nothing is signed). For deterministic tests (seed 001)."""
+        run message). Publish entries (seeds 002/003), which have nothing to
+        run, still publish, unsigned. For deterministic tests (seed 001)."""
         self._inline = InlineExecutor()
         # Fires started by the current thread's run_pending() (it waits for them).
         self._tls = threading.local()
@@ -345,7 +350,27 @@ class Scheduler:
         scheduler.config_path = Path(path)
         scheduler._config = config
         scheduler._apply_config(config, initial=True)
+        scheduler._log_caches(config)
         return scheduler
+
+    def _log_caches(self, config: ScheduleConfig) -> None:
+        by_cache: dict[str, list[str]] = {}
+        for entry in config.entries:
+            if entry.executor == "nats" and entry.runner is None:
+                continue  # publish entries and NATS runs: the worker's cache
+            by_cache.setdefault(cache_label(entry), []).append(entry.name)
+        for label, names in by_cache.items():
+            if label == "none":
+                self.logger.warning(
+                    "schedule(s) %s run without a cache (runner: none)",
+                    ", ".join(names),
+                )
+            else:
+                self.logger.info(
+                    "schedule(s) %s run through the cache %s",
+                    ", ".join(names),
+                    label,
+                )
 
     def register_task(
         self,
@@ -451,6 +476,106 @@ class Scheduler:
         with self._lock:
             return {name: job.entry for name, job in self._jobs.items()}
 
+    def pause(self, name: str) -> None:
+        """Pause a schedule: its fires are recorded `skipped` until `resume()`.
+
+        Kept in the ledger, so it survives restarts and every scheduler
+        sharing the ledger honours it on its next wake.
+
+        Args:
+            name: Schedule name.
+
+        Raises:
+            KeyError: If no such schedule is registered.
+        """
+        if name not in self.jobs:
+            raise KeyError(name)
+        self.ledger.set_paused(name, True, self.clock.time())
+
+    def resume(self, name: str) -> None:
+        """Resume a paused schedule from its next fire (no catch-up).
+
+        Args:
+            name: Schedule name.
+
+        Raises:
+            KeyError: If no such schedule is registered.
+        """
+        if name not in self.jobs:
+            raise KeyError(name)
+        self.ledger.set_paused(name, False, self.clock.time())
+
+    def trigger(
+        self, name: str, items: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[RunRecord]:
+        """Run a schedule now, outside its timetable, and wait for it.
+
+        The run is recorded in the ledger like any other, under the key
+        `name@<now>` (its nominal time is now) with the reason "triggered
+        by hand"; overlap rules do not apply to it.
+
+        Args:
+            name: Schedule name.
+            items: Fan-out items to run instead of calling `expand_from`
+                (one run each); None runs the entry as a fire would.
+
+        Returns:
+            The finished runs' records (the expanding fire and its items).
+
+        Raises:
+            KeyError: If no such schedule is registered.
+        """
+        with self._lock:
+            job = self._jobs.get(name)
+            if job is None:
+                raise KeyError(name)
+            entry = job.entry
+        now = self.clock.time()
+        reason = "triggered by hand"
+        fires: list[_Fire] = []
+        if items is None:
+            expand = entry.expand_from is not None
+            record = RunRecord(
+                key=run_key(name, now, "*" if expand else ""),
+                entry=name,
+                nominal=now,
+                item="*" if expand else "",
+                state="running",
+                reason=reason,
+                due=now,
+                started=now,
+                lateness=0.0,
+            )
+            fires.append(_Fire(record=record, entry=entry, expand=expand))
+        else:
+            for key, item in self._items(entry, list(items)):
+                record = RunRecord(
+                    key=run_key(name, now, key),
+                    entry=name,
+                    nominal=now,
+                    item=key,
+                    state="running",
+                    reason=reason,
+                    due=now,
+                    started=now,
+                    lateness=0.0,
+                )
+                fires.append(_Fire(record=record, entry=entry, item=item))
+        claimed = self.ledger.claim([f.record for f in fires])
+        mine = [f for f, ok in zip(fires, claimed, strict=True) if ok]
+        with self._lock:
+            job.running += len(mine)
+        outer = getattr(self._tls, "batch", None)
+        batch: list[_Fire] = []
+        self._tls.batch = batch
+        try:
+            for fire in mine:
+                self._start(fire, persisted=True)
+        finally:
+            self._tls.batch = outer
+        self._wait_settled(batch)
+        return [f.record for f in batch]
+
     def next_fire_times(self, n: int = 1) -> dict[str, list[dt.datetime]]:
         """Return the next `n` nominal fire times of every enabled entry.
 
@@ -489,7 +614,7 @@ class Scheduler:
             The entry's own executor (built once per kind), else the
             scheduler's; in `test_mode`, always inline.
         """
-        if self.test_mode:
+        if self.test_mode and not _publishes(entry):
             return self._inline
         spec = entry.executor
         if spec is None:
@@ -522,7 +647,11 @@ class Scheduler:
             raise RuntimeError("executor 'nats' needs NATS settings (nats=...)")
         from styxcache.scheduler.nats_dispatch import NatsDispatcher
 
-        dispatcher = NatsDispatcher(self.nats)
+        settings = self.nats
+        if self.test_mode:
+            # Seed 001's test mode "bypasses encryption": no signing key needed.
+            settings = dataclasses.replace(settings, insecure_no_signing=True)
+        dispatcher = NatsDispatcher(settings)
         dispatcher.serve_control(self.nats.name, self.control)
         return dispatcher
 
@@ -675,12 +804,21 @@ class Scheduler:
         records: list[RunRecord] = []
         fires: list[_Fire] = []
         watermarks: dict[str, float] = {}
+        paused: Mapping[str, float] = {}
+        if self._heap and self._heap[0][0] <= horizon:
+            # Operators pause through the shared store; read it once per wake.
+            reader = getattr(self.ledger, "paused_entries", None)
+            if reader is not None:
+                paused = reader()
         while self._heap and self._heap[0][0] <= horizon:
             _, _, name, version = heapq.heappop(self._heap)
             job = self._jobs.get(name)
             if job is None or job.version != version or not job.entry.enabled:
                 continue
-            self._plan_job(job, now, horizon, records, fires)
+            if name in paused:
+                self._skip_paused(job, now, horizon, paused[name], records)
+            else:
+                self._plan_job(job, now, horizon, records, fires)
             watermarks[name] = job.watermark
             self._schedule_next(job)
         return records, fires, watermarks
@@ -726,6 +864,26 @@ class Scheduler:
                 )
             )
         return due_fires
+
+    def _skip_paused(
+        self,
+        job: _Job,
+        now: float,
+        horizon: float,
+        since: float,
+        records: list[RunRecord],
+    ) -> None:
+        due_fires = self._enumerate(job, now, horizon, records)
+        if not due_fires:
+            return
+        job.watermark = due_fires[-1][0]
+        reason = (
+            "paused by an operator since"
+            f" {utc_from_timestamp(since).isoformat(timespec='seconds')}"
+            " (styxcache schedule resume)"
+        )
+        for fire in due_fires:
+            records.append(self._record(job.entry, fire, "skipped", reason, now))
 
     def _plan_job(
         self,
@@ -936,12 +1094,43 @@ class Scheduler:
                 else:
                     job.running += 1
                     to_start.append(fire)
-        for fire in sorted(to_start, key=lambda f: f.record.started or 0.0):
+        ordered = sorted(to_start, key=lambda f: f.record.started or 0.0)
+        for index, fire in enumerate(ordered):
             due = fire.record.started or 0.0
             while (remaining := due - self.clock.time()) > 0:
+                if self.stopping.is_set():
+                    self._abandon(ordered[index:])
+                    return started
                 self.clock.wait(remaining)
             started += self._start(fire, persisted=True)
         return started + self._drain_completions()
+
+    def _abandon(self, fires: list[_Fire]) -> None:
+        """Record claimed fires that shutdown overtook before their due time."""
+        now = self.clock.time()
+        with self._lock:
+            for fire in fires:
+                record = fire.record
+                record.state, record.ended = "skipped", now
+                record.reason = "scheduler shut down before it could start"
+                self._finish_slot(fire.entry.name, start_queued=False)
+        with contextlib.suppress(Exception):
+            self.ledger.update([f.record for f in fires])
+
+    def _claim_lead(self) -> float:
+        """How early the loop claims: longer when many fires are due at once.
+
+        Planning and claiming cost tens of microseconds per fire, so a herd
+        of thousands due in the same second is claimed ahead (up to one
+        second) and each fire is then started at its due instant.
+        """
+        lead = self.dispatch_lead_seconds
+        now = self.clock.time()
+        with self._lock:
+            if not self._heap or self._heap[0][0] > now + _HERD_WINDOW_S:
+                return lead
+            soon = sum(1 for item in self._heap if item[0] <= now + _HERD_WINDOW_S)
+        return min(_HERD_WINDOW_S, max(lead, soon * _CLAIM_COST_S))
 
     def _start(self, fire: _Fire, *, persisted: bool = False) -> int:
         """Start one claimed fire (outside the lock); return runs started."""
@@ -1159,7 +1348,11 @@ class Scheduler:
         record.state = "ok" if outcome.ok else "failed"
         record.error = outcome.error
         record.hits, record.misses = outcome.hits, outcome.misses
-        if outcome.started is not None and outcome.ended is not None:
+        if (
+            outcome.started is not None
+            and outcome.ended is not None
+            and (outcome.on_clock or isinstance(self.clock, SystemClock))
+        ):
             # When the target really ran, not when the fire was claimed.
             record.started, record.ended = outcome.started, outcome.ended
             due = record.due if record.due is not None else record.nominal
@@ -1332,7 +1525,7 @@ class Scheduler:
                 if self._reload_requested:
                     self._reload_requested = False
                     self.reload()
-                self.run_pending(self.dispatch_lead_seconds, wait=False)
+                self.run_pending(self._claim_lead(), wait=False)
                 if self.routine is not None:
                     if self.clock.monotonic() >= next_routine:
                         self._run_routine()
@@ -1364,7 +1557,7 @@ class Scheduler:
 
     def _sleep(self, next_routine: float) -> None:
         now = self.clock.time()
-        to_due = self._seconds_to_next_due(now) - self.dispatch_lead_seconds
+        to_due = self._seconds_to_next_due(now) - self._claim_lead()
         timeout = min(to_due, self.max_sleep_seconds)
         if self.routine is not None:
             timeout = min(timeout, next_routine - self.clock.monotonic())
@@ -1600,6 +1793,13 @@ class Scheduler:
         if not self.stopping.is_set():
             self.shutdown(timeout=0)
         self.ledger.close()
+
+
+def _publishes(entry: ScheduleEntry) -> bool:
+    """Whether the entry publishes a message (seeds 002/003) instead of running."""
+    from styxcache.scheduler.publish import PublishAction
+
+    return isinstance(entry.target, PublishAction)
 
 
 def item_key(item: Mapping[str, Any]) -> str:

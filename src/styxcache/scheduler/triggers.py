@@ -14,13 +14,16 @@ Two kinds, behind one `Trigger` protocol:
 
 from __future__ import annotations
 
+import bisect
 import copy
+import dataclasses
 import datetime as dt
 import functools
 import heapq
 import math
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol, runtime_checkable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -116,12 +119,18 @@ class CronTrigger:
                 f"cron expression {expression!r} has {len(fields)} fields; "
                 "expected 5 (minute hour day month weekday) or 6 (with seconds)"
             )
-        try:
-            self._template = _walker_template(" ".join(fields))
-        except Exception as exc:  # croniter raises several unrelated types
-            raise TriggerError(
-                f"invalid cron expression {expression!r}: {exc}"
-            ) from None
+        # The common grammar (numbers, names, ranges, steps, lists) is parsed
+        # here, one cached parse per distinct field; anything else (L, W, #,
+        # ?, seconds) goes to croniter.
+        self._spec = _fast_spec(tuple(fields)) if len(fields) == 5 else None
+        self._template: croniter | None = None
+        if self._spec is None:
+            try:
+                self._template = _walker_template(" ".join(fields))
+            except Exception as exc:  # croniter raises several unrelated types
+                raise TriggerError(
+                    f"invalid cron expression {expression!r}: {exc}"
+                ) from None
         self.expression = " ".join(fields)
         self.timezone = timezone
         self._zone = load_zone(timezone)
@@ -147,6 +156,10 @@ class CronTrigger:
             The next fire instant (cron schedules never end, but an
             expression such as `0 0 30 2 *` never matches, giving None).
         """
+        if self._spec is not None and self._zone.key in _FIXED_ZONES:
+            # The common case needs no walk state: one calendar search.
+            wall = _next_wall(self._spec, _EPOCH + dt.timedelta(seconds=after))
+            return None if wall is None else (wall - _EPOCH).total_seconds()
         key = (self.expression, self.timezone, after)
         with _NEXT_LOCK:
             if key in _NEXT_CACHE:
@@ -167,7 +180,28 @@ class CronTrigger:
         Yields:
             Fire instants in Unix seconds.
         """
-        return _cron_iter(self._zone, self._template, self._hour_wildcard, after)
+        if self._spec is not None:
+            return _cron_iter(
+                self._zone,
+                functools.partial(_next_wall, self._spec),
+                self._hour_wildcard,
+                after,
+            )
+        assert self._template is not None
+        walker = copy.copy(self._template)
+        started = False
+
+        def step(wall: dt.datetime) -> dt.datetime | None:
+            nonlocal started
+            if not started:
+                walker.set_current(wall, force=True)
+                started = True
+            try:
+                return walker.get_next(dt.datetime)  # type: ignore[no-any-return]
+            except Exception:  # croniter gives up on expressions that never match
+                return None
+
+        return _cron_iter(self._zone, step, self._hour_wildcard, after)
 
 
 class IntervalTrigger:
@@ -256,9 +290,24 @@ def _offset(zone: ZoneInfo, ts: float) -> dt.timedelta | None:
     return dt.datetime.fromtimestamp(ts, zone).utcoffset()
 
 
+_FIXED_ZONES = frozenset({"UTC", "Etc/UTC", "Etc/GMT", "GMT", "Universal", "Zulu"})
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
 def _cron_iter(
-    zone: ZoneInfo, template: croniter, hour_wildcard: bool, after: float
+    zone: ZoneInfo,
+    next_wall: Callable[[dt.datetime], dt.datetime | None],
+    hour_wildcard: bool,
+    after: float,
 ) -> Iterator[float]:
+    if zone.key in _FIXED_ZONES:
+        # No daylight saving: wall time is the instant.
+        wall: dt.datetime | None = _EPOCH + dt.timedelta(seconds=after)
+        while True:
+            wall = next_wall(wall)  # type: ignore[arg-type]
+            if wall is None:
+                return
+            yield (wall - _EPOCH).total_seconds()
     start = dt.datetime.fromtimestamp(after, zone).replace(tzinfo=None)
     if _offset(zone, after - _TRANSITION_MARGIN_S) != _offset(
         zone, after + _TRANSITION_MARGIN_S
@@ -266,17 +315,16 @@ def _cron_iter(
         # Near a DST change the second occurrence of an earlier wall time can
         # still lie ahead of `after`: start the wall-time walk a bit earlier.
         start -= dt.timedelta(seconds=_TRANSITION_MARGIN_S)
-    # croniter walks naive wall time; this module maps wall time to instants.
-    walker = copy.copy(template)
-    walker.set_current(start, force=True)
+    # The walk is in naive wall time; this module maps wall time to instants.
     pending: list[float] = []
     last = after
     misses = 0
+    current: dt.datetime | None = start
     while True:
-        try:
-            wall = walker.get_next(dt.datetime)
-        except Exception:  # croniter gives up on expressions that never match
+        current = next_wall(current)  # type: ignore[arg-type]
+        if current is None:
             return
+        wall = current
         first, second = _resolve(zone, wall, hour_wildcard)
         heapq.heappush(pending, first)
         if second is not None:
@@ -291,6 +339,141 @@ def _cron_iter(
         misses = 0 if emitted else misses + 1
         if misses > 100_000:
             return
+
+
+# ------------------------------------------------------------ fast cron
+
+# minute, hour, day of month, month, day of week (7 is Sunday too).
+_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+_FULL = (60, 24, 31, 12, 7)
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        (
+            "jan",
+            "feb",
+            "mar",
+            "apr",
+            "may",
+            "jun",
+            "jul",
+            "aug",
+            "sep",
+            "oct",
+            "nov",
+            "dec",
+        ),
+        start=1,
+    )
+}
+_DAYS = {d: i for i, d in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
+_PART = re.compile(r"^(\*|[a-z0-9]+(?:-[a-z0-9]+)?)(?:/([0-9]+))?$")
+
+
+def _value(index: int, text: str) -> int | None:
+    if text.isdigit():
+        return int(text)
+    names = _MONTHS if index == 3 else _DAYS if index == 4 else {}
+    return names.get(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_field(index: int, text: str) -> tuple[int, ...] | None:
+    """Sorted values of one cron field; None when croniter must judge it."""
+    lo, hi = _RANGES[index]
+    values: set[int] = set()
+    for part in text.lower().split(","):
+        match = _PART.match(part)
+        if match is None:
+            return None
+        span, step_text = match.groups()
+        step = int(step_text) if step_text is not None else 1
+        if step < 1:
+            return None
+        if span == "*":
+            first, last = lo, (6 if index == 4 else hi)
+        else:
+            ends = span.split("-")
+            parsed = [_value(index, end) for end in ends]
+            if any(v is None for v in parsed):
+                return None
+            first = parsed[0]  # type: ignore[assignment]
+            last = parsed[-1] if len(parsed) == 2 else (hi if step_text else first)  # type: ignore[assignment]
+            if not lo <= first <= last <= hi:
+                return None  # out of range or a wrapping range: croniter's call
+        values.update(range(first, last + 1, step))
+    if index == 4 and 7 in values:
+        values.discard(7)
+        values.add(0)
+    return tuple(sorted(values))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    minutes: tuple[int, ...]
+    hours: tuple[int, ...]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]
+    day_or: bool  # both day fields restricted: either may match (cron's rule)
+
+
+@functools.lru_cache(maxsize=16384)
+def _fast_spec(fields: tuple[str, ...]) -> _Spec | None:
+    parsed = [_parse_field(i, f) for i, f in enumerate(fields)]
+    if any(p is None for p in parsed):
+        return None
+    minutes, hours, days, months, weekdays = parsed  # type: ignore[misc]
+    if not (minutes and hours and days and months and weekdays):
+        return None
+    # croniter's rule, kept so that no schedule changes meaning: a day field
+    # is unrestricted when written `*`, or when it covers every value and
+    # the other day field's text has a `*`; with both restricted, either
+    # matching is enough.
+    dom_text, dow_text = fields[2], fields[4]
+    days_all = dom_text == "*" or (len(days) == _FULL[2] and "*" in dow_text)
+    weekdays_all = dow_text == "*" or (len(weekdays) == _FULL[4] and "*" in dom_text)
+    return _Spec(
+        minutes=minutes,
+        hours=hours,
+        days=frozenset(days),
+        months=frozenset(months),
+        weekdays=frozenset(weekdays),
+        day_or=not days_all and not weekdays_all,
+    )
+
+
+# Long enough for "29 Feb" on a given weekday; shorter specs never match.
+_MAX_DAYS = 366 * 29
+
+
+def _next_wall(spec: _Spec, after: dt.datetime) -> dt.datetime | None:
+    """The first naive wall time strictly after `after` that the spec matches."""
+    start = after.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+    day = start.date()
+    hour, minute = start.hour, start.minute
+    hours, minutes = spec.hours, spec.minutes
+    one = dt.timedelta(days=1)
+    for _ in range(_MAX_DAYS):
+        if day.month in spec.months:
+            dom = day.day in spec.days
+            dow = (day.weekday() + 1) % 7 in spec.weekdays
+            if (dom or dow) if spec.day_or else (dom and dow):
+                i = bisect.bisect_left(hours, hour)
+                if i < len(hours) and hours[i] == hour:
+                    j = bisect.bisect_left(minutes, minute)
+                    if j < len(minutes):
+                        return dt.datetime(
+                            day.year, day.month, day.day, hour, minutes[j]
+                        )
+                    i += 1
+                if i < len(hours):
+                    return dt.datetime(
+                        day.year, day.month, day.day, hours[i], minutes[0]
+                    )
+        day += one
+        hour = minute = 0
+    return None
 
 
 def _resolve(

@@ -1,0 +1,50 @@
+"""`stats` reads each event once (a rollup of blocks), with totals unchanged."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from clihelpers import make_runner, write_block
+
+from styxcache import usage
+from styxcache.events import read_events
+from styxcache.usage import summarize, usage_report
+
+
+def _plain(cache: Path, since: float | None) -> dict[str, object]:
+    report = summarize(read_events(cache, since=since), since=since)
+    return dataclasses.asdict(report)
+
+
+def test_rollup_totals_equal_a_full_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(usage, "BLOCK_EVENTS", 3)  # many blocks, some straddling
+    cache = tmp_path / "cache"
+    source = tmp_path / "in.txt"
+    source.write_text("x\n")
+    runner = make_runner(cache, tmp_path / "scratch")
+    times = []
+    for n in range(7):
+        write_block(runner, source, size=10, n=n)  # miss
+        write_block(runner, source, size=10, n=n)  # hit
+        times.append(runner.stats.hits)
+    events = list(read_events(cache))
+    middle = sorted(e.time for e in events)[len(events) // 2]
+    for since in (None, middle, middle + 1e-6, events[-1].time + 1):
+        assert dataclasses.asdict(usage_report(cache, since=since)) == _plain(
+            cache, since
+        )
+    assert (cache / ".events" / usage.ROLLUP_NAME).exists()
+    # New events are appended to the same file: only they are read.
+    for n in range(3):
+        write_block(runner, source, size=10, n=100 + n)
+    for since in (None, middle):
+        assert dataclasses.asdict(usage_report(cache, since=since)) == _plain(
+            cache, since
+        )
+    # A damaged rollup is ignored and rebuilt.
+    (cache / ".events" / usage.ROLLUP_NAME).write_text("{not json")
+    assert dataclasses.asdict(usage_report(cache)) == _plain(cache, None)
