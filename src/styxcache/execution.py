@@ -975,7 +975,7 @@ class CachingExecution(Execution):
                     index < len(self._input_digests)
                     and self._digest_value(path) == self._input_digests[index]
                 )
-            except OSError:
+            except (OSError, ValueError):
                 same = False
             if not same:
                 return f"input {path} changed while the tool ran"
@@ -1000,6 +1000,8 @@ class CachingExecution(Execution):
             return OutsideRecord(path, True, size, self._digest_value(Path(path)))
         except OSError as exc:
             return OutsideRecord(path, True, size, f"unreadable:{exc.errno}")
+        except ValueError:  # a folder too big to digest (hashing.py's bound)
+            return OutsideRecord(path, True, size, f"mtime:{st.st_mtime_ns}")
 
     def _outside_problem(self, manifest: Manifest) -> str:
         """Why an entry's outside outputs do not match this call, or ""."""

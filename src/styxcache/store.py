@@ -38,9 +38,13 @@ from styxcache.manifest import Manifest, ManifestError
 from styxcache.trust import TrustSetting, UntrustedEntryError, check_entry
 from styxcache.walk import folder_entries, housekeeping_dir, iter_entry_dirs
 
-__all__ = ["CacheStore", "Lookup"]
+__all__ = ["CacheStore", "Lookup", "UnsafeCacheFolderError"]
 
 _log = logging.getLogger("styxcache.store")
+
+
+class UnsafeCacheFolderError(PermissionError):
+    """A folder of the cache is a symlink or a file: it is never written through."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,10 +271,18 @@ class CacheStore:
             `<root>/.incoming/[<key>.]<uuid>`.
         """
         name = uuid.uuid4().hex if key is None else f"{key}.{uuid.uuid4().hex[:12]}"
-        path = self.root / self.STAGING_DIR / name
+        incoming = housekeeping_dir(self.root, self.STAGING_DIR, create=True)
+        if incoming is None:
+            # A symlink planted at .incoming would send a run's outputs (and
+            # later the committed entry) wherever its author chose.
+            raise UnsafeCacheFolderError(
+                f"{self.root / self.STAGING_DIR} is not a folder of the cache (a "
+                "symlink or a file stands there): refusing to stage a run through it"
+            )
+        path = incoming / name
         # Never group-writable: on a shared cache a member could plant files
         # in a run's outputs before they are sealed and committed.
-        path.mkdir(parents=True, mode=0o755)
+        path.mkdir(mode=0o755)
         return path
 
     def discard(self, staging: Path) -> None:
@@ -483,9 +495,22 @@ class CacheStore:
             tool: `package/id`.
             key: The entry's key.
         """
-        folder = self._tool_dir(tool)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / key).touch()
+        tools = housekeeping_dir(self.root, self.TOOLS_DIR, create=True)
+        if tools is None:
+            return  # reported; only explanations of later misses need it
+        folder = housekeeping_dir(tools, self._tool_dir(tool).name, create=True)
+        if folder is None:
+            return
+        # O_NOFOLLOW: a link planted at the key's name is never written through.
+        fd = os.open(
+            folder / key,
+            os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o644,
+        )
+        try:
+            os.utime(fd)  # the newest entries are found by this time
+        finally:
+            os.close(fd)
 
     def recent_keys(self, tool: str, limit: int = 32) -> list[str]:
         """Return the newest keys recorded for a tool, newest first.

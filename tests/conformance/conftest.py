@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conformance_harness import RESULTS, Session, quiet_local_runner
+from conformance_harness import RESULTS, Session, fast_tmp, quiet_local_runner
 
 
 def _load_root_conftest() -> Any:
@@ -30,15 +29,9 @@ def _load_root_conftest() -> Any:
 require: Callable[[bool, str], None] = _load_root_conftest().require
 
 
-def _fast_tmp() -> str | None:
-    """A RAM-backed folder when there is one: ~10,000 tiny runs are syscall-bound."""
-    shm = "/dev/shm"
-    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-
-
 @pytest.fixture(scope="session")
 def conformance_session() -> Iterator[Session]:
-    root = Path(tempfile.mkdtemp(prefix="styxcache-conformance-", dir=_fast_tmp()))
+    root = Path(tempfile.mkdtemp(prefix="styxcache-conformance-", dir=fast_tmp()))
     # The cache warns once per tool it cannot cache; the suite checks the
     # behaviour itself, and thousands of captured records only cost time.
     cache_log = logging.getLogger("styxcache")

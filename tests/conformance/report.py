@@ -3,6 +3,7 @@
     python tests/conformance/report.py                 # every suite, Markdown table
     python tests/conformance/report.py --suite fsl     # one suite
     python tests/conformance/report.py --json out.json # every wrapper's result
+    python tests/conformance/report.py --update-docs   # rewrite docs/conformance.md's tables
 
 The table is the one in docs/conformance.md. Exit status 1 when a wrapper fails.
 """
@@ -21,9 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conformance_harness import VARIANTS, WrapperResult, check_many
+from conformance_harness import VARIANTS, WrapperResult, check_many, fast_tmp
 from niwrap_catalogue import discover
 
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "conformance.md"
+START, END = "<!-- conformance-table: start -->", "<!-- conformance-table: end -->"
 COLUMNS = ("wrappers", "cached", "uncached-by-rule", "failing", "unbuildable")
 
 
@@ -70,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite", action="append", help="only these suites")
     parser.add_argument("--json", type=Path, help="write every result here")
     parser.add_argument("--problems", type=int, default=20, help="failures listed")
+    parser.add_argument(
+        "--update-docs",
+        action="store_true",
+        help=f"replace the tables in {DOC.relative_to(ROOT)} (whole catalogue only)",
+    )
     args = parser.parse_args(argv)
     # The cache warns once per uncached tool; thousands of such lines would
     # bury the table.
@@ -77,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("styxcache").propagate = False
     wrappers = discover(set(args.suite) if args.suite else None)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="styxcache-conformance-") as tmp:
+    with tempfile.TemporaryDirectory(
+        prefix="styxcache-conformance-", dir=fast_tmp()
+    ) as tmp:
         results = check_many(wrappers, Path(tmp))
     elapsed = time.perf_counter() - started
     print(table(results))
@@ -97,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"no all-optional variant {result.wrapper}: {result.full_unbuildable}"
             )
+    if args.update_docs and not args.suite:
+        text = DOC.read_text(encoding="utf-8")
+        head, rest = text.split(START, 1)
+        tail = rest.split(END, 1)[1]
+        tables = f"{table(results)}\n\n{behaviour_table(results)}"
+        DOC.write_text(f"{head}{START}\n{tables}\n{END}{tail}", encoding="utf-8")
     if args.json is not None:
         args.json.write_text(
             json.dumps(

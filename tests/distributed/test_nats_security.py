@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import importlib.util
 import json
 import logging
 import signal
@@ -451,7 +452,11 @@ def test_token_and_nkey_logins(
 ) -> None:
     import os
 
-    nkeys = pytest.importorskip("nkeys") if login == "nkey" else None
+    nkeys = None
+    if login == "nkey":
+        found = importlib.util.find_spec("nkeys") is not None
+        require(found, "needs nkeys (pip install 'styxcache[nats]')")
+        import nkeys
     binary = nats_binary()
     require(binary is not None, "needs the nats-server binary")
     assert binary is not None
@@ -481,3 +486,28 @@ def test_token_and_nkey_logins(
     with pytest.raises(OSError) as caught:
         NatsDispatcher(NatsSettings(url=url, key_file=str(nats_key)), connect_timeout=5)
     assert "tok-5f1e9a3c77" not in str(caught.value)
+
+
+def test_a_worker_takes_its_entries_from_its_own_file_only(
+    tmp_path: Path, dist_env: dict[str, Path]
+) -> None:
+    config = tmp_path / "publish-only.yaml"
+    config.write_text(
+        "schedules:\n"
+        "  - {name: brief, interval_seconds: 60, dispatch_type: goal,"
+        " goal_config: {instruction: x}}\n"
+        "  - {name: job, interval_seconds: 60, target: dist_jobs:run_item,"
+        " dispatch: nats, runner: none}\n"
+    )
+    runner = CliRunner()
+    result = runner.invoke(
+        main, ["worker", "--schedule", str(config), "--only", "brief"]
+    )
+    # Publish entries are for other services: a worker never runs them.
+    assert (
+        result.exit_code != 0 and "not an entry of this worker: brief" in result.output
+    )
+    result = runner.invoke(
+        main, ["worker", "--schedule", str(config), "--allow", "bad=os:nope"]
+    )
+    assert result.exit_code != 0 and "has no attribute" in result.output

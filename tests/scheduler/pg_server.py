@@ -89,6 +89,8 @@ class PgServer:
                 "--auth-host=scram-sha-256",
                 "-E",
                 "UTF8",
+                # Independent of the host's (possibly ungenerated) LANG.
+                "--locale=C",
                 "--no-sync",
             ]
         )

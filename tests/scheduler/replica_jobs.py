@@ -34,3 +34,8 @@ def hang_first(ctx: Any) -> None:
     if ctx.attempt == 1:
         threading.Event().wait(600)
     _log(ctx, "done")
+
+
+def subjects() -> list[dict[str, str]]:
+    """Fan-out items: each fire runs `short` once per subject."""
+    return [{"key": "sub-01"}, {"key": "sub-02"}, {"key": "sub-03"}]

@@ -104,3 +104,31 @@ def test_croniter_only_syntax_still_works() -> None:
         dt.datetime(2024, 2, 1, tzinfo=dt.timezone.utc).timestamp()
     )
     assert first == dt.datetime(2024, 2, 29, tzinfo=dt.timezone.utc).timestamp()
+
+
+def test_lower_bound_never_passes_the_next_fire() -> None:
+    rng = random.Random(7)
+    for expression in FIXED + [random_expression(rng) for _ in range(200)]:
+        trigger = CronTrigger(expression, "UTC")
+        for _ in range(5):
+            after = rng.uniform(1.6e9, 1.8e9)
+            bound, nxt = trigger.lower_bound(after), trigger.next_after(after)
+            assert bound is not None and nxt is not None
+            assert after < bound <= nxt, (expression, after)
+    assert CronTrigger("0 2 * * *", "Europe/Berlin").lower_bound(0.0) is None
+
+
+def test_lazily_scheduled_entries_fire_on_time(tmp_path: object) -> None:
+    from styxcache.scheduler import FakeClock, InlineExecutor, Scheduler
+
+    clock = FakeClock(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc))  # a Monday
+    scheduler = Scheduler(clock=clock, executor=InlineExecutor())
+    ran: list[str] = []
+    scheduler.register_task("wed", "30 2 * * 3", lambda: ran.append("wed"))
+    scheduler.register_task("daily", "0 3 * * *", lambda: ran.append("daily"))
+    scheduler.run_pending()
+    for _ in range(3 * 24 * 60):  # three days, minute by minute
+        clock.advance(60)
+        scheduler.run_pending()
+    assert ran == ["daily", "daily", "wed", "daily"]
+    scheduler.close()

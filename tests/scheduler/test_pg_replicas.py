@@ -188,12 +188,14 @@ def _assert_each_fire_exactly_once(cluster: Cluster, names: list[str]) -> None:
     )
     twice = {k: n for k, n in started.items() if n > 1}
     assert not twice, f"fires started more than once: {twice}"
-    by_entry: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    by_series: dict[tuple[str, str], list[dict[str, Any]]] = collections.defaultdict(
+        list
+    )
     for row in rows:
-        by_entry[row["entry"]].append(row)
-    for name in names:
-        fires = by_entry[name]
-        assert len(fires) >= 3, f"{name}: only {len(fires)} fires"
+        by_series[row["entry"], row["item"]].append(row)
+    assert {entry for entry, _ in by_series} == set(names)
+    for (name, item), fires in by_series.items():
+        assert len(fires) >= 3, f"{name}#{item}: only {len(fires)} fires"
         nominals = [round(r["nominal"]) for r in fires]
         # One row per nominal second, none skipped (catchup: all).
         assert nominals == list(range(nominals[0], nominals[-1] + 1)), name
@@ -201,19 +203,24 @@ def _assert_each_fire_exactly_once(cluster: Cluster, names: list[str]) -> None:
             (r["key"], r["state"], r["reason"]) for r in fires if r["state"] != "ok"
         ]
         for row in fires:
-            assert started[row["key"]] == 1, row
+            # The expanding fire ("*") runs no target; items and plain runs once.
+            assert started[row["key"]] == (0 if item == "*" else 1), row
 
 
 def test_three_replicas_run_every_fire_exactly_once(cluster: Cluster) -> None:
     names = [f"e{i}" for i in range(6)]
-    config = _config(cluster.folder, _entries(names, "replica_jobs:short"))
+    fan_out = (
+        "  - {name: fan, interval_seconds: 1, target: 'replica_jobs:short',"
+        " expand_from: 'replica_jobs:subjects', catchup: all, max_catchup: 1000}\n"
+    )
+    config = _config(cluster.folder, _entries(names, "replica_jobs:short") + fan_out)
     cluster.start(config, 3)
     wait_for(
         lambda: sum(r["state"] == "ok" for r in cluster.rows()) >= 60,
         "60 fires to finish",
     )
     cluster.stop()
-    _assert_each_fire_exactly_once(cluster, names)
+    _assert_each_fire_exactly_once(cluster, [*names, "fan"])
     owners = {r["owner"] for r in cluster.rows()}
     assert owners, "no runs recorded"
     assert "Traceback" not in cluster.stderr()

@@ -32,7 +32,60 @@ scheduler.register_task("minute_task", "* * * * *", my_task)
 scheduler.run_pending()
 """
 
+SEED_000_EXAMPLE = """
+from datetime import timedelta
+from pathlib import Path
+from stackops.logger import get_logger
+from stackops.utils.scheduler import Cache, CacheMemory, Scheduler
+logger = get_logger("demo")
+def fetch_snapshot() -> dict[str, float]:
+    return {"btc": 100_000.0}
+memory_cache = CacheMemory(
+    source_func=fetch_snapshot,
+    expire=timedelta(seconds=30),
+    logger=logger,
+)
+disk_cache = Cache(
+    source_func=fetch_snapshot,
+    expire=timedelta(minutes=5),
+    logger=logger,
+    path=Path("tmp/snapshot.pkl"),
+)
+def routine(scheduler: Scheduler) -> None:
+    logger.info("cycle=%s memory=%s", scheduler.cycle, memory_cache(fresh=False, tolerance_seconds=0))
+    logger.info("cycle=%s disk=%s", scheduler.cycle, disk_cache(fresh=False, tolerance_seconds=0))
+Scheduler(
+    routine=routine,
+    wait_ms=5_000,
+    logger=logger,
+    max_cycles=3,
+).run()
+"""
+
 HERE = Path(__file__).resolve().parent
+
+
+def test_seed_000_example_runs_verbatim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(HERE / "seed000"))
+    caplog.set_level("INFO", logger="demo")
+    try:
+        exec(compile(SEED_000_EXAMPLE, "seed-000", "exec"), {})
+        from stackops.utils.scheduler import LAST
+    finally:
+        for name in [m for m in sys.modules if m.split(".")[0] == "stackops"]:
+            del sys.modules[name]
+    (scheduler,) = LAST
+    assert scheduler.cycle == 3
+    assert scheduler.records[-1]["termination reason"] == "max_cycles=3 reached"
+    messages = [r.getMessage() for r in caplog.records if r.name == "demo"]
+    cycles = [m for m in messages if m.startswith("cycle=")]
+    assert len(cycles) == 6
+    assert cycles[0] == "cycle=0 memory={'btc': 100000.0}"
+    assert cycles[-1] == "cycle=2 disk={'btc': 100000.0}"
+    assert (tmp_path / "tmp" / "snapshot.pkl").exists()
 
 
 @pytest.fixture

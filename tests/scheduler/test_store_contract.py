@@ -385,6 +385,55 @@ def test_a_lapsed_lease_is_taken_over_by_the_retry_rule(
     assert "no retries left of 1" in row.reason
 
 
+def test_a_survivor_scheduler_restarts_lost_runs_and_items(
+    pg_open: OpenStore, clock: FakeClock
+) -> None:
+    subjects = [{"key": "s1", "age": 30}, {"key": "s2", "age": 41}]
+    seen: list[tuple[str, int, dict[str, Any]]] = []
+
+    def target(ctx: Any) -> None:
+        seen.append((ctx.key, ctx.attempt, dict(ctx.item)))
+
+    survivor = _scheduler(pg_open(), clock)
+    survivor.register_task(
+        "fan",
+        3600.0,
+        target,
+        expand_from=lambda: subjects,
+        pass_context=True,
+        retries=1,
+    )
+    survivor.register_task("plain", 3600.0, target, pass_context=True)
+    survivor.run_pending()
+    # Another scheduler claimed these, then died: a running item, a running
+    # plain run and a queued one that never started.
+    dead = pg_open()
+    nominal = clock.time()
+    dead.claim(
+        [
+            _rec(
+                run_key("fan", nominal, "s2"),
+                "fan",
+                nominal,
+                item="s2",
+                state="running",
+            ),
+            _rec(run_key("plain", nominal), "plain", nominal, state="running"),
+            _rec(run_key("plain", nominal + 1), "plain", nominal + 1, state="planned"),
+        ]
+    )
+    clock.advance(2 * LEASE)
+    survivor.ledger.heartbeat()
+    survivor.run_pending()
+    assert sorted(seen) == [
+        (run_key("fan", nominal, "s2"), 2, {"key": "s2", "age": 41}),
+        (run_key("plain", nominal + 1), 1, {}),
+    ]
+    plain = survivor.ledger.get(run_key("plain", nominal))
+    assert plain.state == "interrupted"  # retries: 0
+    assert survivor.ledger.get(run_key("fan", nominal, "s2")).state == "ok"
+
+
 def test_no_take_over_until_connected_for_a_whole_lease(
     pg_open: OpenStore, clock: FakeClock
 ) -> None:
@@ -592,3 +641,14 @@ def test_masked_dsn_never_shows_a_password() -> None:
     )
     assert "s3cret" not in mask_dsn("host=db password=s3cret user=u")
     assert "s3cret" not in mask_dsn("postgresql://u:s3cret@db:bad:port/x?=")
+
+
+def test_open_store_gives_the_sqlite_ledger_for_a_folder(tmp_path: Path) -> None:
+    from styxcache.scheduler import open_store as open_named
+
+    store = open_named(tmp_path / "state")
+    try:
+        assert isinstance(store, Ledger)
+        assert store.path == tmp_path / "state" / "ledger.sqlite3"
+    finally:
+        store.close()

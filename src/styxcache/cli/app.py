@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from styxcache.cli import cache_commands, demo, remote_commands, schedule, worker
+from styxcache.cli import (
+    cache_commands,
+    demo,
+    operator,
+    remote_commands,
+    schedule,
+    worker,
+)
 
 
 @click.group(
@@ -26,4 +33,6 @@ def main() -> None:
 for command in (*cache_commands.COMMANDS, demo.demo, schedule.schedule, worker.worker):
     main.add_command(command)
 for command in remote_commands.COMMANDS:
+    main.add_command(command)
+for command in operator.COMMANDS:
     main.add_command(command)

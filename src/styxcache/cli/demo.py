@@ -41,7 +41,7 @@ def _table(title: str, report: PipelineReport) -> Table:
             stdout if len(stdout) <= 60 else stdout[:57] + "...",
         )
     table.caption = (
-        f"{report.hits} hit(s), {report.ran} ran, {report.seconds:.2f} s in total"
+        f"{report.hits} hit(s), {report.ran} ran; tool time {report.tool_seconds:.2f} s"
     )
     return table
 
@@ -148,16 +148,56 @@ def demo(cache_dir: Path | None, subjects: int, builtin: bool, as_json: bool) ->
                     "pipeline": "mrtrix" if use_mrtrix else "builtin",
                     "first": _as_json(first),
                     "second": _as_json(second),
+                    "first_tool_seconds": first.tool_seconds,
+                    "second_tool_seconds": second.tool_seconds,
+                    "first_hits": first.hits,
+                    "summary": summarize(first, second),
                 },
-                indent=1,
+                indent=2,
+                sort_keys=True,
             )
         )
         return
     console.print(f"[bold]{name}[/], cache: {escape(str(cache))}")
     console.print(_table("First run", first))
     console.print(_table("Second run", second))
-    speedup = first.seconds / second.seconds if second.seconds else float("inf")
-    console.print(
-        f"Second run: {second.hits}/{len(second.steps)} steps served from the cache, "
-        f"{speedup:.1f}x faster than the first."
+    console.print(escape(summarize(first, second)))
+
+
+def summarize(first: PipelineReport, second: PipelineReport) -> str:
+    """Say what the second run gained, honestly.
+
+    Times are the tools' own (imports, input images and runner set-up are
+    not counted). When the first run was already served from the cache (a
+    `--cache-dir` used before), it says so instead of claiming a speed-up.
+
+    Args:
+        first: The first run.
+        second: The second run.
+
+    Returns:
+        One or two sentences.
+    """
+    total = len(second.steps)
+    served = f"Second run: {second.hits}/{total} steps served from the cache"
+    if first.ran == 0:
+        return (
+            f"The first run was already served from the cache ({first.hits}/"
+            f"{len(first.steps)} steps hit: the cache held them from an earlier"
+            f" run), so there is no speed-up to show; use a new --cache-dir to"
+            f" see one. {served}, tool time {second.tool_seconds:.3f} s."
+        )
+    # Compare only the steps that ran the first time with the same steps now.
+    ran = [i for i, step in enumerate(first.steps) if step.outcome == "ran"]
+    before = sum(first.steps[i].seconds for i in ran)
+    after = sum(second.steps[i].seconds for i in ran if i < total)
+    ratio = f"{before / after:.0f}x" if after > 0 else "far"
+    note = (
+        f" (the first run already had {first.hits} step(s) from the cache)"
+        if first.hits
+        else ""
+    )
+    return (
+        f"{served}{note}. The {len(ran)} step(s) that ran the first time took"
+        f" {before:.3f} s of tool time then and {after:.3f} s now: {ratio} less."
     )

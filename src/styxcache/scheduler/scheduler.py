@@ -107,6 +107,8 @@ class _Job:
     fresh: bool = True
     version: int = 0
     next_nominal: float | None = None
+    # The heap holds a cheap lower bound, not the next fire: computed on pop.
+    lazy: bool = False
     running: int = 0
     queued: deque[_Fire] = dataclasses.field(default_factory=deque)
 
@@ -715,6 +717,17 @@ class Scheduler:
         if not job.entry.enabled:
             job.next_nominal = None
             return
+        bound = getattr(job.entry.trigger, "lower_bound", None)
+        low = bound(job.watermark) if bound is not None else None
+        if low is not None:
+            # Registering thousands of entries must not compute thousands of
+            # calendars: the exact fire is computed when the bound comes due.
+            job.lazy, job.next_nominal = True, None
+            heapq.heappush(
+                self._heap, (low, next(self._seq), job.entry.name, job.version)
+            )
+            return
+        job.lazy = False
         nominal = job.entry.trigger.next_after(job.watermark)
         job.next_nominal = nominal
         if nominal is not None:
@@ -815,6 +828,16 @@ class Scheduler:
             job = self._jobs.get(name)
             if job is None or job.version != version or not job.entry.enabled:
                 continue
+            if job.lazy:
+                job.lazy = False
+                nominal = job.entry.trigger.next_after(job.watermark)
+                job.next_nominal = nominal
+                if nominal is None:
+                    continue
+                due = nominal + self._jitter(job.entry, nominal)
+                if due > horizon:
+                    heapq.heappush(self._heap, (due, next(self._seq), name, version))
+                    continue
             if name in paused:
                 self._skip_paused(job, now, horizon, paused[name], records)
             else:

@@ -171,6 +171,37 @@ class CronTrigger:
             _NEXT_CACHE[key] = result
         return result
 
+    def lower_bound(self, after: float) -> float | None:
+        """A cheap instant no later than the next fire, or None.
+
+        Only the time of day is searched (the day fields are ignored), so
+        it costs a couple of comparisons; the scheduler computes the exact
+        fire when this bound comes due.
+
+        Args:
+            after: Unix seconds.
+
+        Returns:
+            The bound, or None when there is no cheap one (time zones with
+            daylight saving, croniter-only syntax).
+        """
+        spec = self._spec
+        if spec is None or self._zone.key not in _FIXED_ZONES:
+            return None
+        start = math.floor(after / 60) * 60 + 60
+        day = start - start % 86400
+        hour, minute = divmod((start - day) // 60, 60)
+        hours, minutes = spec.hours, spec.minutes
+        i = bisect.bisect_left(hours, hour)
+        if i < len(hours) and hours[i] == hour:
+            j = bisect.bisect_left(minutes, minute)
+            if j < len(minutes):
+                return float(day + hour * 3600 + minutes[j] * 60)
+            i += 1
+        if i < len(hours):
+            return float(day + hours[i] * 3600 + minutes[0] * 60)
+        return float(day + 86400 + hours[0] * 3600 + minutes[0] * 60)
+
     def iter_after(self, after: float) -> Iterator[float]:
         """Yield fires strictly after `after`, increasing, applying DST rules.
 
@@ -423,7 +454,7 @@ def _fast_spec(fields: tuple[str, ...]) -> _Spec | None:
     parsed = [_parse_field(i, f) for i, f in enumerate(fields)]
     if any(p is None for p in parsed):
         return None
-    minutes, hours, days, months, weekdays = parsed  # type: ignore[misc]
+    minutes, hours, days, months, weekdays = parsed
     if not (minutes and hours and days and months and weekdays):
         return None
     # croniter's rule, kept so that no schedule changes meaning: a day field
