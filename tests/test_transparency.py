@@ -149,6 +149,13 @@ def test_show_lists_absent_outputs(tmp_path: Path) -> None:
     absent = json.loads(as_json.stdout)["absent"]
     assert "brain_outskull_mesh_off.nii.gz" in absent
     assert len(absent) == 15
+    explained = CliRunner().invoke(main, ["explain", "--cache-dir", cache])
+    assert explained.exit_code == 0, explained.output
+    assert "declared, not written by the tool" in explained.stdout
+    assert "brain_skull.nii.gz" in explained.stdout
+    as_json = CliRunner().invoke(main, ["explain", "--json", "--cache-dir", cache])
+    [miss] = json.loads(as_json.stdout)["misses"]
+    assert len(miss["absent"]) == 15
 
 
 def test_declared_outputs_and_nothing_written_is_not_cached(
@@ -506,3 +513,27 @@ def test_entry_removed_between_lookup_and_run_reruns(tmp_path: Path) -> None:
     assert lines == ["line"]
     assert out.read_text() == "out\n"
     assert runs(counter) == 2
+
+
+def test_cache_that_cannot_stage_runs_the_tool_uncached(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    counter = tmp_path / "runs"
+    runner, events = make(tmp_path)
+    incoming = tmp_path / "cache" / CacheStore.STAGING_DIR
+    incoming.rmdir()
+    incoming.write_text("not a folder\n")  # what a broken or hostile cache holds
+    with caplog.at_level(logging.WARNING, logger="styxcache"):
+        for _ in range(2):
+            root, out = call(
+                runner,
+                STATS,
+                {"n": 1},
+                ["out.txt"],
+                f'echo 1 > out.txt; echo run >> "{counter}"',
+            )
+            assert out.read_text() == "1\n"
+            assert out.parent == root
+    assert runs(counter) == 2
+    assert [e.kind for e in events] == ["bypass", "bypass"]
+    assert caplog.text.count("cannot stage a run") == 1

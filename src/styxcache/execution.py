@@ -634,29 +634,42 @@ class CachingExecution(Execution):
             self._emit_run(plan, call, ok=ok)
 
     def _run_escaping(self, plan: _Plan, call: _Call) -> None:
-        """Run a call with an output that leaves its folder, as the base would.
-
-        The tool runs in the base runner's own folder, so a name like
-        `../x` lands where the base runner said it would. Paths inside the
-        entry were handed out already; the folder's files are moved there
-        afterwards, marked uncommitted (never served), and the base folder
-        itself stays, since `<folder>/../x` only resolves while it exists.
-        """
+        """Run a call with an output that leaves its folder, as the base would."""
         plan.kind, plan.reason = (
             "bypass",
             f"output {self._escaping[0]} leaves its folder",
         )
+        self._run_in_base_folder(plan, call)
+
+    def _run_in_base_folder(self, plan: _Plan, call: _Call) -> None:
+        """Run uncached in the base runner's own folder, after paths were handed out.
+
+        Used when the output folder cannot be redirected for this call (an
+        output name like `../x` lands where the base runner said only if the
+        tool runs there; or the cache cannot stage a run). Paths inside the
+        entry were handed out already: the folder's files are moved there
+        afterwards, marked uncommitted (never served). The base folder itself
+        stays, since `<folder>/../x` only resolves while it exists.
+        """
         self._run_uncached(plan, call)
         if not self._outputs or self._base_dir is None:
             return
         store = self._runner.store
-        if store.is_hit(plan.key):
-            return  # the entry paths handed out hold a committed result
         try:
-            staging = store.stage(plan.key)
+            if store.is_hit(plan.key):
+                return  # the entry paths handed out hold a committed result
+            store.drop_uncommitted(plan.key)
+            try:
+                target, staged = store.stage(plan.key), True
+            except OSError:  # no usable staging folder: straight into place
+                target, staged = store.entry_dir(plan.key), False
+                target.mkdir(parents=True)
             for item in os.scandir(self._base_dir):
-                shutil.move(item.path, staging / item.name)
-            store.place_uncommitted(staging, plan.key, plan.reason)
+                shutil.move(item.path, target / item.name)
+            if staged:
+                store.place_uncommitted(target, plan.key, plan.reason)
+            else:
+                (target / store.UNCOMMITTED).write_text(plan.reason + "\n")
         except OSError as exc:
             _log.warning(
                 "%s: cannot move outputs from %s to %s: %s",
@@ -709,8 +722,22 @@ class CachingExecution(Execution):
     ) -> None:
         runner, store = self._runner, self._runner.store
         key = plan.key
-        store.drop_uncommitted(key)
-        staging = store.stage(key)
+        try:
+            store.drop_uncommitted(key)
+            staging = store.stage(key)
+        except OSError as exc:
+            # A full disk or an unsafe staging folder: the call still runs,
+            # as the base runner would, just without the cache.
+            if runner.warn_once(f"stage:{self._tool}"):
+                _log.warning(
+                    "%s: cannot stage a run in %s (%s); running uncached",
+                    self._tool,
+                    store.root,
+                    exc,
+                )
+            plan.kind, plan.reason = "bypass", f"cannot stage: {exc}"
+            self._run_in_base_folder(plan, call)
+            return
         base = self.base
         self._inner.output_dir = staging
         self._drop_base_dir()

@@ -40,6 +40,8 @@ class MissExplanation:
         differences: Key fields that differ from it, as short sentences.
         recomputed: True when `nearest`/`differences` come from the manifests
             now in the cache; False when taken from the recorded reason.
+        absent: Declared outputs the run did not write, when it was committed
+            (they are served absent too; docs/design/transparency.md).
     """
 
     time: float
@@ -50,10 +52,15 @@ class MissExplanation:
     nearest: str
     differences: tuple[str, ...]
     recomputed: bool
+    absent: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         """Return the explanation as a JSON-ready dictionary."""
-        return {**dataclasses.asdict(self), "differences": list(self.differences)}
+        return {
+            **dataclasses.asdict(self),
+            "differences": list(self.differences),
+            "absent": list(self.absent),
+        }
 
 
 def _matches(tool: str, pattern: str | None) -> bool:
@@ -139,4 +146,11 @@ def explain_misses(
         if e.kind in ("miss", "refresh") and e.key and _matches(e.tool, tool)
     ]
     events.sort(key=lambda e: e.time, reverse=True)
-    return [_explain_one(store, e) for e in events[: max(0, last)]]
+    return [_with_absent(store, _explain_one(store, e)) for e in events[: max(0, last)]]
+
+
+def _with_absent(store: CacheStore, item: MissExplanation) -> MissExplanation:
+    made = _read(store, item.key)
+    if made is None or not made.absent:
+        return item
+    return dataclasses.replace(item, absent=made.absent)

@@ -3,6 +3,7 @@ default cache of file entries; the generated key reference in the docs."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -119,6 +120,7 @@ def test_a_file_entry_without_runner_runs_through_the_default_cache(
     tmp_path: Path,
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     require(shutil.which("sort") is not None, "needs coreutils sort")
     cache = tmp_path / "default-cache"
@@ -132,9 +134,12 @@ def test_a_file_entry_without_runner_runs_through_the_default_cache(
           - {name: nightly, interval_seconds: 86400, target: "sched_jobs:sort_subjects"}
         """
     )
-    scheduler = Scheduler.from_yaml(
-        path, clock=clock, executor=InlineExecutor(), state_dir=tmp_path / "s"
-    )
+    with caplog.at_level(logging.INFO, logger="styxcache.scheduler"):
+        scheduler = Scheduler.from_yaml(
+            path, clock=clock, executor=InlineExecutor(), state_dir=tmp_path / "s"
+        )
+    # The cache is named when the scheduler starts.
+    assert f"nightly run through the cache {cache} (default)" in caplog.text
     scheduler.run_pending()
     for _ in range(2):
         clock.advance(86_400)

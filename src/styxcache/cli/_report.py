@@ -198,6 +198,11 @@ def print_explanations(console: Console, items: Sequence[MissExplanation]) -> No
         recorded = item.recorded
         if item.nearest and recorded and not recorded.startswith("nearest entry"):
             console.print(f"  recorded reason: {recorded}", markup=False)
+        if item.absent:
+            console.print(
+                f"  declared, not written by the tool: {', '.join(item.absent)}",
+                markup=False,
+            )
 
 
 def print_gc(console: Console, report: GcReport) -> None:
