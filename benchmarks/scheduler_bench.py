@@ -220,6 +220,11 @@ class _TimedThreads(ThreadExecutor):
         self.last = time.time()
         return super().submit(fn, arg, on_done=on_done)
 
+    def submit_many(self, calls: Any) -> Any:
+        futures = super().submit_many(calls)
+        self.last = time.time()
+        return futures
+
 
 class _TimedApsPool(ApsThreadPool):  # type: ignore[misc]
     """APScheduler's thread pool, noting when the last job was handed to it."""

@@ -236,15 +236,17 @@ def test_a_corrupt_ledger_is_a_clear_error_naming_the_file(tmp_path: Path) -> No
     assert result.exit_code == 1
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert str(ledger) in result.output and "To recover" in result.output
-    run = subprocess.run(
-        ["styxcache", "schedule", "history", str(config)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
-    )
-    assert run.returncode == 1 and "Traceback" not in run.stderr
-    assert "DatabaseError" not in run.stderr and str(ledger) in run.stderr
+    for command in ("history", "run"):
+        run = subprocess.run(
+            ["styxcache", "schedule", command, str(config)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+        )
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+        assert "DatabaseError" not in run.stderr and str(ledger) in run.stderr
 
 
 def test_an_empty_ledger_file_is_refused_not_taken_for_a_new_one(

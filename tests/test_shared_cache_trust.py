@@ -8,6 +8,7 @@ is created, renamed and checked by the kernel with that user's rights.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import grp
 import json
 import os
@@ -49,11 +50,13 @@ class Lab:
     b: User
     group: str
     gid: int
+    solo: User
+    """A user with a user private group (Debian's useradd -U, umask 002)."""
 
 
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
-    """Two real users in one shared group, removed at the end."""
+    """Two real users in one shared group (and one alone), removed at the end."""
     require(
         os.geteuid() == 0 and shutil.which("useradd") is not None,
         "creating Unix users needs root and useradd (CI runs as root)",
@@ -70,7 +73,15 @@ def lab() -> Iterator[Lab]:
             )
         gid = grp.getgrnam(group).gr_gid
         users = [User(n, pwd.getpwnam(n).pw_uid, gid) for n in names]
-        yield Lab(users[0], users[1], group, gid)
+        solo = f"scusc{suffix}"
+        names.append(solo)
+        subprocess.run(
+            ["useradd", "-M", "-U", "-s", "/usr/sbin/nologin", solo], check=True
+        )
+        entry = pwd.getpwnam(solo)
+        yield Lab(
+            users[0], users[1], group, gid, User(solo, entry.pw_uid, entry.pw_gid)
+        )
     finally:
         for name in names:
             subprocess.run(["userdel", "-f", name], check=False, capture_output=True)
@@ -84,7 +95,7 @@ def base(lab: Lab) -> Iterator[Path]:
     path.chmod(0o755)
     (path / "in.txt").write_text("the real result\n")
     (path / "in.txt").chmod(0o644)
-    for user in (lab.a, lab.b):
+    for user in (lab.a, lab.b, lab.solo):
         scratch = path / user.name
         scratch.mkdir()
         os.chown(scratch, user.uid, user.gid)
@@ -145,6 +156,7 @@ def copy_step(
     trust: Any = "self",
     verify: str = "size",
     command: list[str] | None = None,
+    **policy: Any,
 ) -> dict[str, Any]:
     """One pipeline step, the way generated wrapper code calls the runner."""
     events: list[CacheEvent] = []
@@ -152,7 +164,7 @@ def copy_step(
     runner = CachingRunner(
         LocalRunner(data_dir=base / me / "styx_tmp"),
         cache,
-        policy=CachePolicy(trust=trust, verify=verify, memo=False),  # type: ignore[arg-type]
+        policy=CachePolicy(trust=trust, verify=verify, memo=False, **policy),
         on_event=events.append,
     )
     out = run_tool(
@@ -434,3 +446,109 @@ def test_gc_keeps_the_prepared_shard_folders(tmp_path: Path) -> None:
         mode = (cache / shard).stat().st_mode
         assert stat.S_ISDIR(mode) and mode & stat.S_ISVTX
     assert stat.S_IMODE(cache.stat().st_mode) == 0o3775
+
+
+def private_cache_twice(base: str) -> list[list[str]]:
+    """A user's own cache, in folders their private group may write."""
+    home = Path(base) / pwd.getpwuid(os.geteuid()).pw_name
+    project = home / "project"
+    project.mkdir()  # 0775 under umask 002: writable by the user's own group
+    runs = [copy_step(project / "cache", Path(base)) for _ in range(2)]
+    return [run["kinds"] for run in runs]
+
+
+def test_a_user_private_group_is_not_taken_for_other_people(
+    lab: Lab, base: Path
+) -> None:
+    (base / lab.solo.name).chmod(0o775)
+    os.chown(base / lab.solo.name, -1, lab.solo.gid)
+    assert as_user(lab.solo, 0o002, private_cache_twice, str(base)) == [
+        ["miss"],
+        ["hit"],
+    ]
+
+
+def test_a_trusted_members_damaged_or_unfinished_entry_runs_uncached(
+    lab: Lab, base: Path
+) -> None:
+    cache = prepare_shared_cache(base / "cache", lab.group)
+    first = as_user(lab.a, 0o002, copy_step, cache, base)
+    out = Path(first["path"])
+    entry = out.parent
+    out.chmod(0o644)
+    out.write_text("x")  # damaged (as root): the wrong size
+    out.chmod(0o444)
+    damaged = as_user(lab.b, 0o002, copy_step, cache, base, "group")
+    assert damaged["kinds"] == ["miss"] and "not ours" in damaged["reasons"][0]
+    assert damaged["content"] == "the real result\n" and entry.is_dir()
+    (entry / ".styxcache.done").unlink()  # as if a's run never finished
+    unfinished = as_user(lab.b, 0o002, copy_step, cache, base, "group")
+    assert unfinished["kinds"] == ["miss"]
+    assert "unfinished run" in unfinished["reasons"][0]
+    assert unfinished["content"] == "the real result\n" and entry.is_dir()
+
+
+def other_input_step(cache: Path, base: Path, trust: Any, **policy: Any) -> Any:
+    """Like copy_step, but for another input (another key)."""
+    scratch = base / pwd.getpwuid(os.geteuid()).pw_name
+    (scratch / "in.txt").write_text("b's own input\n")
+    events: list[CacheEvent] = []
+    runner = CachingRunner(
+        LocalRunner(data_dir=scratch / "styx_tmp"),
+        cache,
+        policy=CachePolicy(trust=trust, memo=False, **policy),
+        on_event=events.append,
+    )
+    out = run_tool(
+        runner,
+        COPY,
+        {"infile": str(scratch / "in.txt")},
+        inputs={"infile": {}},
+        outputs={"out": "out.txt"},
+        cargs=lambda p: ["cp", p["infile"], "out.txt"],
+    )
+    return out["out"].read_text(), [e.kind for e in events]
+
+
+def test_a_members_size_limit_never_fails_on_others_entries(
+    lab: Lab, base: Path
+) -> None:
+    cache = prepare_shared_cache(base / "cache", lab.group)
+    first = as_user(lab.a, 0o002, copy_step, cache, base)
+    step = functools.partial(other_input_step, max_size=1)
+    text, kinds = as_user(lab.b, 0o002, step, cache, base, "group")
+    assert (text, kinds) == ("b's own input\n", ["miss"])
+    assert Path(first["path"]).read_text() == "the real result\n"  # a's stays
+
+
+def swap_link(link: str, base: str) -> str:
+    """Member b points a's cache link at a forged cache of b's own."""
+    scratch = Path(base) / pwd.getpwuid(os.geteuid()).pw_name
+    own = copy_step(scratch / "own-cache", Path(base))
+    real_entry = Path(own["path"]).parent
+    fake = scratch / "fake-cache"
+    (fake / real_entry.parent.name).mkdir(parents=True)
+    forge_entry(real_entry, fake / real_entry.parent.name / real_entry.name)
+    os.unlink(link)
+    os.symlink(fake, link)
+    return "swapped"
+
+
+def test_a_swapped_symlink_on_the_way_to_the_cache_is_refused(
+    lab: Lab, base: Path
+) -> None:
+    real, links = base / lab.a.name / "real", base / lab.a.name / "links"
+    for folder in (real, links):
+        folder.mkdir()
+        os.chown(folder, lab.a.uid, lab.a.gid)
+    (links / "cache").symlink_to(real)
+    os.lchown(links / "cache", lab.a.uid, lab.a.gid)
+    first = as_user(lab.a, 0o022, copy_step, links / "cache", base)
+    assert first["kinds"] == ["miss"]
+    links.chmod(0o777)  # a's mistake: anyone may now replace the link
+    assert as_user(lab.b, 0o022, swap_link, str(links / "cache"), str(base)) == (
+        "swapped"
+    )
+    again = as_user(lab.a, 0o022, copy_step, links / "cache", base)
+    assert again["content"] == "the real result\n"
+    assert again["kinds"] == ["miss"] and "not trusted" in again["reasons"][0]

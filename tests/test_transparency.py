@@ -131,6 +131,13 @@ def test_bet_writing_one_of_sixteen_outputs_is_cached(tmp_path: Path) -> None:
     # The bare runner leaves the same set of files.
     bare = bet(LocalRunner(data_dir=tmp_path / "bare"), source, counter)
     assert [p.exists() for p in bare[1:]] == [p.exists() for p in second[1:]]
+    # A file that appears where bet wrote none (a later tool writing beside
+    # its input) is not served as bet's.
+    second[2].write_text("someone else's mask")
+    third = bet(runner, source, counter)
+    assert not third[2].exists()
+    assert events[-1].kind == "miss"
+    assert "was not written by the tool" in events[-1].reason
 
 
 def test_show_lists_absent_outputs(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from styxcache.events import CacheEvent, CacheStats, collect_events
 from styxcache.execution import CacheReadOnlyError
 from styxcache.hashing import ContentHasher, InputHasher
 from styxcache.lease import LeaseOwner
-from styxcache.manifest import Manifest, OutputRecord
+from styxcache.manifest import Manifest, OutputRecord, OutsideRecord
 from styxcache.modes import (
     CacheMode,
     bypass,
@@ -29,6 +29,7 @@ from styxcache.modes import (
     refresh,
 )
 from styxcache.policy import CachePolicy, ImageDigestResolver, parse_size, trust_tag
+from styxcache.remote import RemoteConfigError, RemoteTier
 from styxcache.runner import CacheDirectoryError, CachingRunner, use_cache
 from styxcache.store import CacheStore
 from styxcache.trust import UntrustedEntryError, prepare_shared_cache
@@ -48,7 +49,10 @@ __all__ = [
     "LeaseOwner",
     "Manifest",
     "OutputRecord",
+    "OutsideRecord",
     "ParamEncodingError",
+    "RemoteConfigError",
+    "RemoteTier",
     "UntrustedEntryError",
     "bypass",
     "cache_mode",

@@ -35,6 +35,7 @@ from styxcache.manifest import Manifest
 __all__ = [
     "CATALOG_DIR",
     "CatalogRow",
+    "append_checks",
     "append_rows",
     "checks_of",
     "foldable",
@@ -48,7 +49,10 @@ __all__ = [
 _log = logging.getLogger("styxcache.catalog")
 
 CATALOG_DIR = ".catalog"
-_FORMAT = "c2"
+_FORMAT = "c3"
+_CHECKS = "k3"
+_SUMMARY_SUFFIX = ".tsv"
+_CHECKS_SUFFIX = ".chk"
 _HOST = socket.gethostname()
 _RESERVED = (
     ".styxcache.manifest.json",
@@ -70,9 +74,9 @@ class CatalogRow(NamedTuple):
         files: Number of output files.
         created: Unix time of the commit.
         duration_s: How long the tool ran.
-        stamp: The manifest file's `inode:size:mtime_ns:ctime_ns` when the
-            row was written ("-" when unknown). Any change to the file
-            changes its ctime, which nothing can set back.
+        stamp: The manifest file's `inode:size:mtime_ns` when the row was
+            written ("-" when unknown). A manifest is written once and
+            replaced only by a rename, which gives a new inode.
         checks: The manifest without its key payload, as compact JSON ("-"
             when unknown or too large): what `verify` needs, valid while
             the manifest still has `stamp`.
@@ -89,18 +93,23 @@ class CatalogRow(NamedTuple):
     checks: str = "-"
 
     def to_line(self) -> str:
-        """Return the row as one tab-separated line."""
+        """Return the summary as one tab-separated line (`.tsv` files)."""
         return (
             f"{_FORMAT}\t{self.key}\t{self.inode}\t{self.size}\t{self.files}\t"
-            f"{self.created!r}\t{self.duration_s!r}\t{self.tool}\t{self.stamp}\t"
-            f"{self.checks}\n"
+            f"{self.created!r}\t{self.duration_s!r}\t{self.tool}\n"
         )
+
+    def checks_line(self) -> str:
+        """Return what verify needs as one line (`.chk` files), or ""."""
+        if "-" in (self.stamp, self.checks):
+            return ""
+        return f"{_CHECKS}\t{self.key}\t{self.inode}\t{self.stamp}\t{self.checks}\n"
 
     @classmethod
     def from_line(cls, line: str) -> CatalogRow | None:
-        """Parse a line; None for a torn, foreign or damaged one."""
+        """Parse a summary line; None for a torn, foreign or damaged one."""
         parts = line.rstrip("\n").split("\t")
-        if len(parts) != 10 or parts[0] != _FORMAT:
+        if len(parts) != 8 or parts[0] != _FORMAT:
             return None
         try:
             return cls(
@@ -111,8 +120,6 @@ class CatalogRow(NamedTuple):
                 int(parts[4]),
                 float(parts[5]),
                 float(parts[6]),
-                parts[8],
-                parts[9],
             )
         except ValueError:
             return None
@@ -123,31 +130,31 @@ def _writable_tool(tool: str) -> bool:
 
 
 class _Writer:
-    """This process's catalog file in one cache (reopened after a fork)."""
+    """This process's catalog files in one cache (reopened after a fork)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.handles: dict[Path, tuple[int, TextIO]] = {}
+        self.handles: dict[tuple[Path, str], tuple[int, TextIO]] = {}
         self.broken: set[Path] = set()
 
-    def append(self, root: Path, text: str) -> None:
+    def append(self, root: Path, text: str, suffix: str) -> None:
         with self.lock:
             if root in self.broken:
                 return
             try:
-                known = self.handles.get(root)
+                known = self.handles.get((root, suffix))
                 if known is None or known[0] != os.getpid():
                     folder = root / CATALOG_DIR
                     with contextlib.suppress(FileExistsError):
                         os.mkdir(folder)
                     if not os.path.isdir(folder) or os.path.islink(folder):
                         raise OSError(f"{folder} is not a folder")
-                    name = f"{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tsv"
+                    name = f"{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
                     handle = open(  # noqa: SIM115 - kept open for the process
-                        folder / name, "a", encoding="utf-8"
+                        folder / name, "a", encoding="utf-8", opener=_no_follow
                     )
                     known = (os.getpid(), handle)
-                    self.handles[root] = known
+                    self.handles[(root, suffix)] = known
                 known[1].write(text)
                 known[1].flush()  # one write(2): readers see whole lines
             except OSError as exc:
@@ -160,15 +167,31 @@ _WRITER = _Writer()
 
 
 def append_rows(root: Path, rows: Iterable[CatalogRow]) -> None:
-    """Append rows to this process's catalog file of a cache; never raises.
+    """Append rows to this process's catalog files of a cache; never raises.
 
     Args:
         root: The cache directory.
-        rows: The rows (entries just committed).
+        rows: The rows (entries just committed, or just described).
     """
-    text = "".join(row.to_line() for row in rows if _writable_tool(row.tool))
+    kept = [row for row in rows if _writable_tool(row.tool)]
+    text = "".join(row.to_line() for row in kept)
     if text:
-        _WRITER.append(root, text)
+        _WRITER.append(root, text, _SUMMARY_SUFFIX)
+    checks = "".join(row.checks_line() for row in kept)
+    if checks:
+        _WRITER.append(root, checks, _CHECKS_SUFFIX)
+
+
+def append_checks(root: Path, rows: Iterable[CatalogRow]) -> None:
+    """Append only what `verify` needs of rows; never raises.
+
+    Args:
+        root: The cache directory.
+        rows: The rows.
+    """
+    checks = "".join(row.checks_line() for row in rows if _writable_tool(row.tool))
+    if checks:
+        _WRITER.append(root, checks, _CHECKS_SUFFIX)
 
 
 class CatalogRows:
@@ -179,18 +202,29 @@ class CatalogRows:
 
     def __init__(self) -> None:
         self._lines: dict[str, str] = {}
+        self._checks: dict[str, str] = {}
 
     def add_line(self, line: str) -> None:
         """Keep a line as the newest for its key.
 
         A torn or foreign line is kept too: `get` refuses it.
         """
-        self._lines[line[3:67]] = line
+        if line.startswith(_CHECKS):
+            self._checks[line[3:67]] = line
+        else:
+            self._lines[line[3:67]] = line
 
     def get(self, key: str) -> CatalogRow | None:
-        """Return the row of a key, or None."""
+        """Return the row of a key (with its checks, if they were loaded)."""
         line = self._lines.get(key)
-        return None if line is None else CatalogRow.from_line(line)
+        row = None if line is None else CatalogRow.from_line(line)
+        checks = self._checks.get(key)
+        if row is None or checks is None:
+            return row
+        parts = checks.rstrip("\n").split("\t")
+        if len(parts) != 5 or parts[2] != str(row.inode):
+            return row
+        return row._replace(stamp=parts[3], checks=parts[4])
 
     def __len__(self) -> int:
         return len(self._lines)
@@ -209,11 +243,12 @@ class LoadedCatalog:
     files: list[str]
 
 
-def load_catalog(root: Path) -> LoadedCatalog:
-    """Read every catalog file of a cache (snapshots first, then appends).
+def load_catalog(root: Path, *, checks: bool = False) -> LoadedCatalog:
+    """Read the catalog files of a cache (snapshots first, then appends).
 
     Args:
         root: The cache directory.
+        checks: Also read what `verify` needs (much larger).
 
     Returns:
         The rows and the files read; empty when there is no catalog (or it
@@ -221,11 +256,12 @@ def load_catalog(root: Path) -> LoadedCatalog:
     """
     folder = root / CATALOG_DIR
     rows = CatalogRows()
+    suffixes = (_SUMMARY_SUFFIX, _CHECKS_SUFFIX) if checks else (_SUMMARY_SUFFIX,)
     try:
         if os.path.islink(folder):
             return LoadedCatalog(rows, [])
         names = sorted(
-            (n for n in os.listdir(folder) if n.endswith(".tsv")),
+            (n for n in os.listdir(folder) if n.endswith(suffixes)),
             key=lambda n: (not n.startswith("snapshot-"), n),
         )
     except OSError:
@@ -239,7 +275,7 @@ def load_catalog(root: Path) -> LoadedCatalog:
                 opener=_no_follow,
             ) as handle:
                 for line in handle:
-                    if line.startswith(_FORMAT):
+                    if line.startswith((_FORMAT, _CHECKS)):
                         rows.add_line(line)
         except OSError:
             continue
@@ -251,7 +287,7 @@ def _no_follow(path: str, flags: int) -> int:
 
 
 def _writer_finished(name: str) -> bool:
-    parts = name.removesuffix(".tsv").rsplit("-", 2)
+    parts = name.rsplit(".", 1)[0].rsplit("-", 2)
     if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit():
         return False  # another host's process: only that host can tell
     pid = int(parts[1])
@@ -266,7 +302,9 @@ def _writer_finished(name: str) -> bool:
     return False
 
 
-def write_snapshot(root: Path, rows: Iterable[CatalogRow], folded: list[str]) -> None:
+def write_snapshot(
+    root: Path, rows: Iterable[CatalogRow], folded: list[str], *, checks: bool = False
+) -> None:
     """Replace the catalog's files by one snapshot of `rows`; never raises.
 
     Only files that were read (`folded`) are removed: snapshots, and the
@@ -277,8 +315,10 @@ def write_snapshot(root: Path, rows: Iterable[CatalogRow], folded: list[str]) ->
         root: The cache directory.
         rows: Every row still valid (entries present with that inode).
         folded: The files the rows were read from (`LoadedCatalog.files`).
+        checks: Write (and fold) the `.chk` files instead of the summaries.
     """
     folder = root / CATALOG_DIR
+    suffix = _CHECKS_SUFFIX if checks else _SUMMARY_SUFFIX
     try:
         with contextlib.suppress(FileExistsError):
             os.mkdir(folder)
@@ -287,24 +327,36 @@ def write_snapshot(root: Path, rows: Iterable[CatalogRow], folded: list[str]) ->
         token = uuid.uuid4().hex[:12]
         temp = folder / f".snapshot-{token}.partial"
         with open(temp, "w", encoding="utf-8", opener=_no_follow) as handle:
-            handle.writelines(row.to_line() for row in rows if _writable_tool(row.tool))
-        os.replace(temp, folder / f"snapshot-{token}.tsv")
+            handle.writelines(
+                row.checks_line() if checks else row.to_line()
+                for row in rows
+                if _writable_tool(row.tool)
+            )
+        os.replace(temp, folder / f"snapshot-{token}{suffix}")
     except OSError as exc:  # a read-only cache: scans stay correct, only slower
         _log.debug("cannot write a catalog snapshot in %s: %s", root, exc)
         return
     for name in folded:
+        if not name.endswith(suffix):
+            continue
         if name.startswith("snapshot-") or _writer_finished(name):
             with contextlib.suppress(OSError):
                 os.unlink(folder / name)
 
 
-def foldable(files: list[str]) -> int:
+def foldable(files: list[str], *, checks: bool = False) -> int:
     """Count the catalog files a snapshot would fold away (see `write_snapshot`).
 
     Args:
         files: `LoadedCatalog.files`.
+        checks: Count `.chk` files instead of summaries.
     """
-    return sum(1 for n in files if n.startswith("snapshot-") or _writer_finished(n))
+    suffix = _CHECKS_SUFFIX if checks else _SUMMARY_SUFFIX
+    return sum(
+        1
+        for n in files
+        if n.endswith(suffix) and (n.startswith("snapshot-") or _writer_finished(n))
+    )
 
 
 MAX_CHECKED_OUTPUTS = 256
@@ -312,7 +364,7 @@ MAX_CHECKED_OUTPUTS = 256
 
 
 def manifest_stamp(path: str | os.PathLike[str]) -> str:
-    """Return a manifest file's `inode:size:mtime_ns:ctime_ns`, or "-".
+    """Return a manifest file's `inode:size:mtime_ns`, or "-".
 
     Args:
         path: The manifest file.
@@ -321,7 +373,9 @@ def manifest_stamp(path: str | os.PathLike[str]) -> str:
         st = os.stat(path)
     except OSError:
         return "-"
-    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    # Not the ctime: `export` hard-links every file (a new link count is a
+    # new ctime), and verify would then read every manifest again.
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def checks_of(manifest: Manifest) -> str:
@@ -332,9 +386,25 @@ def checks_of(manifest: Manifest) -> str:
     """
     if len(manifest.outputs) > MAX_CHECKED_OUTPUTS:
         return "-"
-    light = dataclasses.replace(manifest, payload={}, fingerprint_parts={})
+    data = {f.name: _plain(getattr(manifest, f.name)) for f in _MANIFEST_FIELDS}
+    data["payload"], data["fingerprint_parts"] = {}, {}
     # Compact JSON escapes tabs and newlines: the line stays one line.
-    return json.dumps(dataclasses.asdict(light), separators=(",", ":"))
+    return json.dumps(data, separators=(",", ":"))
+
+
+_MANIFEST_FIELDS = dataclasses.fields(Manifest)
+
+
+def _plain(value: object) -> object:
+    # dataclasses.asdict deep-copies everything (the payload too): ten times
+    # slower for what is only serialised here.
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+        }
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 def row_for(

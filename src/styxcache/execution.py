@@ -19,7 +19,7 @@ import shutil
 import stat
 import time
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from styxdefs import Execution, InputPathType, Metadata, OutputPathType
@@ -1087,7 +1087,7 @@ def _classify_output(local_file: str, tool: str) -> tuple[str, str]:
         ValueError: For a name reserved by styxcache inside the entry.
     """
     text = os.fspath(local_file)
-    if os.path.isabs(text) or PurePosixPath(text).is_absolute():
+    if os.path.isabs(text):
         return "absolute", text
     normal = os.path.normpath(text)  # "" and "a/.." are the folder itself
     if normal == ".." or normal.startswith(".." + os.sep) or normal.startswith("../"):

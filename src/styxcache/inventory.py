@@ -18,6 +18,7 @@ from typing import Literal, NamedTuple
 
 from styxcache.catalog import (
     CatalogRow,
+    append_checks,
     append_rows,
     foldable,
     load_catalog,
@@ -219,7 +220,7 @@ class EntryDescriber:
         self.store = store
         self.catalog = load_catalog(store.root)
         self.valid: list[CatalogRow] = []
-        self.learned = 0
+        self.new: list[CatalogRow] = []
 
     def describe(self, stamp: EntryStamp) -> EntryInfo:
         """Describe one entry found by `scan_stamps`.
@@ -246,7 +247,7 @@ class EntryDescriber:
         if info.state == "complete" and manifest is not None:
             learned = row_for(stamp.key, stamp.path, manifest)
             if learned is not None and learned.inode == stamp.inode:
-                self.learned += 1
+                self.new.append(learned)
                 self.valid.append(learned)
         return info
 
@@ -258,11 +259,12 @@ class EntryDescriber:
                 the snapshot replace the files it folds).
         """
         if not complete:
-            if self.learned >= FOLD_AFTER:
-                append_rows(self.store.root, self.valid[-self.learned :])
+            if len(self.new) >= FOLD_AFTER:
+                append_rows(self.store.root, self.new)
             return
-        if self.learned >= FOLD_AFTER or foldable(self.catalog.files) > FOLD_FILES:
+        if len(self.new) >= FOLD_AFTER or foldable(self.catalog.files) > FOLD_FILES:
             write_snapshot(self.store.root, self.valid, self.catalog.files)
+            append_checks(self.store.root, self.new)
 
 
 def scan_entries(

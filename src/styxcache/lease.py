@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -115,18 +116,27 @@ class _Renewer:
         self._leases: dict[int, tuple[Lease, float, float]] = {}
         self._thread: threading.Thread | None = None
         self._pid = -1
+        # When the thread sleeps, until when (inf: until notified); -inf
+        # while it is awake (it then looks at the leases before sleeping).
+        self._sleeping_until = -math.inf
 
     def add(self, lease: Lease, every: float) -> None:
         with self._wake:
-            self._leases[id(lease)] = (lease, every, time.monotonic() + every)
+            due = time.monotonic() + every
+            self._leases[id(lease)] = (lease, every, due)
             if self._thread is None or self._pid != os.getpid():
                 # A forked child inherits no threads: start its own.
                 self._pid = os.getpid()
+                self._sleeping_until = -math.inf
                 self._thread = threading.Thread(
                     target=self._loop, name="styxcache-lease-renewer", daemon=True
                 )
                 self._thread.start()
-            self._wake.notify()
+            if due < self._sleeping_until:
+                # Waking the thread on every miss cost a thread switch each
+                # (milliseconds on a busy machine): only when it would
+                # otherwise renew this lease too late.
+                self._wake.notify()
 
     def remove(self, lease: Lease) -> None:
         with self._wake:
@@ -143,16 +153,21 @@ class _Renewer:
                 ]
                 for lease, every in due:
                     self._leases[id(lease)] = (lease, every, now + every)
-                pending = [at for _, _, at in self._leases.values()]
-                delay = min(pending) - now if pending else None
             for lease, _ in due:
                 if not lease.renew():
                     self.remove(lease)
             with self._wake:
-                if not self._leases or delay is None:
+                # Look again: leases added while renewing were not notified.
+                now = time.monotonic()
+                pending = [at for _, _, at in self._leases.values()]
+                delay = min(pending) - now if pending else None
+                if delay is None:
+                    self._sleeping_until = math.inf
                     self._wake.wait()
                 elif delay > 0:
+                    self._sleeping_until = now + delay
                     self._wake.wait(delay)
+                self._sleeping_until = -math.inf
 
 
 _RENEWER = _Renewer()

@@ -441,6 +441,8 @@ def use_cache(
     base: Runner | None = None,
     read_only_caches: Iterable[str | os.PathLike[str]] = (),
     on_event: Callable[[CacheEvent], None] | None = None,
+    remote: str | None = None,
+    remote_write: bool | None = None,
     **policy_fields: Any,
 ) -> CachingRunner:
     """Wrap the current global runner in a `CachingRunner` and make it global.
@@ -453,6 +455,8 @@ def use_cache(
         base: The runner to wrap; the current global runner by default.
         read_only_caches: See `CachingRunner`.
         on_event: See `CachingRunner`.
+        remote: See `CachingRunner`.
+        remote_write: See `CachingRunner`.
         **policy_fields: Fields of `CachePolicy`.
 
     Returns:
@@ -464,6 +468,8 @@ def use_cache(
         policy=CachePolicy(**policy_fields),
         read_only_caches=read_only_caches,
         on_event=on_event,
+        remote=remote,
+        remote_write=remote_write,
     )
     set_global_runner(runner)
     return runner

@@ -224,7 +224,19 @@ class CacheStore:
             # Removed while we looked (a concurrent gc or clear): a plain miss.
             return Lookup(None, "entry removed concurrently")
         if quarantine:
-            where = self.quarantine(key, reason)
+            try:
+                where = self.quarantine(key, reason)
+            except PermissionError:
+                # Another member's entry in a sticky shard (trust.py): not
+                # ours to move, so it is left alone and the call runs uncached.
+                _log.warning(
+                    "cache entry %s is damaged (%s) and belongs to someone else; "
+                    "running uncached",
+                    key[:12],
+                    reason,
+                )
+                why = f"entry was damaged ({reason}) and is not ours to replace"
+                return Lookup(None, why, damaged=True, untrusted=True)
             _log.warning(
                 "cache entry %s is damaged (%s); moved to %s and recomputing",
                 key[:12],
@@ -280,9 +292,10 @@ class CacheStore:
                 "symlink or a file stands there): refusing to stage a run through it"
             )
         path = incoming / name
-        # Never group-writable: on a shared cache a member could plant files
-        # in a run's outputs before they are sealed and committed.
-        path.mkdir(mode=0o755)
+        # Private while the tool runs: on a shared cache a member could
+        # otherwise plant files in a folder the tool made group-writable,
+        # before the run is sealed (trust.seal_entry opens it for reading).
+        path.mkdir(mode=0o700)
         return path
 
     def discard(self, staging: Path) -> None:
@@ -567,6 +580,11 @@ def _check_outputs(
             found = _count_lines(path)
             if found != lines:
                 return f"log {name} has {found} lines, expected {lines}"
+    for name in manifest.absent:
+        # Served absent, as the tool left it: a file that appeared there
+        # since (another tool writing beside its input) is not this result.
+        if os.path.lexists(os.path.join(entry, name)):
+            return f"output {name} was not written by the tool but exists now"
     for record in manifest.outputs:
         full = os.path.join(entry, record.path)
         try:

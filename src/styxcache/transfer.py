@@ -1,15 +1,17 @@
 """Export and import: move chosen entries between caches as one `.tar.gz`.
 
 An export holds `styxcache-export.json` (what is inside) and the entries
-under `entries/<key[:2]>/<key>/`, exactly as in a cache. Each entry is first
-snapshotted with hard links, so a concurrent `gc` cannot tear it while it is
-being written to the archive.
+under `entries/<key[:2]>/<key>/`, exactly as in a cache. Every file of an
+entry is opened before any is written to the archive, and the entry checked
+whole against its manifest, so a concurrent `gc` cannot tear it.
 
-An import checks every member's name and type before writing anything
-(nothing absolute, no `..`, no links leaving their entry, no devices), then
-extracts into a temporary folder inside the cache directory, verifies every
-entry's content against its manifest, and only then commits entries one by
-one; a good entry already in the cache is never replaced.
+An import checks the whole archive before writing anything: every member's
+name, type and size, every link resolved through the others, and every
+entry's manifest (its key payload must hash to its key; it must list exactly
+the entry's files). It then extracts with its own code (not `extractall`)
+into a private folder inside the cache directory, verifies every entry's
+content against its manifest, and only then commits entries one by one; a
+good entry already in the cache is never replaced.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ import logging
 import os
 import posixpath
 import shutil
+import stat
 import tarfile
 import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from styxcache.catalog import record_commit
 from styxcache.hashing import ContentHasher
@@ -109,25 +112,6 @@ class ImportReport:
 # Export ------------------------------------------------------------------------
 
 
-def _snapshot(source: Path, target: Path) -> None:
-    """Hard-link (or copy) an entry's tree, so it survives a concurrent removal.
-
-    Raises:
-        FileNotFoundError: If the entry vanished meanwhile.
-    """
-
-    def link_or_copy(src: str, dst: str) -> str:
-        try:
-            os.link(src, dst)
-        except FileNotFoundError:
-            raise
-        except OSError:
-            shutil.copy2(src, dst)
-        return dst
-
-    shutil.copytree(source, target, symlinks=True, copy_function=link_or_copy)
-
-
 def _escaping_link(entry: Manifest) -> str:
     for record in entry.outputs:
         if record.link is not None and not _link_stays_inside(record.path, record.link):
@@ -186,12 +170,12 @@ def export_entries(
             f"nothing to export: no complete entry of {store.root} matches; "
             f"{out} was not written"
         )
-    work = store.root / store.STAGING_DIR / f"export-{uuid.uuid4().hex[:12]}"
     partial = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
-        work.mkdir(parents=True)
-        with tarfile.open(partial, "w:gz") as archive:
-            written = _write_entries(store, archive, chosen, work, report)
+        # Level 6, gzip's own default: level 9 costs twice the time for a
+        # few percent on cache entries.
+        with tarfile.open(partial, "w:gz", compresslevel=6) as archive:
+            written = _write_entries(store, archive, chosen, report)
             index = {
                 "format": EXPORT_FORMAT,
                 "created": time.time(),
@@ -205,7 +189,6 @@ def export_entries(
             archive.addfile(info, io.BytesIO(data))
         os.replace(partial, out)
     finally:
-        remove_tree(work)
         if partial.exists():
             partial.unlink()
     report.entries = written
@@ -216,11 +199,12 @@ def _write_entries(
     store: CacheStore,
     archive: tarfile.TarFile,
     chosen: Iterable[EntryInfo],
-    work: Path,
     report: ExportReport,
 ) -> list[EntryInfo]:
     written: list[EntryInfo] = []
     for info in chosen:
+        entry = store.entry_dir(info.key)
+        before = _stat_or_none(entry)
         found = store.lookup(info.key, verify="size", quarantine=False)
         if found.manifest is None:
             report.skipped[info.key] = found.reason
@@ -229,46 +213,119 @@ def _write_entries(
         if escaping:
             report.skipped[info.key] = f"symlink {escaping} points outside the entry"
             continue
-        snapshot = work / info.key
-        if not real_dir(store.entry_dir(info.key)):
+        if before is None or not stat.S_ISDIR(before.st_mode):
             report.skipped[info.key] = "replaced by a link or file: not followed"
             continue
+        members = _open_entry(entry, f"{ENTRIES_DIR}/{info.key[:2]}/{info.key}")
         try:
-            _snapshot(store.entry_dir(info.key), snapshot)
-        except (FileNotFoundError, OSError) as exc:
-            # Removed (or replaced) while we copied it: leave it out.
-            remove_tree(snapshot)
-            report.skipped[info.key] = f"changed during export: {exc}"
-            continue
-        if not _snapshot_whole(snapshot, info.key):
-            remove_tree(snapshot)
-            report.skipped[info.key] = "changed during export"
-            continue
-        name = f"{ENTRIES_DIR}/{info.key[:2]}/{info.key}"
-        # Hard links may join files of one entry, never two entries: an
-        # import rejects a link that leaves its entry.
-        getattr(archive, "inodes", {}).clear()
-        archive.add(snapshot, arcname=name, recursive=True)
-        remove_tree(snapshot)
+            # Every file is open: a concurrent gc cannot tear what is written.
+            # The entry must still be the folder that was looked up, whole.
+            after = _stat_or_none(entry)
+            if (
+                members is None
+                or after is None
+                or after.st_ino != before.st_ino
+                or not _members_whole(members, found.manifest)
+            ):
+                report.skipped[info.key] = "changed during export"
+                continue
+            for member, handle in members:
+                archive.addfile(member, handle)
+        finally:
+            for _, handle in members or ():
+                if handle is not None:
+                    handle.close()
         written.append(info)
     return written
 
 
-def _snapshot_whole(snapshot: Path, key: str) -> bool:
-    """Check a snapshot against its own manifest (the entry may have been replaced)."""
+def _stat_or_none(path: Path) -> os.stat_result | None:
     try:
-        manifest = Manifest.read(snapshot / CacheStore.MANIFEST)
-    except ManifestError:
-        return False
-    if manifest.key != key or not (snapshot / CacheStore.DONE_MARKER).exists():
-        return False
-    for record in manifest.outputs:
-        full = snapshot / record.path
-        try:
-            st = full.lstat()
-        except OSError:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+def _open_entry(
+    entry: Path, name: str
+) -> list[tuple[tarfile.TarInfo, IO[bytes] | None]] | None:
+    """Describe an entry's tree as archive members, every file opened.
+
+    Members are built from `lstat` records (no owner look-ups, links never
+    followed); None when the entry changes or vanishes meanwhile.
+    """
+    members: list[tuple[tarfile.TarInfo, IO[bytes] | None]] = []
+    try:
+        for folder, dirs, files in os.walk(entry):
+            rel = os.path.relpath(folder, entry)
+            prefix = name if rel == "." else f"{name}/{rel.replace(os.sep, '/')}"
+            folder_info = _member(prefix, os.lstat(folder))
+            members.append((folder_info, None))
+            # os.walk lists links to folders with the folders: archive them
+            # as the links they are, never descend.
+            for child in [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+                dirs.remove(child)
+                files.append(child)
+            dirs.sort()
+            for child in sorted(files):
+                path = os.path.join(folder, child)
+                st = os.lstat(path)
+                member = _member(f"{prefix}/{child}", st)
+                if stat.S_ISLNK(st.st_mode):
+                    member.linkname = os.readlink(path)
+                    members.append((member, None))
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    _close_all(members)
+                    return None  # a device or fifo: never part of an entry
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                handle = os.fdopen(fd, "rb")
+                opened = os.fstat(fd)
+                members.append((member, handle))
+                if opened.st_ino != st.st_ino or opened.st_size != st.st_size:
+                    _close_all(members)
+                    return None
+    except OSError:
+        _close_all(members)
+        return None
+    return members
+
+
+def _close_all(members: list[tuple[tarfile.TarInfo, IO[bytes] | None]]) -> None:
+    for _, handle in members:
+        if handle is not None:
+            handle.close()
+
+
+def _member(name: str, st: os.stat_result) -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.mode = stat.S_IMODE(st.st_mode) & 0o777
+    member.mtime = int(st.st_mtime)
+    if stat.S_ISDIR(st.st_mode):
+        member.type = tarfile.DIRTYPE
+    elif stat.S_ISLNK(st.st_mode):
+        member.type = tarfile.SYMTYPE
+    else:
+        member.size = st.st_size
+    return member
+
+
+def _members_whole(
+    members: list[tuple[tarfile.TarInfo, IO[bytes] | None]], manifest: Manifest
+) -> bool:
+    """Check the opened files against the manifest the lookup verified."""
+    files = {m.name.split("/", 3)[3]: m for m, _ in members if m.name.count("/") >= 3}
+    for name in (CacheStore.MANIFEST, CacheStore.DONE_MARKER):
+        if name not in files:
             return False
-        if record.link is None and st.st_size != record.size:
+    for record in manifest.outputs:
+        member = files.get(record.path)
+        if member is None:
+            return False
+        if record.link is not None:
+            if not member.issym() or member.linkname != record.link:
+                return False
+        elif not member.isfile() or member.size != record.size:
             return False
     return True
 

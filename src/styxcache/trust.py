@@ -162,6 +162,7 @@ class _Checker:
     """The checks for one cache folder under one trust setting."""
 
     def __init__(self, root: Path, setting: TrustSetting) -> None:
+        self.given = Path(os.path.abspath(root))
         self.root = Path(os.path.realpath(root))
         self.setting = setting
         self._lock = threading.Lock()
@@ -241,27 +242,35 @@ class _Checker:
 
     def _check_root(self) -> str:
         try:
-            st = os.lstat(self.root)
+            # Through any symlink, as the store reads: a swapped link shows
+            # up as another folder, and the whole chain is checked again.
+            st = os.stat(self.given)
         except OSError as exc:
-            return f"cannot inspect cache folder {self.root}: {exc.strerror}"
+            return f"cannot inspect cache folder {self.given}: {exc.strerror}"
         seen = (st.st_dev, st.st_ino, st.st_uid, st.st_gid, st.st_mode, self.me)
         with self._lock:
             if seen == self._root_seen:
                 return self._root_problem
         self._owner = st.st_uid
         self._gid = st.st_gid
+        self.root = Path(os.path.realpath(self.given))
         try:
             self._read_only = bool(os.statvfs(self.root).f_flag & os.ST_RDONLY)
         except OSError:
             self._read_only = False
         problem = ""
-        # Every folder above the cache could rename it and plant another one.
-        for folder in (*reversed(self.root.parents), self.root):
+        # Every folder above the cache could rename it and plant another one;
+        # so could the folders above a symlink on the way to it, which the
+        # store reads through.
+        real = [*reversed(self.root.parents), self.root]
+        for folder in dict.fromkeys([*reversed(self.given.parents), self.given, *real]):
             try:
                 above = os.lstat(folder)
             except OSError as exc:
                 problem = f"cannot inspect {folder}: {exc.strerror}"
                 break
+            if stat.S_ISLNK(above.st_mode) and folder not in real:
+                continue  # judged by the folder holding it, and its target's
             repair = folder == self.root
             problem = self._folder_problem(str(folder), above, repair=repair)
             if problem:
@@ -275,7 +284,7 @@ class _Checker:
         problem = self._check_root()
         if problem:
             return Doubt(problem, own=False, whole_cache=True)
-        shard = os.path.join(self.root, entry.parent.name)
+        shard = os.path.join(self.given, entry.parent.name)
         try:
             problem = self._folder_problem(shard, os.lstat(shard), repair=True)
             top = os.lstat(os.path.join(shard, entry.name))
@@ -287,7 +296,27 @@ class _Checker:
             return Doubt(problem, own=False)
         own = top.st_uid == self.me and stat.S_ISDIR(top.st_mode)
         found = self._walk(os.path.join(shard, entry.name), top)
-        return None if not found else Doubt(found, own=own)
+        if found:
+            return Doubt(found, own=own)
+        if not own and not self._replaceable(shard):
+            try:
+                os.lstat(os.path.join(shard, entry.name, ".styxcache.done"))
+            except OSError:
+                # Someone else's unfinished run: a commit could neither
+                # replace it nor move it aside, so do not try.
+                owner = user_name(top.st_uid)
+                return Doubt(f"{entry} is an unfinished run of {owner}", own=False)
+        return None
+
+    def _replaceable(self, shard: str) -> bool:
+        """Whether we may rename someone else's entry out of its shard."""
+        if self.me == 0:
+            return True
+        try:
+            folder = os.lstat(shard)
+        except OSError:
+            return True
+        return folder.st_uid == self.me or not folder.st_mode & stat.S_ISVTX
 
     def _walk(self, path: str, st: os.stat_result) -> str:
         problem = self._item_problem(path, st)
@@ -373,16 +402,14 @@ def check_entry(root: Path, entry: Path, setting: TrustSetting) -> Doubt | None:
                 _warned.clear()
             _warned.add(warned)
             what = (
-                "no entry is"
+                f"no entry of the cache {root} is trusted"
                 if doubt.whole_cache
-                else f"cache entry {entry.name[:12]} is not"
+                else f"cache entry {entry.name[:12]} in {root} is not trusted"
             )
             _log.warning(
-                "%s in %s trusted: %s; running uncached "
-                "(CachePolicy(trust=...) says whose entries to trust, "
-                "see docs/security.md)",
+                "%s: %s; running uncached (CachePolicy(trust=...) says whose "
+                "entries to trust, see docs/security.md)",
                 what,
-                root,
                 doubt.reason,
             )
     return doubt
@@ -393,7 +420,9 @@ def seal_entry(folder: Path, *, read_only: bool) -> None:
 
     Group and others lose write access to every file and folder, so no member
     of a shared cache can edit another's entry; with `read_only` the files lose
-    the owner's write bit too. Symlinks are never followed.
+    the owner's write bit too. The entry's own folder, private while the tool
+    ran, becomes readable by whoever may read the folder it was staged in.
+    Symlinks are never followed.
 
     Args:
         folder: The staged entry.
@@ -411,6 +440,8 @@ def seal_entry(folder: Path, *, read_only: bool) -> None:
             st = os.lstat(path)
             if stat.S_ISDIR(st.st_mode) and st.st_mode & _OTHERS_WRITE:
                 os.chmod(path, stat.S_IMODE(st.st_mode) & ~_OTHERS_WRITE)
+    readers = stat.S_IMODE(os.stat(folder.parent).st_mode) & 0o055
+    os.chmod(folder, (stat.S_IMODE(os.lstat(folder).st_mode) & 0o700) | readers)
 
 
 def prepare_shared_cache(root: Path | str, group: str | int | None = None) -> Path:
@@ -418,9 +449,11 @@ def prepare_shared_cache(root: Path | str, group: str | int | None = None) -> Pa
 
     Creates the cache folder, its 256 shard folders and its working folders
     (`.incoming`, `.locks`, ...) owned by you, group-writable, setgid and
-    sticky (mode 3775, like `/tmp` for a group): every member can add entries,
-    nobody but you (the cache owner) and root can rename or delete another
-    member's. Run it once, as the account that owns the cache (and runs `gc`).
+    sticky (mode 3775, like `/tmp` for a group): every member can add entries;
+    only you (the cache owner) and root can move another member's aside, and
+    only root can delete them. Run it once, as the account that owns the cache; trim the
+    cache with `gc` run by root (sealed entries can be deleted only by their
+    committer and root).
 
     Args:
         root: The cache folder (created if needed; may exist).

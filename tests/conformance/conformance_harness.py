@@ -9,9 +9,11 @@ each invocation (working directory, command name, arguments) to
 
 For each behaviour a wrapper is called with the same arguments through a bare
 `LocalRunner` and through `CachingRunner(LocalRunner)`, then again through the
-cache (a hit where the rules say the run is cached), then once more after its
-input files changed (must rerun). Differences from the bare run, hits the rules
-forbid, misses the rules promise and stale results are reported as problems.
+cache (a hit where the rules say the run is cached). After a hit, an output the
+tool wrote outside its folder is edited (must rerun), and the input files (or,
+without any, one param) are changed (must rerun). Differences from the bare
+run, hits the rules forbid, misses the rules promise and stale results are
+reported as problems. A second argument set fills every optional param too.
 """
 
 from __future__ import annotations
@@ -158,6 +160,7 @@ class BehaviourResult:
     mode: str = ""  # the stand-in's STANDIN_MODE; the behaviour by default
     hit: bool = False
     changed: bool = False  # a changed input (or param) was checked to rerun
+    outside_edit: bool = False  # an edited outside output was checked to rerun
     problems: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -375,6 +378,9 @@ def compare(bare: Call, cached: Call, what: str) -> list[str]:
             f"{cached.error_type}: {_first_line(cached.error)}"
         )
         return problems
+    codes = [getattr(c.error, "return_code", None) for c in (bare, cached)]
+    if codes[0] != codes[1]:
+        problems.append(f"{what}: exit status in the error differs: {codes}")
     bare_outputs = _normal_outputs(bare.outputs, bare.root, bare.cwd)
     cached_outputs = _normal_outputs(cached.outputs, cached.root, cached.cwd)
     if bare_outputs != cached_outputs:
@@ -525,6 +531,10 @@ def _run_behaviour(
         problems.append("a hit returned outside paths whose contents differ")
     if not outcome.hit:
         return
+    edit = _check_outside_edit(session, wrapper, kwargs, repeat)
+    if edit is not None:
+        outcome.outside_edit = True
+        problems.extend(edit)
     if files:
         _write_inputs(files, f"{wrapper.id} {behaviour} v2")
         changed_kwargs, what = kwargs, "changed inputs"
@@ -552,6 +562,39 @@ def _run_behaviour(
     ]
     if stale:
         problems.append(f"{what}: returned stale files {stale[:3]}")
+
+
+def _check_outside_edit(
+    session: Session, wrapper: Wrapper, kwargs: dict[str, Any], hit: Call
+) -> list[str] | None:
+    """After a hit, edit an output the tool wrote outside its folder.
+
+    Without the cache the next call would run the tool and rewrite it, so the
+    cache must not serve a hit that leaves the edited file in place.
+    """
+    root = session.environ["STANDIN_ROOT"]
+    # Only a file this behaviour's run wrote: the tool would write it again.
+    token = session.environ["STANDIN_TOKEN"].encode() + b" "
+    written = [
+        path
+        for path, data in outside_files(hit.outputs, hit.root).items()
+        if data is not None and path.startswith(root + "/") and data.startswith(token)
+    ]
+    if not written:
+        return None
+    edited = Path(written[0])
+    original = edited.read_bytes()
+    edited.write_bytes(b"edited by the user\n")
+    again = session.call(wrapper, kwargs, cached=True)
+    problems = []
+    if again.event is not None and again.event.kind == "hit" and not again.runs:
+        problems.append(f"an edited outside output {edited.name} was served as a hit")
+    if edited.read_bytes() != original:
+        problems.append(
+            f"the outside output {edited.name} is not what the tool writes "
+            f"after an edit: {edited.read_bytes()[:40]!r}"
+        )
+    return problems
 
 
 def check_many(

@@ -26,14 +26,18 @@ def _load_root_conftest() -> Any:
     return module
 
 
-require: Callable[[bool, str], None] = _load_root_conftest().require
+_root = _load_root_conftest()
+require: Callable[[bool, str], None] = _root.require
+run_tool = _root.run_tool
+IN_CI: bool = _root.IN_CI
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def conformance_session() -> Iterator[Session]:
     root = Path(tempfile.mkdtemp(prefix="styxcache-conformance-", dir=fast_tmp()))
     # The cache warns once per tool it cannot cache; the suite checks the
     # behaviour itself, and thousands of captured records only cost time.
+    # Module scope: the levels are restored before any other test module runs.
     cache_log = logging.getLogger("styxcache")
     level = cache_log.level
     cache_log.setLevel(logging.ERROR)

@@ -51,21 +51,26 @@ def table(results: list[WrapperResult]) -> str:
 
 
 def behaviour_table(results: list[WrapperResult]) -> str:
-    """Hits per stand-in behaviour over the buildable wrappers."""
+    """Hits and follow-up checks per stand-in behaviour."""
     hits: collections.Counter[str] = collections.Counter()
     changed: collections.Counter[str] = collections.Counter()
+    edited: collections.Counter[str] = collections.Counter()
     failing: collections.Counter[str] = collections.Counter()
     for result in results:
         for b in result.behaviours:
             hits[b.behaviour] += b.hit
             changed[b.behaviour] += b.changed
+            edited[b.behaviour] += b.outside_edit
             failing[b.behaviour] += bool(b.problems)
     lines = [
         "| stand-in behaviour | repeat was a hit | then a changed input "
-        "(or param) was checked to rerun | failing |",
-        "|---|---:|---:|---:|",
+        "(or param) reran | an edited outside output reran | failing |",
+        "|---|---:|---:|---:|---:|",
     ]
-    lines += [f"| {b} | {hits[b]} | {changed[b]} | {failing[b]} |" for b in VARIANTS]
+    lines += [
+        f"| {b} | {hits[b]} | {changed[b]} | {edited[b]} | {failing[b]} |"
+        for b in VARIANTS
+    ]
     return "\n".join(lines)
 
 

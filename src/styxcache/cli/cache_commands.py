@@ -22,9 +22,11 @@ from styxcache.catalog import (
     CatalogRow,
     CatalogRows,
     append_rows,
+    foldable,
     load_catalog,
     manifest_stamp,
     row_for,
+    write_snapshot,
 )
 from styxcache.gc import GcLimits, SweepAges, collect_garbage
 from styxcache.hashing import ContentHasher
@@ -409,8 +411,9 @@ def verify(*, cache_dir: Path | None, full: bool, as_json: bool) -> None:
             on_unsafe=lambda path, why: unsafe.append({"path": path, "reason": why}),
         )
     )
-    catalog = load_catalog(store.root)
+    catalog = load_catalog(store.root, checks=True)
     learned: list[CatalogRow] = []
+    whole: list[CatalogRow] = []
     damaged: list[dict[str, str]] = []
     uncommitted = 0
     checked = 0
@@ -420,7 +423,9 @@ def verify(*, cache_dir: Path | None, full: bool, as_json: bool) -> None:
             if n % 256 == 0:
                 progress.update(task, completed=n)
             key = stamp.key
-            if not full and _unchanged_and_whole(store, stamp, catalog.rows):
+            known = None if full else _unchanged_and_whole(store, stamp, catalog.rows)
+            if known is not None:
+                whole.append(known)
                 checked += 1
                 continue
             problem = _verify_one(store, key, full, hasher)
@@ -457,14 +462,16 @@ def verify(*, cache_dir: Path | None, full: bool, as_json: bool) -> None:
             + (f", {uncommitted} uncommitted runs" if uncommitted else "")
             + "."
         )
-    append_rows(store.root, learned)  # the next verify skips their manifests
+    append_rows(store.root, learned)  # the next verify skips these manifests
+    if len(stamps) == checked and foldable(catalog.files, checks=True) > 16:
+        write_snapshot(store.root, whole + learned, catalog.files, checks=True)
     if damaged or unsafe:
         raise SystemExit(1)
 
 
 def _unchanged_and_whole(
     store: CacheStore, stamp: EntryStamp, rows: CatalogRows
-) -> bool:
+) -> CatalogRow | None:
     """Check an entry's sizes against its catalog row, without its manifest.
 
     Valid only while the entry folder and its manifest file are the ones
@@ -476,19 +483,19 @@ def _unchanged_and_whole(
     """
     row = rows.get(stamp.key)
     if row is None or row.inode != stamp.inode or "-" in (row.stamp, row.checks):
-        return False
+        return None
     entry = stamp.path
     if manifest_stamp(os.path.join(entry, store.MANIFEST)) != row.stamp:
-        return False
+        return None
     if not os.path.exists(os.path.join(entry, store.DONE_MARKER)):
-        return False
+        return None
     try:
         manifest = Manifest.from_json(row.checks)
     except ManifestError:
-        return False
+        return None
     if manifest.key != stamp.key:
-        return False
-    return check_outputs(Path(entry), manifest, "size", None) == ""
+        return None
+    return row if check_outputs(Path(entry), manifest, "size", None) == "" else None
 
 
 def _row_after_lookup(store: CacheStore, stamp: EntryStamp) -> CatalogRow | None:
@@ -712,8 +719,9 @@ def export_command(
         emit_json({"cache_dir": str(store.root), **report.as_dict()})
         return
     console = out_console()
+    size = human_size(report.bytes)
     console.print(
-        f"Exported {len(report.entries)} entries ({human_size(report.bytes)}) to {out}."
+        f"Exported {len(report.entries)} entries ({size}) to {out}.", markup=False
     )
     for key, why in report.skipped.items():
         console.print(f"left out {key[:12]}: {why}", markup=False)
@@ -748,8 +756,11 @@ def import_command(*, cache_dir: Path | None, source: Path, as_json: bool) -> No
         return
     out_console().print(
         f"Imported {len(report.imported)} entries into {store.root}"
-        + (f"; {len(report.present)} were already there." if report.present else ".")
+        + (f"; {len(report.present)} were already there." if report.present else "."),
+        markup=False,
     )
+    for key, why in report.skipped.items():
+        err_console().print(f"not imported {key[:12]}: {why}", markup=False)
 
 
 COMMANDS: list[click.Command] = [

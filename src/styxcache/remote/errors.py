@@ -76,6 +76,10 @@ def scrub(message: str) -> str:
     return line[:400]
 
 
+_client_pid: list[int] = []
+"""The process that started the client's runtime (empty: not started yet)."""
+
+
 @contextlib.contextmanager
 def client_call(what: str) -> Iterator[None]:
     """Translate the errors of the object-store calls made inside the block.
@@ -85,8 +89,20 @@ def client_call(what: str) -> Iterator[None]:
 
     Raises:
         ObjectMissingError: The object does not exist.
-        RemoteError: Anything else the client raised.
+        RemoteError: Anything else the client raised, or the process was
+            forked after the client started (its runtime's threads did not
+            survive the fork, and any call would wait forever).
     """
+    pid = os.getpid()
+    if not _client_pid:
+        _client_pid.append(pid)
+    elif _client_pid[0] != pid:
+        raise RemoteError(
+            f"{what}: this process was forked after the object-store client "
+            "started, and the client cannot be used after a fork; start worker "
+            "processes with the 'spawn' or 'forkserver' method",
+            "ForkedProcess",
+        )
     try:
         yield
     except FileNotFoundError:

@@ -132,14 +132,24 @@ class RemoteTier:
         write: Upload entries after local commits (False for read-only
             consumers, such as CI runs of pull requests).
         source: Where the URL came from, for error messages.
+        clock: Monotonic seconds, for the pause after a failure (tests
+            inject a fake one).
 
     Raises:
         RemoteConfigError: If the URL is malformed (nothing is contacted).
     """
 
-    def __init__(self, url: str, *, write: bool = True, source: str = "remote") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        write: bool = True,
+        source: str = "remote",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.url = check_url(url, source=source)
         self.write = write
+        self._clock = clock
         self._store: Any = None
         self._lock = threading.Lock()
         self._down_until = 0.0
@@ -472,11 +482,11 @@ class RemoteTier:
 
     def _available(self) -> bool:
         with self._lock:
-            return time.monotonic() >= self._down_until
+            return self._clock() >= self._down_until
 
     def _failed(self, what: str, exc: BaseException) -> None:
         with self._lock:
-            self._down_until = time.monotonic() + COOL_DOWN_S
+            self._down_until = self._clock() + COOL_DOWN_S
             first = not self._warned
             self._warned = True
         detail = str(exc)
@@ -497,7 +507,7 @@ class RemoteTier:
             recovered = self._warned
             self._warned = False
         if recovered:
-            _log.warning("remote cache %s is reachable again", self.url)
+            _log.info("remote cache %s is reachable again", self.url)
 
     def fetch_for_run(
         self,

@@ -169,6 +169,45 @@ class ThreadExecutor:
         self._queue.put((future, fn, arg))
         return future
 
+    def submit_many(
+        self, calls: list[tuple[Callable[[Any], Any], Any, DoneCallback | None]]
+    ) -> list[cf.Future[Any]]:
+        """Queue many calls at once (a herd of fires due together).
+
+        Every future is made before the first call is queued, so the worker
+        threads do not compete with the submitter while it prepares them.
+
+        Args:
+            calls: `(fn, arg, on_done)` triples.
+
+        Returns:
+            The calls' futures, in order.
+
+        Raises:
+            RuntimeError: After `shutdown()`.
+        """
+        jobs: list[tuple[cf.Future[Any], Callable[[Any], Any], Any]] = []
+        for fn, arg, on_done in calls:
+            future: cf.Future[Any] = cf.Future()
+            if on_done is not None:
+                future.add_done_callback(on_done)
+            jobs.append((future, fn, arg))
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("executor is shut down")
+            self._outstanding += len(jobs)
+            while len(self._threads) < min(self.max_workers, self._outstanding):
+                thread = threading.Thread(
+                    target=self._work,
+                    name=f"styxcache-run-{len(self._threads)}",
+                    daemon=True,
+                )
+                self._threads.append(thread)
+                thread.start()
+        for job in jobs:
+            self._queue.put(job)
+        return [future for future, _, _ in jobs]
+
     def _work(self) -> None:
         while True:
             job = self._queue.get()

@@ -57,6 +57,39 @@ class RunContext:
     # Built inside the worker, never pickled or compared.
     runner: Any = dataclasses.field(default=None, compare=False, repr=False)
 
+    @classmethod
+    def quick(  # noqa: PLR0917 - the fields, in order
+        cls,
+        schedule: str,
+        key: str,
+        nominal_time: dt.datetime,
+        item: dict[str, Any],
+        item_key: str,
+        cache: str,
+        attempt: int,
+    ) -> RunContext:
+        """Build a context without the frozen dataclass's per-field checks.
+
+        A herd of 10,000 fires builds 10,000 contexts on the dispatch path;
+        filling `__dict__` at once is several times cheaper and gives an
+        equal object.
+
+        Returns:
+            The context.
+        """
+        context = object.__new__(cls)
+        context.__dict__.update(
+            schedule=schedule,
+            key=key,
+            nominal_time=nominal_time,
+            item=item,
+            item_key=item_key,
+            cache=cache,
+            attempt=attempt,
+            runner=None,
+        )
+        return context
+
     def __getitem__(self, name: str) -> Any:
         """Read a key of the fan-out item, so `ctx["subject"]` works.
 
@@ -154,6 +187,14 @@ def _global_is_caching() -> bool:
         return False
 
 
+def _call(target: str | Target, pass_context: bool, context: RunContext) -> None:
+    function = resolve_callable(target)
+    if pass_context:
+        function(context)
+    else:
+        function()
+
+
 def execute_run(request: RunRequest) -> RunOutcome:
     """Run a target under its cache mode and count its cache events.
 
@@ -175,21 +216,23 @@ def execute_run(request: RunRequest) -> RunOutcome:
         spec = None
     with cache_mode(request.context.cache), collect_events() as events:
         try:
-            with using_runner(spec) as runner:
-                context = request.context
-                if runner is not None:
-                    context = dataclasses.replace(context, runner=runner)
-                target = resolve_callable(request.target)
-                if request.pass_context:
-                    target(context)
-                else:
-                    target()
+            if spec is None:
+                _call(request.target, request.pass_context, request.context)
+            else:
+                with using_runner(spec) as runner:
+                    context = dataclasses.replace(request.context, runner=runner)
+                    _call(request.target, request.pass_context, context)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             trace = traceback.format_exc()
-    hits = sum(1 for e in events if e.kind == "hit")
-    misses = sum(1 for e in events if e.kind in ("miss", "refresh"))
-    bypassed = sum(1 for e in events if e.kind == "bypass")
+    hits = misses = bypassed = 0
+    for event in events:
+        if event.kind == "hit":
+            hits += 1
+        elif event.kind in ("miss", "refresh"):
+            misses += 1
+        elif event.kind == "bypass":
+            bypassed += 1
     return RunOutcome(
         ok=not error,
         error=error,

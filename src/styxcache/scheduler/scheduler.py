@@ -247,6 +247,8 @@ class Scheduler:
         # Fires started by the current thread's run_pending() (it waits for them).
         self._tls = threading.local()
         self._settle = threading.Condition()
+        self._waiting = 0  # threads in _wait_settled (completions notify them)
+        self._nominal_dt: tuple[float, dt.datetime] = (float("nan"), dt.datetime.min)
         # Executors built from entries' `executor:` strings (shut down with
         # the scheduler) and adapters of objects passed in code (not ours).
         self._executors: dict[str, Executor] = {}
@@ -1081,10 +1083,14 @@ class Scheduler:
             if all(f.settled for f in fires):
                 return
             with self._settle:
-                if self._completions.empty() and not all(f.settled for f in fires):
-                    # Woken by each completion; the timeout only guards
-                    # against a completion drained by another thread.
-                    self._settle.wait(self.max_sleep_seconds)
+                self._waiting += 1
+                try:
+                    if self._completions.empty() and not all(f.settled for f in fires):
+                        # Woken by each completion; the timeout only guards
+                        # against a completion drained by another thread.
+                        self._settle.wait(self.max_sleep_seconds)
+                finally:
+                    self._waiting -= 1
 
     def _dispatch_due(self, lookahead: float) -> int:
         """Claim what is due by now + `lookahead` and hand it to executors."""
@@ -1118,15 +1124,58 @@ class Scheduler:
                     job.running += 1
                     to_start.append(fire)
         ordered = sorted(to_start, key=lambda f: f.record.started or 0.0)
-        for index, fire in enumerate(ordered):
-            due = fire.record.started or 0.0
+        index = 0
+        while index < len(ordered):
+            due = ordered[index].record.started or 0.0
             while (remaining := due - self.clock.time()) > 0:
                 if self.stopping.is_set():
                     self._abandon(ordered[index:])
                     return started
                 self.clock.wait(remaining)
-            started += self._start(fire, persisted=True)
+            # Everything due by now goes out together (a herd in one batch).
+            now = self.clock.time()
+            end = index + 1
+            while end < len(ordered) and (ordered[end].record.started or 0.0) <= now:
+                end += 1
+            started += self._start_many(ordered[index:end])
+            index = end
         return started + self._drain_completions()
+
+    def _start_many(self, fires: list[_Fire]) -> int:
+        """Start claimed fires; batch-capable executors get them in one call."""
+        if len(fires) == 1:
+            return self._start(fires[0], persisted=True)
+        started = 0
+        batches: dict[int, tuple[Any, list[tuple[Any, Any, Any]], list[_Fire]]] = {}
+        tracked = getattr(self._tls, "batch", None)
+        for fire in fires:
+            if fire.expand:
+                started += self._start(fire, persisted=True)
+                continue
+            executor = self.executor_for(fire.entry)
+            if not hasattr(executor, "submit_many"):
+                started += self._start(fire, persisted=True)
+                continue
+            if tracked is not None:
+                tracked.append(fire)
+            request, on_done = self._prepare(fire)
+            _, calls, owners = batches.setdefault(id(executor), (executor, [], []))
+            calls.append((execute_run, request, on_done))
+            owners.append(fire)
+            started += 1
+        for executor, calls, owners in batches.values():
+            try:
+                futures = executor.submit_many(calls)
+            except Exception as exc:
+                for _fn, _request, on_done in calls:
+                    failed: cf.Future[RunOutcome] = cf.Future()
+                    failed.set_exception(exc)
+                    on_done(failed)
+                continue
+            for fire, future in zip(owners, futures, strict=True):
+                if fire.future is None:
+                    fire.future = future
+        return started
 
     def _abandon(self, fires: list[_Fire]) -> None:
         """Record claimed fires that shutdown overtook before their due time."""
@@ -1148,11 +1197,13 @@ class Scheduler:
         second) and each fire is then started at its due instant.
         """
         lead = self.dispatch_lead_seconds
-        now = self.clock.time()
         with self._lock:
-            if not self._heap or self._heap[0][0] > now + _HERD_WINDOW_S:
+            if not self._heap:
                 return lead
-            soon = sum(1 for item in self._heap if item[0] <= now + _HERD_WINDOW_S)
+            top = self._heap[0][0]
+            if top > self.clock.time() + self.max_sleep_seconds:
+                return lead  # the loop wakes again before then anyway
+            soon = sum(1 for item in self._heap if item[0] <= top + _HERD_WINDOW_S)
         return min(_HERD_WINDOW_S, max(lead, soon * _CLAIM_COST_S))
 
     def _start(self, fire: _Fire, *, persisted: bool = False) -> int:
@@ -1176,14 +1227,34 @@ class Scheduler:
                 return self._expand(fire, now)
             finally:
                 fire.settled = True
-        context = RunContext(
-            schedule=fire.entry.name,
-            key=record.key,
-            nominal_time=utc_from_timestamp(record.nominal),
-            item=fire.item,
-            item_key=record.item,
-            cache=fire.entry.cache.value,
-            attempt=fire.attempt,
+        request, on_done = self._prepare(fire)
+        try:
+            executor = self.executor_for(fire.entry)
+            fire.future = executor.submit(execute_run, request, on_done=on_done)
+        except Exception as exc:
+            failed: cf.Future[RunOutcome] = cf.Future()
+            failed.set_exception(exc)
+            on_done(failed)
+        return 1
+
+    def _prepare(
+        self, fire: _Fire
+    ) -> tuple[RunRequest, Callable[[cf.Future[RunOutcome]], None]]:
+        """Build a fire's request and mark it in flight (batch-tracked too)."""
+        record = fire.record
+        cached = self._nominal_dt
+        if cached[0] != record.nominal:
+            # A herd shares one nominal instant: convert it once.
+            cached = (record.nominal, utc_from_timestamp(record.nominal))
+            self._nominal_dt = cached
+        context = RunContext.quick(
+            fire.entry.name,
+            record.key,
+            cached[1],
+            fire.item,
+            record.item,
+            fire.entry.cache.value,
+            fire.attempt,
         )
         request = RunRequest(
             fire.entry.target,  # type: ignore[arg-type]
@@ -1195,15 +1266,7 @@ class Scheduler:
         )
         with self._lock:
             self._inflight[record.key] = fire
-        on_done = functools.partial(self._on_done_future, fire)
-        try:
-            executor = self.executor_for(fire.entry)
-            fire.future = executor.submit(execute_run, request, on_done=on_done)
-        except Exception as exc:
-            failed: cf.Future[RunOutcome] = cf.Future()
-            failed.set_exception(exc)
-            on_done(failed)
-        return 1
+        return request, functools.partial(self._on_done_future, fire)
 
     def _on_done_future(self, fire: _Fire, future: cf.Future[RunOutcome]) -> None:
         # Set here too: an inline executor finishes before submit() returns.
@@ -1212,8 +1275,10 @@ class Scheduler:
 
     def _on_done(self, fire: _Fire) -> None:
         self._completions.put(fire)
-        with self._settle:
-            self._settle.notify_all()
+        # Read after the put: a waiter that registers later sees the item.
+        if self._waiting:
+            with self._settle:
+                self._settle.notify_all()
         # The loop thread drains its own completions before it next waits;
         # waking it from inside would only cost an empty cycle.
         if self._loop_ident is not None and threading.get_ident() != self._loop_ident:
@@ -1388,8 +1453,9 @@ class Scheduler:
 
     def _settled(self, fire: _Fire) -> None:
         fire.settled = True
-        with self._settle:
-            self._settle.notify_all()
+        if self._waiting:
+            with self._settle:
+                self._settle.notify_all()
 
     def _lost(
         self, fire: _Fire, lost: RunLostError, outcome: RunOutcome

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 import copy
-import dataclasses
 import datetime as dt
 import functools
 import heapq
@@ -24,7 +23,7 @@ import math
 import re
 import threading
 from collections.abc import Callable, Iterator
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -439,8 +438,7 @@ def _parse_field(index: int, text: str) -> tuple[int, ...] | None:
     return tuple(sorted(values))
 
 
-@dataclasses.dataclass(frozen=True)
-class _Spec:
+class _Spec(NamedTuple):
     minutes: tuple[int, ...]
     hours: tuple[int, ...]
     days: frozenset[int]
@@ -449,28 +447,30 @@ class _Spec:
     day_or: bool  # both day fields restricted: either may match (cron's rule)
 
 
+@functools.lru_cache(maxsize=4096)
+def _field_set(index: int, text: str) -> frozenset[int] | None:
+    values = _parse_field(index, text)
+    return None if values is None else frozenset(values)
+
+
 @functools.lru_cache(maxsize=16384)
 def _fast_spec(fields: tuple[str, ...]) -> _Spec | None:
-    parsed = [_parse_field(i, f) for i, f in enumerate(fields)]
-    if any(p is None for p in parsed):
-        return None
-    minutes, hours, days, months, weekdays = parsed
+    minute_text, hour_text, dom_text, month_text, dow_text = fields
+    minutes = _parse_field(0, minute_text)
+    hours = _parse_field(1, hour_text)
+    days = _field_set(2, dom_text)
+    months = _field_set(3, month_text)
+    weekdays = _field_set(4, dow_text)
     if not (minutes and hours and days and months and weekdays):
-        return None
+        return None  # unparsed here (croniter's call), or matching nothing
     # croniter's rule, kept so that no schedule changes meaning: a day field
     # is unrestricted when written `*`, or when it covers every value and
     # the other day field's text has a `*`; with both restricted, either
     # matching is enough.
-    dom_text, dow_text = fields[2], fields[4]
     days_all = dom_text == "*" or (len(days) == _FULL[2] and "*" in dow_text)
     weekdays_all = dow_text == "*" or (len(weekdays) == _FULL[4] and "*" in dom_text)
     return _Spec(
-        minutes=minutes,
-        hours=hours,
-        days=frozenset(days),
-        months=frozenset(months),
-        weekdays=frozenset(weekdays),
-        day_or=not days_all and not weekdays_all,
+        minutes, hours, days, months, weekdays, not days_all and not weekdays_all
     )
 
 
