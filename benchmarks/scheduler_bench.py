@@ -13,7 +13,11 @@ Four measurements, each run on both schedulers in turn in this process:
 3. lateness (callback start minus nominal time) of 600 fires spread over
    30 s, 10 worker threads each;
 4. a herd of 10,000 entries due in the same second, three times each: how
-   many run, how many are dropped, and how long until the last one started.
+   many run, how many are dropped, how long until the last one was handed
+   to the pool (the dispatch; goal: under 0.5 s) and until the last
+   callback started.
+
+Goal for 1: ours at least 4x faster (the speed-up is printed).
 """
 
 from __future__ import annotations
