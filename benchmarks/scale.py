@@ -245,6 +245,28 @@ def main() -> int:
         env = {**os.environ, "STYXCACHE_DIR": str(cache)}
         _, startup, _, _ = timed(["--help"], env)
         figures["startup"] = startup
+        # The same system calls done by C tools, side by side: what a listing
+        # (one lstat per entry folder) and a size check (one per file) cost
+        # on this machine at this moment.
+        for name, script in (
+            (
+                "baseline: `find` entry folders by mtime, 50 newest",
+                f"find {cache} -mindepth 2 -maxdepth 2 -printf '%T@ %p\\n' "
+                "| sort -rn | head -50",
+            ),
+            (
+                "baseline: `find` size of every file",
+                f"find {cache} -mindepth 3 -printf '%s %p\\n' > /dev/null",
+            ),
+        ):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t = time.perf_counter()
+            subprocess.run(["sh", "-c", script], check=True, stdout=subprocess.DEVNULL)
+            took = time.perf_counter() - t
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+            figures[name] = {"total": took, "cpu": cpu}
+            rows.append((name, f"{took:.2f} s", f"CPU {cpu:.2f} s"))
         for name, argv, first in [
             ("stats (first run: reads every event)", ["stats"], False),
             ("stats (again)", ["stats"], False),

@@ -203,10 +203,12 @@ class Session:
 
     Args:
         root: An empty folder for everything the run writes.
+        policy: More `CachePolicy` fields for the caching runners.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, **policy: Any) -> None:
         self.root = root
+        self.policy = policy
         self.bin = root / "bin"
         self.bin.mkdir(parents=True)
         self.standin = root / "standin.sh"
@@ -241,7 +243,7 @@ class Session:
             variant: CachingRunner(
                 LocalRunner(data_dir=self.cached_base_dir, environ=self.environ),
                 self.root / "cache" / variant,
-                policy=CachePolicy(memo_dir=self.root / "memo"),
+                policy=CachePolicy(memo_dir=self.root / "memo", **self.policy),
                 on_event=self.events.append,
             )
             for variant in VARIANTS

@@ -116,8 +116,11 @@ class Builder:
     FLOATS = (0.5, 1.0, 0.0, 2.0, 3.0, 0.25, 10.0, 100.0, -0.5)
     LENGTHS = (1, 2, 3, 4, 6, 9, 12, 16)
 
-    def __init__(self, wrapper: Wrapper, inputs: Path) -> None:
+    def __init__(
+        self, wrapper: Wrapper, inputs: Path, *, last_variant: bool = False
+    ) -> None:
         self.wrapper = wrapper
+        self.last_variant = last_variant
         self.module = wrapper.load()
         self.inputs = inputs
         self.slots: list[Slot] = []
@@ -154,9 +157,12 @@ class Builder:
                 return self._file_thunk(name)
             literals = [a for a in present if typing.get_origin(a) is typing.Literal]
             others = [a for a in present if a not in literals]
-            thunks: list[Callable[[], Any]] = [
-                self.plan(name, a) for a in itertools.chain(literals, others)
-            ]
+            order = itertools.chain(literals, others)
+            if self.last_variant:
+                # The other end of the union: nested structs and file variants
+                # the first-variant pass never builds.
+                order = itertools.chain(reversed(others), literals)
+            thunks: list[Callable[[], Any]] = [self.plan(name, a) for a in order]
             return self._choice(name, thunks)
         if origin is typing.Literal:
             return self._choice(name, [lambda v=v: v for v in args])
@@ -277,13 +283,14 @@ def build_arguments(
     Args:
         wrapper: The wrapper.
         inputs: Folder for the generated input files.
-        optional: Fill the optional params too.
+        optional: Fill the optional params too, and take the last variant
+            of each union (the required-only pass takes the first).
 
     Raises:
         UnbuildableError: If the signature cannot be filled automatically.
     """
     inputs.mkdir(parents=True, exist_ok=True)
-    builder = Builder(wrapper, inputs)
+    builder = Builder(wrapper, inputs, last_variant=optional)
     kwargs = builder.build(optional=optional)
     # Files planned for a union variant that was not chosen are not inputs.
     used = set(iter_paths(kwargs))

@@ -151,3 +151,22 @@ def test_standin_writes_what_each_behaviour_says(tmp_path: Path) -> None:
     assert (tmp_path / "outside.txt").read_text() == "t1\n"
     assert len(failed.runs) == 1
     assert failed.runs[0][1:] == ["bet", str(files[0]), "img_bet"]
+
+
+def test_the_suite_catches_a_cache_that_breaks_the_commit_rule(tmp_path: Path) -> None:
+    """A negative control: the strict opt-in policy (every declared output
+    required, the rule before the transparency work) must be reported."""
+    require(NIWRAP, "NiWrap is not installed (pip install '.[niwrap]')")
+    session = Session(tmp_path / "session", required_outputs="all")
+    work = tmp_path / "work"
+    work.mkdir()
+
+    result = check_wrapper(session, Wrapper("fsl", "bet", "bet"), work)
+
+    assert result.status == "failing"
+    assert any(
+        p.startswith("[main] the repeat was not a hit (expected one)")
+        for p in result.all_problems()
+    )
+    # The call itself stayed transparent: only the caching is missing.
+    assert not any("differ" in p or "raised" in p for p in result.all_problems())

@@ -252,3 +252,27 @@ def test_callback_may_call_run_pending(clock: FakeClock, tmp_path: Path) -> None
     scheduler.run_pending()
     assert seen == [0]
     scheduler.close()
+
+
+def test_a_herd_due_together_all_runs_once(clock: FakeClock, tmp_path: Path) -> None:
+    # Fires due in the same instant go to the pool in one batch; none dropped.
+    scheduler = Scheduler(
+        clock=clock, executor=ThreadExecutor(4), state_dir=tmp_path / "s"
+    )
+    ran: list[int] = []
+    lock = threading.Lock()
+
+    def target() -> None:
+        with lock:
+            ran.append(1)
+
+    due = clock.time() + 60
+    for i in range(2000):
+        scheduler.register_task(f"h{i}", 86_400.0, target, anchor=due)
+    scheduler.run_pending()
+    clock.advance(59.5)
+    # Claimed half a second ahead, started at the due instant, waited for.
+    assert scheduler.run_pending(lookahead=1.0) == 2000
+    assert len(ran) == 2000
+    assert scheduler.ledger.count_by_state() == {"ok": 2000}
+    scheduler.close()

@@ -190,9 +190,9 @@ def logs(*, cache_dir: Path | None, key: str, stream: str, as_json: bool) -> Non
         return
     if all(v is None for v in captured.values()):
         raise click.ClickException(f"{name}: no stored stdout or stderr in {folder}")
-    for which, lines in captured.items():
+    for which, stored in captured.items():
         target = sys.stdout if which == "stdout" else sys.stderr
-        for line in lines or []:
+        for line in stored or []:
             click.echo(line, file=target)
 
 

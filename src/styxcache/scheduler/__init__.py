@@ -32,10 +32,17 @@ from styxcache.scheduler.executors import (
     as_executor,
     make_executor,
 )
-from styxcache.scheduler.ledger import Ledger, RunRecord, RunStore, run_key
+from styxcache.scheduler.ledger import (
+    Ledger,
+    LedgerError,
+    RunRecord,
+    RunStore,
+    run_key,
+)
 from styxcache.scheduler.memo_cache import (
     Cache,
     CacheMemory,
+    UnsafeCacheFileError,
     json_reader,
     json_saver,
     pickle_reader,
@@ -72,6 +79,7 @@ __all__ = [
     "InlineExecutor",
     "IntervalTrigger",
     "Ledger",
+    "LedgerError",
     "NatsDispatcher",
     "NatsSettings",
     "ProcessExecutor",
@@ -90,6 +98,7 @@ __all__ = [
     "ThreadExecutor",
     "Trigger",
     "TriggerError",
+    "UnsafeCacheFileError",
     "as_executor",
     "build_entry",
     "execute_run",
