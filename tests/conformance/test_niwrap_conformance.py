@@ -2,8 +2,8 @@
 
 One test per wrapper function of every installed NiWrap suite (1,878 in 1.1.0).
 Each runs five stand-in behaviours (main output, every output, nothing, failure,
-a write outside), bare and cached; see `conformance_harness` for what is
-compared. `python tests/conformance/report.py` prints the same checks as a
+a write outside) with the required params, and every output with all optional
+params filled, bare and cached; see `conformance_harness` for what is compared. `python tests/conformance/report.py` prints the same checks as a
 coverage table (docs/conformance.md).
 """
 
@@ -54,7 +54,13 @@ Empty: every 1.1.0 wrapper is filled automatically."""
 
 
 def test_the_whole_catalogue_is_installed() -> None:
-    require(NIWRAP, "NiWrap is not installed (pip install '.[niwrap]')")
+    installed = set(suites()) if NIWRAP else set()
+    missing = sorted(set(EXPECTED_SUITES) - installed)
+    require(
+        not missing,
+        f"NiWrap suites not installed: {', '.join(missing)} "
+        "(pip install '.[niwrap-all]')",
+    )
     counts = {suite: 0 for suite in suites()}
     for wrapper in WRAPPERS:
         counts[wrapper.suite] += 1
@@ -119,7 +125,7 @@ def test_expectation_follows_the_commit_rule(
 
 
 def test_standin_writes_what_each_behaviour_says(tmp_path: Path) -> None:
-    require(NIWRAP, "NiWrap is not installed (pip install '.[niwrap]')")
+    require(NIWRAP, "NiWrap is not installed (pip install '.[niwrap-all]')")
     bet = Wrapper("fsl", "bet", "bet")
     session = Session(tmp_path / "session")
     kwargs, files = build_arguments(bet, tmp_path / "inputs")
@@ -156,7 +162,7 @@ def test_standin_writes_what_each_behaviour_says(tmp_path: Path) -> None:
 def test_the_suite_catches_a_cache_that_breaks_the_commit_rule(tmp_path: Path) -> None:
     """A negative control: the strict opt-in policy (every declared output
     required, the rule before the transparency work) must be reported."""
-    require(NIWRAP, "NiWrap is not installed (pip install '.[niwrap]')")
+    require(NIWRAP, "NiWrap is not installed (pip install '.[niwrap-all]')")
     session = Session(tmp_path / "session", required_outputs="all")
     work = tmp_path / "work"
     work.mkdir()
