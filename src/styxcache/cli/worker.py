@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.logging import RichHandler
 
+from styxcache.cli._logging import configure_logging, log_format_option
 from styxcache.scheduler.config import ConfigError, load_config, resolve_callable
 from styxcache.scheduler.nats_connect import (
     ENV_INSECURE,
@@ -153,6 +152,7 @@ _FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
     show_default=True,
     help="Least severe log records shown.",
 )
+@log_format_option
 def worker(**options: Any) -> None:
     """Run scheduled work sent over NATS, through the cache.
 
@@ -170,15 +170,7 @@ def worker(**options: Any) -> None:
       styxcache worker --nats tls://nats.lab:4222 --tls-ca ca.pem \\
           --allow nightly=pipeline_jobs:process_subject --cache-dir /shared/cache
     """  # noqa: D301 - click's \b marker must be a real backspace
-    handler = RichHandler(
-        console=Console(stderr=True), show_path=False, rich_tracebacks=False
-    )
-    logging.basicConfig(
-        level=options["log_level"].upper(),
-        handlers=[handler],
-        format="%(message)s",
-        force=True,
-    )
+    configure_logging(options["log_level"], options["log_format"])
     for folder in reversed(options["paths"]):
         sys.path.insert(0, str(folder.resolve()))
     settings = _settings(options)
