@@ -546,6 +546,7 @@ def _plan_import(archive: tarfile.TarFile, path: Path, limit: int | None) -> _Pl
     """Check every member, link, size and manifest; write nothing."""
     members: list[_Member] = []
     keys: list[str] = []
+    seen: set[str] = set()
     name_of: dict[str, str] = {}
     has_index = False
     total = 0
@@ -573,7 +574,8 @@ def _plan_import(archive: tarfile.TarFile, path: Path, limit: int | None) -> _Pl
         key, inside = where
         if inside == CacheStore.MANIFEST and info.isfile():
             manifest_text[key] = _member_bytes(archive, info)
-        if key not in keys:
+        if key not in seen:  # a set: a list made this quadratic
+            seen.add(key)
             keys.append(key)
         members.append(_Member(info, key, inside))
     if not has_index:
