@@ -853,8 +853,15 @@ class CachingExecution(Execution):
         )
 
     def _place_uncommitted(self, key: str, staging: Path, problem: str) -> None:
-        _log.warning(
-            "%s: %s; the result is not cached and will run again", self._tool, problem
+        # One warning per tool: FSL tools that exit 0 after an error would
+        # otherwise repeat the same sentence for every subject; the rest go to
+        # INFO, still there for whoever debugs one call.
+        first = self._runner.warn_once(f"uncommitted:{self._tool}")
+        _log.log(
+            logging.WARNING if first else logging.INFO,
+            "%s: %s; the result is not cached and will run again",
+            self._tool,
+            problem,
         )
         self._runner.store.place_uncommitted(staging, key, problem)
 
