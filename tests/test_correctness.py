@@ -299,7 +299,9 @@ def test_object_with_memory_address_repr_runs_uncached_by_default(
     assert list(runner.store.iter_keys()) == []
     assert staged(tmp_cache) == []
     assert runner.stats.bypassed == 2 * len(UNKEYABLE)
-    warnings = [r.getMessage() for r in caplog.records if "not cached" in r.getMessage()]
+    warnings = [
+        r.getMessage() for r in caplog.records if "not cached" in r.getMessage()
+    ]
     # One warning per tool, naming the param path of the first unkeyable call.
     assert len(warnings) == 1
     assert "`params.handle`" in warnings[0]

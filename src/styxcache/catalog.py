@@ -214,6 +214,21 @@ class CatalogRows:
         else:
             self._lines[line[3:67]] = line
 
+    def add_text(self, text: str, *, checks: bool) -> None:
+        """Keep every line of a catalog file (later lines win).
+
+        Args:
+            text: The file's content.
+            checks: It is a `.chk` file.
+        """
+        # One dict comprehension: a method call per line cost 100 ms per
+        # 100,000 entries.
+        head = _CHECKS if checks else _FORMAT
+        # The last piece is "" or a line still being written: never used.
+        pieces = text.split("\n")[:-1]
+        found = {line[3:67]: line for line in pieces if line.startswith(head)}
+        (self._checks if checks else self._lines).update(found)
+
     def get(self, key: str) -> CatalogRow | None:
         """Return the row of a key (with its checks, if they were loaded)."""
         line = self._lines.get(key)
@@ -274,11 +289,10 @@ def load_catalog(root: Path, *, checks: bool = False) -> LoadedCatalog:
                 errors="replace",
                 opener=_no_follow,
             ) as handle:
-                for line in handle:
-                    if line.startswith((_FORMAT, _CHECKS)):
-                        rows.add_line(line)
+                text = handle.read()
         except OSError:
             continue
+        rows.add_text(text, checks=name.endswith(_CHECKS_SUFFIX))
     return LoadedCatalog(rows, names)
 
 
