@@ -35,6 +35,8 @@ from styxcache.manifest import Manifest
 __all__ = [
     "CATALOG_DIR",
     "CatalogRow",
+    "CatalogRows",
+    "LoadedCatalog",
     "append_checks",
     "append_rows",
     "checks_of",

@@ -407,8 +407,8 @@ def _unsafe_folder(store: CacheStore, name: str, report: GcReport) -> str:
     if stat.S_ISDIR(st.st_mode):
         return ""
     reason = unsafe_reason(path, st)
-    report.note_unsafe(str(path), reason)
-    _log.warning("%s %s: entries cannot be removed safely", path, reason)
+    report.note_unsafe(str(path), reason)  # the caller reports it
+    _log.debug("%s %s: entries cannot be removed safely", path, reason)
     return f"cannot be removed safely: {path} {reason}"
 
 
@@ -518,7 +518,11 @@ def _sweep_shards(
         if not is_shard_name(item.name) or not item.is_dir(follow_symlinks=False):
             continue
         shard = Path(item.path)
-        if item.stat(follow_symlinks=False).st_mode & stat.S_ISVTX:
+        try:
+            sticky = item.stat(follow_symlinks=False).st_mode & stat.S_ISVTX
+        except FileNotFoundError:
+            continue  # another collector removed it meanwhile
+        if sticky:
             continue  # laid out by prepare_shared_cache: its owner must keep it
         age = _age(shard, now)
         if age is None or age < ages.staging_s or folder_entries(shard):
@@ -650,6 +654,8 @@ def trim_after_commit(
         )
         return None
     _remember(store, report.bytes_after, now)
+    for item in report.unsafe:
+        _log.warning("cache %s: skipped %s: it %s", store.root, item.path, item.reason)
     _log.info(
         "cache %s over its cap (%d > %d bytes): removed %d entries, %d bytes",
         store.root,

@@ -18,6 +18,7 @@ from typing import Literal, NamedTuple
 
 from styxcache.catalog import (
     CatalogRow,
+    LoadedCatalog,
     append_checks,
     append_rows,
     foldable,
@@ -206,7 +207,7 @@ def scan_stamps(
             st = item.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue
-        yield EntryStamp(item.name, st.st_mtime, st.st_ino, item.path)
+        yield EntryStamp(item.name, st.st_mtime, item.inode(), item.path)
 
 
 class EntryDescriber:
@@ -216,11 +217,23 @@ class EntryDescriber:
         store: The cache.
     """
 
+    EAGER_AFTER = 64
+    """Entries described from their manifests before the catalog is read:
+    a page of `ls` needs 50 manifests, not 100,000 catalog lines."""
+
     def __init__(self, store: CacheStore) -> None:
         self.store = store
-        self.catalog = load_catalog(store.root)
+        self._catalog: LoadedCatalog | None = None
+        self._described = 0
         self.valid: list[CatalogRow] = []
         self.new: list[CatalogRow] = []
+
+    @property
+    def catalog(self) -> LoadedCatalog:
+        """The catalog, read on first use."""
+        if self._catalog is None:
+            self._catalog = load_catalog(self.store.root)
+        return self._catalog
 
     def describe(self, stamp: EntryStamp) -> EntryInfo:
         """Describe one entry found by `scan_stamps`.
@@ -228,7 +241,12 @@ class EntryDescriber:
         Args:
             stamp: The entry.
         """
-        row = self.catalog.rows.get(stamp.key)
+        self._described += 1
+        row = (
+            self.catalog.rows.get(stamp.key)
+            if self._catalog is not None or self._described > self.EAGER_AFTER
+            else None
+        )
         if row is not None and row.inode == stamp.inode:
             self.valid.append(row)
             return EntryInfo(
@@ -258,13 +276,23 @@ class EntryDescriber:
             complete: Every entry of the cache was described (only then may
                 the snapshot replace the files it folds).
         """
+        if not complete and len(self.new) < FOLD_AFTER:
+            return  # (and a page of `ls` never reads the catalog)
+        # The first entries were read from manifests without asking the
+        # catalog: only those it did not know are news.
+        rows = self.catalog.rows
+        new = [
+            r
+            for r in self.new
+            if (known := rows.get(r.key)) is None or known.inode != r.inode
+        ]
         if not complete:
-            if len(self.new) >= FOLD_AFTER:
-                append_rows(self.store.root, self.new)
+            if len(new) >= FOLD_AFTER:
+                append_rows(self.store.root, new)
             return
-        if len(self.new) >= FOLD_AFTER or foldable(self.catalog.files) > FOLD_FILES:
+        if len(new) >= FOLD_AFTER or foldable(self.catalog.files) > FOLD_FILES:
             write_snapshot(self.store.root, self.valid, self.catalog.files)
-            append_checks(self.store.root, self.new)
+            append_checks(self.store.root, new)
 
 
 def scan_entries(

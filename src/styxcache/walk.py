@@ -83,8 +83,10 @@ def unsafe_reason(path: str | os.PathLike[str], st: os.stat_result) -> str:
 
 
 def _report(path: str, reason: str, on_unsafe: UnsafeHandler | None) -> None:
-    _log.warning("skipping %s: it %s", path, reason)
-    if on_unsafe is not None:
+    if on_unsafe is None:
+        _log.warning("skipping %s: it %s", path, reason)
+    else:  # the caller reports it (the CLI prints it once)
+        _log.debug("skipping %s: it %s", path, reason)
         on_unsafe(path, reason)
 
 

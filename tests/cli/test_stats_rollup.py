@@ -26,11 +26,9 @@ def test_rollup_totals_equal_a_full_read(
     source = tmp_path / "in.txt"
     source.write_text("x\n")
     runner = make_runner(cache, tmp_path / "scratch")
-    times = []
     for n in range(7):
         write_block(runner, source, size=10, n=n)  # miss
         write_block(runner, source, size=10, n=n)  # hit
-        times.append(runner.stats.hits)
     events = list(read_events(cache))
     middle = sorted(e.time for e in events)[len(events) // 2]
     for since in (None, middle, middle + 1e-6, events[-1].time + 1):

@@ -195,3 +195,26 @@ def test_a_failed_run_never_prunes_through_a_planted_failed_folder(
             cargs=lambda _p: ["sh", "-c", "echo boom > out.bin; exit 3"],
         )
     assert tree_snapshot(home) == before
+
+
+@pytest.mark.parametrize("kind", [".incoming", "shard"])
+def test_import_never_writes_through_a_planted_link(tmp_path: Path, kind: str) -> None:
+    cache, keys = _cache(tmp_path)
+    archive = tmp_path / "all.tar.gz"
+    assert cli("export", "--cache-dir", str(cache), str(archive)).exit_code == 0
+    target = tmp_path / "target"
+    target.mkdir()
+    home = _victim(tmp_path)
+    before = tree_snapshot(home)
+    link = target / (kind if kind != "shard" else keys[0][:2])
+    link.symlink_to(home, target_is_directory=True)
+    result = cli("import", "--cache-dir", str(target), str(archive), "--json")
+    assert tree_snapshot(home) == before
+    if kind == ".incoming":
+        assert result.exit_code == 1
+        assert "refusing to extract through it" in " ".join(result.output.split())
+    else:
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert list(report["skipped"]) == [keys[0]]
+        assert report["imported"] == [keys[1]]

@@ -231,10 +231,19 @@ def ls(
         matched = len(chosen)
         rows = iter(chosen[:limit] if limit is not None else chosen)
         complete = len(recent) == total
-    if as_json:
-        _stream_json_entries(str(store.root), rows, matched, total)
-    else:
-        _stream_entries(rows, total, now)
+    try:
+        if as_json:
+            _stream_json_entries(str(store.root), rows, matched, total)
+        else:
+            _stream_entries(rows, total, now)
+    except BrokenPipeError:
+        # `styxcache ls | head`: the reader has seen enough, as with `ls`.
+        # Python would complain when it flushes stdout at exit: point it at
+        # /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, click.get_text_stream("stdout").fileno())
+        os.close(devnull)
+        return
     describer.fold(complete=complete)
 
 
