@@ -26,10 +26,12 @@ from typing import Any
 
 import blake3
 import pytest
+from click.testing import CliRunner
 from styxdefs import LocalRunner, Metadata
 
 from conftest import require, run_tool
 from styxcache import CacheEvent, CachePolicy, CachingRunner
+from styxcache.cli import main as cli_main
 from styxcache.store import remove_tree
 from styxcache.trust import prepare_shared_cache
 
@@ -552,3 +554,46 @@ def test_a_swapped_symlink_on_the_way_to_the_cache_is_refused(
     again = as_user(lab.a, 0o022, copy_step, links / "cache", base)
     assert again["content"] == "the real result\n"
     assert again["kinds"] == ["miss"] and "not trusted" in again["reasons"][0]
+
+
+def cli_as_member(args: list[str]) -> tuple[int, str]:
+    """Run one `styxcache` command in this (already switched) process."""
+    done = CliRunner().invoke(cli_main, args, catch_exceptions=True)
+    crashed = done.exception is not None and not isinstance(done.exception, SystemExit)
+    crash = f"Error({done.exception!r})" if crashed else ""
+    return done.exit_code, done.output + crash
+
+
+def damage_own_entry(path: str) -> str:
+    os.chmod(path, 0o644)
+    Path(path).write_text("the real result?\n")  # same size: damage a verify finds
+    return "damaged"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["gc", "--max-size", "0"],
+        ["verify"],
+        ["verify", "--full"],
+        ["clear", "--yes"],
+    ],
+)
+def test_maintenance_by_one_member_never_crashes_on_anothers_entries(
+    lab: Lab, base: Path, args: list[str]
+) -> None:
+    """In a prepared (sticky) cache, b's gc/verify/clear leave a's entry alone."""
+    # The command once as root first: its lazy imports (rich loads some on
+    # first use) must not need the switched user to read the interpreter.
+    cli_as_member([*args, "--cache-dir", str(base / "warm-up-cache")])
+    cache = prepare_shared_cache(base / "cache", lab.group)
+    first = as_user(lab.a, 0o002, copy_step, cache, base)
+    if args[0] == "verify":  # something for verify to act on
+        as_user(lab.a, 0o002, damage_own_entry, first["path"])
+    code, output = as_user(
+        lab.b, 0o002, cli_as_member, [*args, "--cache-dir", str(cache)]
+    )
+    assert "Traceback" not in output and "Error(" not in output, output
+    assert code in (0, 1), output
+    # a's entry is still there (b may not remove or quarantine it).
+    assert Path(first["path"]).exists()

@@ -39,6 +39,7 @@ from styxcache.inventory import EntryInfo, scan_entries
 from styxcache.key import key_of
 from styxcache.manifest import Manifest, ManifestError
 from styxcache.store import CacheStore, remove_tree
+from styxcache.trust import seal_entry
 from styxcache.walk import housekeeping_dir, is_cache_key, is_shard_name, real_dir
 
 __all__ = [
@@ -832,6 +833,9 @@ def _commit_all(
             report.present.append(key)
             continue
         entry_mtime = os.lstat(staged.entry_dir(key)).st_mtime
+        # File modes came from whoever made the archive: seal the entry as a
+        # commit of our own would be, so no other member can edit it.
+        seal_entry(staged.entry_dir(key), read_only=True)
         target = store.commit(staged.entry_dir(key), key)
         try:
             if Manifest.read(target / store.MANIFEST).key != key:
