@@ -19,6 +19,7 @@ Usage:
     python benchmarks/scale.py                   # 100,000 entries, ~2-3 minutes
     python benchmarks/scale.py --entries 20000   # smaller
     python benchmarks/scale.py --profile ls      # cProfile one command in-process
+    python benchmarks/scale.py --only commands   # one part: commands, transfer, calls
 
 Not part of the test suite.
 """
@@ -148,7 +149,7 @@ def _script() -> list[str]:
 
 def timed(
     args: list[str], env: dict[str, str], *, first_line: bool = False
-) -> tuple[float, float, int]:
+) -> tuple[float, float, float, int]:
     """Run the console script: seconds to the first row, to the end, CPU, rc.
 
     The process's CPU time (user + system) is less sensitive than wall time
@@ -210,12 +211,72 @@ def profile(command: list[str], cache: Path) -> None:
     pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
 
 
+def _transfer(
+    work: Path,
+    cache: Path,
+    env: dict[str, str],
+    rows: list[tuple[str, str, str]],
+    figures: dict[str, Any],
+) -> None:
+    """Time export and import of the whole cache, beside `tar` and `gzip`."""
+    archive = work / "all.tar.gz"
+    _, total, cpu, rc = timed(["export", str(archive)], env)
+    size = archive.stat().st_size if archive.exists() else 0
+    rows.append(
+        (
+            "export (all)",
+            f"{total:.1f} s",
+            f"CPU {cpu:.1f} s; {size / 2**20:.1f} MiB; exit {rc}",
+        )
+    )
+    figures["export"] = {"total": total, "cpu": cpu, "bytes": size}
+    t = time.perf_counter()
+    subprocess.run(
+        ["tar", "-czf", str(work / "plain.tar.gz"), "-C", str(cache), "."],
+        check=True,
+    )
+    figures["tar -czf"] = tar_c = time.perf_counter() - t
+    rows.append(("`tar -czf` of the cache folder, for scale", f"{tar_c:.1f} s", ""))
+    t = time.perf_counter()
+    subprocess.run(["sh", "-c", f"gzip -dc {archive} > /dev/null"], check=True)
+    gunzip = time.perf_counter() - t
+    t = time.perf_counter()
+    (work / "untarred").mkdir()
+    subprocess.run(
+        ["tar", "-xzf", str(archive), "-C", str(work / "untarred")], check=True
+    )
+    untar = time.perf_counter() - t
+    target = work / "imported"
+    _, total, cpu, rc = timed(["import", "--cache-dir", str(target), str(archive)], env)
+    rows.append(
+        (
+            "import (all, verifies every digest)",
+            f"{total:.1f} s",
+            f"CPU {cpu:.1f} s; `gzip -dc`: {gunzip:.1f} s, "
+            f"`tar -xzf`: {untar:.1f} s; exit {rc}",
+        )
+    )
+    figures["import"] = {
+        "total": total,
+        "cpu": cpu,
+        "gunzip": gunzip,
+        "untar": untar,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--keep", type=Path, help="Build (or reuse) the cache here.")
     parser.add_argument("--profile", help="cProfile one command (e.g. 'ls') and stop.")
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=("commands", "transfer", "calls"),
+        help="Run only this part (repeatable): the commands (stats, ls, gc, "
+        "verify), export/import, or the hit and miss through CachingRunner.",
+    )
     parser.add_argument(
         "--dir",
         type=Path,
@@ -240,6 +301,7 @@ def main() -> int:
         if args.profile:
             profile(args.profile.split(), cache)
             return 0
+        parts = set(args.only or ("commands", "transfer", "calls"))
         small = work / "small"
         fill(small, 100)
         env = {**os.environ, "STYXCACHE_DIR": str(cache)}
@@ -267,7 +329,7 @@ def main() -> int:
             cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
             figures[name] = {"total": took, "cpu": cpu}
             rows.append((name, f"{took:.2f} s", f"CPU {cpu:.2f} s"))
-        for name, argv, first in [
+        commands = [
             ("stats (first run: reads every event)", ["stats"], False),
             ("stats (again)", ["stats"], False),
             ("ls --limit 50", ["ls", "--limit", "50"], False),
@@ -289,7 +351,8 @@ def main() -> int:
                 ],
                 False,
             ),
-        ]:
+        ]
+        for name, argv, first in commands if "commands" in parts else []:
             first_s, total, cpu, rc = timed(argv, env, first_line=first)
             figures[name] = {"first": first_s, "total": total, "cpu": cpu, "rc": rc}
             shown = (
@@ -299,54 +362,12 @@ def main() -> int:
             )
             rows.append((name, shown, f"CPU {cpu:.2f} s; exit {rc}"))
             print(rows[-1], file=sys.stderr)
-        archive = work / "all.tar.gz"
-        _, total, cpu, rc = timed(["export", str(archive)], env)
-        size = archive.stat().st_size if archive.exists() else 0
-        rows.append(
-            (
-                "export (all)",
-                f"{total:.1f} s",
-                f"CPU {cpu:.1f} s; {size / 2**20:.1f} MiB; exit {rc}",
-            )
-        )
-        figures["export"] = {"total": total, "cpu": cpu, "bytes": size}
-        t = time.perf_counter()
-        subprocess.run(
-            ["tar", "-czf", str(work / "plain.tar.gz"), "-C", str(cache), "."],
-            check=True,
-        )
-        figures["tar -czf"] = tar_c = time.perf_counter() - t
-        rows.append(("`tar -czf` of the cache folder, for scale", f"{tar_c:.1f} s", ""))
-        t = time.perf_counter()
-        subprocess.run(["sh", "-c", f"gzip -dc {archive} > /dev/null"], check=True)
-        gunzip = time.perf_counter() - t
-        t = time.perf_counter()
-        (work / "untarred").mkdir()
-        subprocess.run(
-            ["tar", "-xzf", str(archive), "-C", str(work / "untarred")], check=True
-        )
-        untar = time.perf_counter() - t
-        target = work / "imported"
-        _, total, cpu, rc = timed(
-            ["import", "--cache-dir", str(target), str(archive)], env
-        )
-        rows.append(
-            (
-                "import (all, verifies every digest)",
-                f"{total:.1f} s",
-                f"CPU {cpu:.1f} s; `gzip -dc`: {gunzip:.1f} s, "
-                f"`tar -xzf`: {untar:.1f} s; exit {rc}",
-            )
-        )
-        figures["import"] = {
-            "total": total,
-            "cpu": cpu,
-            "gunzip": gunzip,
-            "untar": untar,
-        }
+        if "transfer" in parts:
+            _transfer(work, cache, env, rows, figures)
         for label, where in (
-            ("100 entries", small),
-            (f"{args.entries} entries", cache),
+            (("100 entries", small), (f"{args.entries} entries", cache))
+            if "calls" in parts
+            else ()
         ):
             got = hit_and_miss(work, where, label.split()[0])
             figures[label] = got

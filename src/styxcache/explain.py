@@ -38,8 +38,20 @@ def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix, value
 
 
-def _params(old: Any, new: Any) -> list[str]:
-    before, after = dict(_flatten(old)), dict(_flatten(new))
+def _flat(params: Any) -> dict[str, Any]:
+    return dict(_flatten(params))
+
+
+def _params(
+    old: Any,
+    new: Any,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> list[str]:
+    if before is None:
+        before = _flat(old)
+    if after is None:
+        after = _flat(new)
     out: list[str] = []
     for name in sorted(before.keys() | after.keys()):
         if name not in before:
@@ -100,12 +112,22 @@ def _env(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def describe_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+def describe_differences(
+    old: Mapping[str, Any],
+    new: Mapping[str, Any],
+    *,
+    old_params: dict[str, Any] | None = None,
+    new_params: dict[str, Any] | None = None,
+) -> list[str]:
     """List, as short sentences, the key fields that differ between two payloads.
 
     Args:
         old: The payload of an earlier entry.
         new: The payload of the execution that missed.
+        old_params: `old`'s params already flattened (a miss compares its
+            payload with several entries: flattening each once halves the
+            cost of explaining it).
+        new_params: `new`'s params already flattened.
 
     Returns:
         Sentences such as "param `fractional_intensity` 0.5 -> 0.4",
@@ -127,7 +149,7 @@ def describe_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list
         )
     out += _env(old.get("env") or {}, new.get("env") or {})
     out += _inputs(list(old.get("inputs") or []), list(new.get("inputs") or []))
-    out += _params(old.get("params"), new.get("params"))
+    out += _params(old.get("params"), new.get("params"), old_params, new_params)
     old_paths, new_paths = old.get("path_params") or {}, new.get("path_params") or {}
     for name in sorted(old_paths.keys() | new_paths.keys()):
         if old_paths.get(name) != new_paths.get(name):
@@ -163,6 +185,7 @@ def nearest_entry(
         equals), or None when the tool has no readable earlier entry.
     """
     best: tuple[tuple[int, float], str, list[str]] | None = None
+    new_params = _flat(payload.get("params"))
     for key in store.recent_keys(tool, limit):
         if key == skip_key:
             continue
@@ -172,8 +195,35 @@ def nearest_entry(
             continue
         if created_before is not None and old.created >= created_before:
             continue
-        differences = describe_differences(old.payload, payload)
+        differences = describe_differences(
+            old.payload,
+            payload,
+            old_params=_flat_of(key, old.payload),
+            new_params=new_params,
+        )
         rank = (len(differences), -old.created)
         if best is None or rank < best[0]:
             best = (rank, key, differences)
     return None if best is None else (best[1], best[2])
+
+
+_FLAT_CACHE: dict[str, tuple[Mapping[str, Any], dict[str, Any]]] = {}
+_FLAT_CACHE_SIZE = 4096
+
+
+def _flat_of(key: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry's params flattened, remembered while its parsed payload is.
+
+    `Manifest.read` hands back the same parsed manifest while the file is
+    unchanged, so the payload object itself tells whether the entry is the
+    one flattened before (it is kept referenced here, so its id is never
+    reused).
+    """
+    known = _FLAT_CACHE.get(key)
+    if known is not None and known[0] is payload:
+        return known[1]
+    flat = _flat(payload.get("params"))
+    if len(_FLAT_CACHE) >= _FLAT_CACHE_SIZE:
+        _FLAT_CACHE.clear()  # a bound, not an LRU: refilled by the next misses
+    _FLAT_CACHE[key] = (payload, flat)
+    return flat

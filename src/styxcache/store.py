@@ -543,12 +543,13 @@ class CacheStore:
         Returns:
             Keys, newest first.
         """
-        logged = _read_recent(self._tool_dir(tool) / self.RECENT_LOG, limit)
+        folder = os.fspath(self._tool_dir(tool))
+        logged = _read_recent(Path(folder, self.RECENT_LOG), limit)
         if logged is not None and len(logged) >= limit:
             return [
                 key
                 for key in logged
-                if os.path.lexists(self._tool_dir(tool) / key)  # gc keeps these
+                if os.path.lexists(os.path.join(folder, key))  # gc keeps these
             ]
         # A young log (or a cache from before it): the records' times tell.
         try:

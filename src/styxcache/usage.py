@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from styxcache.events import (
+    _REMOTE_COUNTERS,
     EVENTS_DIR,
     CacheEvent,
     CacheStats,
@@ -268,9 +269,7 @@ def _read_blocks(path: Path, offset: int) -> list[_Block]:
         size = sum(len(line) + 1 for line in chunk)
         tools: dict[str, CacheStats] = {}
         times: list[float] = []
-        for event in filter(None, map(_parse, chunk)):
-            tools.setdefault(event.tool, CacheStats()).add(event)
-            times.append(event.time)
+        _count_block(chunk, tools, times)
         blocks.append(
             _Block(
                 offset + position,
@@ -286,6 +285,86 @@ def _read_blocks(path: Path, offset: int) -> list[_Block]:
         )
         position += size
     return blocks
+
+
+_KINDS = frozenset(("hit", "miss", "bypass", "refresh"))
+_UNSET = object()
+
+
+def _count_block(
+    lines: list[bytes], tools: dict[str, CacheStats], times: list[float]
+) -> None:
+    """Add up event lines into per-tool totals and their times.
+
+    The first report on a big cache reads every event once: the lines are
+    decoded as one JSON array and counted from the decoded objects (building
+    a `CacheEvent` per line cost 3/4 of the time). A block with a damaged
+    line is decoded line by line, skipping what does not parse; either way
+    an event counts exactly when `_parse` would accept it.
+    """
+    try:
+        records = json.loads(b"[" + b",".join(lines) + b"]")
+    except ValueError:
+        for event in filter(None, map(_parse, lines)):
+            tools.setdefault(event.tool, CacheStats()).add(event)
+            times.append(event.time)
+        return
+    for data in records:
+        quick = _quick_event(data)
+        if quick is None:
+            continue
+        kind, tool, when, saved, served, remote = quick
+        stats = tools.get(tool)
+        if stats is None:
+            stats = tools[tool] = CacheStats()
+        if kind == "hit":
+            stats.hits += 1
+            stats.time_saved_s += saved
+            stats.bytes_served += served
+        elif kind == "miss":
+            stats.misses += 1
+        elif kind == "bypass":
+            stats.bypassed += 1
+        else:
+            stats.refreshed += 1
+        if remote:
+            counter = _REMOTE_COUNTERS.get(remote)
+            if counter is not None:
+                setattr(stats, counter, getattr(stats, counter) + 1)
+        times.append(when)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _quick_event(
+    data: object,
+) -> tuple[str, str, float, float, int, str] | None:
+    """What totals need of a decoded event, or None where `_parse` refuses it."""
+    if not isinstance(data, dict):
+        return None
+    kind, tool = data.get("kind"), data.get("tool")
+    if kind not in _KINDS or not isinstance(tool, str):
+        return None
+    if not isinstance(data.get("key"), str):
+        return None
+    remote = data.get("remote", "")
+    duration = data.get("duration_s", 0.0)
+    saved = data.get("saved_s", 0.0)
+    served = data.get("bytes_served", 0)
+    when = data.get("time", _UNSET)
+    if when is _UNSET:
+        when = time.time()  # as `CacheEvent`'s default
+    if not (
+        isinstance(remote, str)
+        and _number(duration)
+        and _number(saved)
+        and _number(served)
+        and _number(when)
+    ):
+        return None
+    return kind, tool, when, saved, served, remote
 
 
 def _merge(tools: dict[str, CacheStats], block: dict[str, list[float]]) -> None:

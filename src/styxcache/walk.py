@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import os
 import re
 import stat
@@ -151,8 +152,11 @@ def folder_entries(folder: str | os.PathLike[str]) -> list[os.DirEntry[str]]:
             found = list(items)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    found.sort(key=lambda item: item.name)
+    found.sort(key=_NAME)
     return found
+
+
+_NAME = operator.attrgetter("name")
 
 
 def iter_entry_dirs(
@@ -177,8 +181,15 @@ def iter_entry_dirs(
         if not shard.is_dir(follow_symlinks=False):
             _report_link(shard, on_unsafe)
             continue
+        prefix = shard.name
+        # The cheapest tests first: this loop runs once per entry.
         for entry in folder_entries(shard.path):
-            if not (is_cache_key(entry.name) and entry.name.startswith(shard.name)):
+            name = entry.name
+            if not (
+                len(name) == KEY_LENGTH
+                and name.startswith(prefix)
+                and _KEY_MATCH(name) is not None
+            ):
                 continue
             if entry.is_dir(follow_symlinks=False):
                 yield entry

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import heapq
 import json
+import operator
 import os
 import time
 from collections.abc import Iterator
@@ -61,6 +63,9 @@ from ._common import (
 from ._units import DurationType, SizeType, WhenType, human_size, human_time
 
 __all__ = ["COMMANDS"]
+
+_STAMP_KEY = operator.itemgetter(0)
+"""An `EntryStamp`'s key (its first field)."""
 
 _SORT_KEYS = {
     "last-used": lambda e: (e.last_used, e.key),
@@ -198,14 +203,15 @@ def ls(
     ):
         # Ordered by what the scan already knows: only the rows shown are
         # described, one by one as they are printed.
-        recent.sort(
-            key=(lambda s: (s.last_used, s.key))
-            if sort_by == "last-used"
-            else (lambda s: s.key),
-            reverse=(sort_by == "last-used") != reverse,
-        )
+        newest_first = (sort_by == "last-used") != reverse
+        order = operator.itemgetter(1, 0) if sort_by == "last-used" else _STAMP_KEY
         matched = len(recent)
-        shown = recent[:limit] if limit is not None else recent
+        if limit is not None and limit < matched:
+            # A page of 50 of 100,000: no need to sort them all.
+            pick = heapq.nlargest if newest_first else heapq.nsmallest
+            shown = pick(limit, recent, key=order)
+        else:
+            shown = sorted(recent, key=order, reverse=newest_first)
         rows = (describer.describe(s) for s in shown)
         complete = len(shown) == total
     else:
