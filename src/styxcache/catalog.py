@@ -414,13 +414,20 @@ _MANIFEST_FIELDS = dataclasses.fields(Manifest)
 def _plain(value: object) -> object:
     # dataclasses.asdict deep-copies everything (the payload too): ten times
     # slower for what is only serialised here.
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
-        }
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
+    names = _FIELD_NAMES.get(type(value))
+    if names is None:
+        if not dataclasses.is_dataclass(value) or isinstance(value, type):
+            if isinstance(value, (list, tuple)):
+                return [_plain(item) for item in value]
+            return value
+        names = _FIELD_NAMES[type(value)] = tuple(
+            f.name for f in dataclasses.fields(value)
+        )
+    return {name: _plain(getattr(value, name)) for name in names}
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+"""Field names per dataclass: `dataclasses.fields` is slow to call per value."""
 
 
 def row_for(

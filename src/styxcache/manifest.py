@@ -199,13 +199,20 @@ class Manifest:
 
 def _plain(value: object) -> object:
     """`value` with dataclasses turned into dicts, for `json.dumps` (no copies)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
-        }
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
+    names = _FIELD_NAMES.get(type(value))
+    if names is None:
+        if not dataclasses.is_dataclass(value) or isinstance(value, type):
+            if isinstance(value, (list, tuple)):
+                return [_plain(item) for item in value]
+            return value
+        names = _FIELD_NAMES[type(value)] = tuple(
+            f.name for f in dataclasses.fields(value)
+        )
+    return {name: _plain(getattr(value, name)) for name in names}
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+"""Field names per dataclass: `dataclasses.fields` is slow to call per value."""
 
 
 _PARSED_LIMIT = 4096

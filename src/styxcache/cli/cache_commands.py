@@ -13,6 +13,7 @@ import heapq
 import json
 import operator
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -247,7 +248,7 @@ def ls(
         # Python would complain when it flushes stdout at exit: point it at
         # /dev/null first.
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, click.get_text_stream("stdout").fileno())
+        os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return
     describer.fold(complete=complete)
@@ -257,7 +258,7 @@ def _stream_json_entries(
     root: str, rows: Iterator[EntryInfo], matched: int, total: int
 ) -> None:
     """Print `ls --json` as one document, written entry by entry."""
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     out.write("{\n" + f'  "cache_dir": {json.dumps(root)},\n  "entries": [')
     for n, entry in enumerate(rows):
         text = json.dumps(entry.as_dict(), indent=2, sort_keys=True)
@@ -268,7 +269,7 @@ def _stream_json_entries(
 
 def _stream_entries(rows: Iterator[EntryInfo], total: int, now: float) -> None:
     """Print `ls` row by row, so a long listing starts at once."""
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     count = size = 0
     for entry in rows:
         if count == 0:
