@@ -833,14 +833,19 @@ def _commit_all(
             report.present.append(key)
             continue
         entry_mtime = os.lstat(staged.entry_dir(key)).st_mtime
+        verified = os.lstat(staged.entry_dir(key) / store.MANIFEST)
         # File modes came from whoever made the archive: seal the entry as a
         # commit of our own would be, so no other member can edit it.
         seal_entry(staged.entry_dir(key), read_only=True)
         target = store.commit(staged.entry_dir(key), key)
         try:
-            if Manifest.read(target / store.MANIFEST).key != key:
+            # Renamed into place, the verified manifest file is the entry's
+            # (no parse needed); a twin committed first is read to be sure.
+            now = os.lstat(target / store.MANIFEST)
+            moved = (now.st_dev, now.st_ino) == (verified.st_dev, verified.st_ino)
+            if not moved and Manifest.read(target / store.MANIFEST).key != key:
                 raise ManifestError("manifest is for another key")
-        except ManifestError as exc:  # pragma: no cover - commit() is atomic
+        except (OSError, ManifestError) as exc:  # pragma: no cover - atomic
             raise TransferError(f"entry {key[:12]} was not committed: {exc}") from exc
         store.record_tool(manifest.tool, key)
         record_commit(store.root, key, target, manifest)
