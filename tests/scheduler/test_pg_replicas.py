@@ -174,8 +174,11 @@ def _config(folder: Path, body: str) -> Path:
 
 def _entries(names: list[str], target: str) -> str:
     return "schedules:\n" + "".join(
+        # overlap: allow, because these tests are about claims, not overlap: a
+        # catch-up burst on a loaded machine must not be skipped as
+        # "previous run still running".
         f"  - {{name: {n}, interval_seconds: 1, target: '{target}',"
-        " catchup: all, max_catchup: 1000}\n"
+        " catchup: all, max_catchup: 1000, overlap: allow}\n"
         for n in names
     )
 
@@ -211,7 +214,8 @@ def test_three_replicas_run_every_fire_exactly_once(cluster: Cluster) -> None:
     names = [f"e{i}" for i in range(6)]
     fan_out = (
         "  - {name: fan, interval_seconds: 1, target: 'replica_jobs:short',"
-        " expand_from: 'replica_jobs:subjects', catchup: all, max_catchup: 1000}\n"
+        " expand_from: 'replica_jobs:subjects', catchup: all, max_catchup: 1000,"
+        " overlap: allow}\n"
     )
     config = _config(cluster.folder, _entries(names, "replica_jobs:short") + fan_out)
     cluster.start(config, 3)
