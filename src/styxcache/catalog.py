@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple, TextIO
 
-from styxcache.manifest import Manifest
+from styxcache.manifest import Manifest, plain
 
 __all__ = [
     "CATALOG_DIR",
@@ -402,32 +402,13 @@ def checks_of(manifest: Manifest) -> str:
     """
     if len(manifest.outputs) > MAX_CHECKED_OUTPUTS:
         return "-"
-    data = {f.name: _plain(getattr(manifest, f.name)) for f in _MANIFEST_FIELDS}
+    data = {f.name: plain(getattr(manifest, f.name)) for f in _MANIFEST_FIELDS}
     data["payload"], data["fingerprint_parts"] = {}, {}
     # Compact JSON escapes tabs and newlines: the line stays one line.
     return json.dumps(data, separators=(",", ":"))
 
 
 _MANIFEST_FIELDS = dataclasses.fields(Manifest)
-
-
-def _plain(value: object) -> object:
-    # dataclasses.asdict deep-copies everything (the payload too): ten times
-    # slower for what is only serialised here.
-    names = _FIELD_NAMES.get(type(value))
-    if names is None:
-        if not dataclasses.is_dataclass(value) or isinstance(value, type):
-            if isinstance(value, (list, tuple)):
-                return [_plain(item) for item in value]
-            return value
-        names = _FIELD_NAMES[type(value)] = tuple(
-            f.name for f in dataclasses.fields(value)
-        )
-    return {name: _plain(getattr(value, name)) for name in names}
-
-
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
-"""Field names per dataclass: `dataclasses.fields` is slow to call per value."""
 
 
 def row_for(

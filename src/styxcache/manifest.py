@@ -22,6 +22,7 @@ __all__ = [
     "ManifestError",
     "OutputRecord",
     "OutsideRecord",
+    "plain",
     "scan_outputs",
 ]
 
@@ -124,7 +125,7 @@ class Manifest:
         """Serialise the manifest (stable key order, indented for humans)."""
         # Not `dataclasses.asdict`: it deep-copies the key payload, a third
         # of a miss's cost in serialising; the text written is the same.
-        data = _plain(self)
+        data = plain(self)
         return json.dumps(data, sort_keys=True, indent=1)
 
     @classmethod
@@ -197,18 +198,18 @@ class Manifest:
         return manifest
 
 
-def _plain(value: object) -> object:
+def plain(value: object) -> object:
     """`value` with dataclasses turned into dicts, for `json.dumps` (no copies)."""
     names = _FIELD_NAMES.get(type(value))
     if names is None:
         if not dataclasses.is_dataclass(value) or isinstance(value, type):
             if isinstance(value, (list, tuple)):
-                return [_plain(item) for item in value]
+                return [plain(item) for item in value]
             return value
         names = _FIELD_NAMES[type(value)] = tuple(
             f.name for f in dataclasses.fields(value)
         )
-    return {name: _plain(getattr(value, name)) for name in names}
+    return {name: plain(getattr(value, name)) for name in names}
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
