@@ -16,7 +16,7 @@ from __future__ import annotations
 from styxcache.canonical import ParamEncodingError, register_encoder
 from styxcache.events import CacheEvent, CacheStats, collect_events
 from styxcache.execution import CacheReadOnlyError
-from styxcache.hashing import ContentHasher, InputHasher
+from styxcache.hashing import ContentHasher, InputHasher, UnkeyableInputError
 from styxcache.lease import LeaseOwner
 from styxcache.manifest import Manifest, OutputRecord, OutsideRecord
 from styxcache.modes import (
@@ -53,6 +53,7 @@ __all__ = [
     "ParamEncodingError",
     "RemoteConfigError",
     "RemoteTier",
+    "UnkeyableInputError",
     "UntrustedEntryError",
     "bypass",
     "cache_mode",
