@@ -39,7 +39,7 @@ def _write_inputs(folder: Path, labels: list[str]) -> dict[str, Path]:
     return files
 
 
-def _call(  # noqa: PLR0917 - a private helper mirroring one wrapper call
+def _call(
     runner: Runner,
     subject: str,
     metadata: Metadata,

@@ -726,7 +726,7 @@ def build_entry(
         return _build_entry(raw, *options, collect=True)
 
 
-def _build_entry(  # noqa: PLR0917 - internal, mirrors build_entry
+def _build_entry(
     raw: Mapping[str, Any],
     label: str | None,
     resolve: bool,

@@ -267,7 +267,7 @@ class Cache(CacheMemory[T]):
     `tolerance_seconds`. Writes are atomic (temporary file + rename).
     """
 
-    def __init__(  # noqa: PLR0917 - seed-000 API takes these positionally
+    def __init__(
         self,
         source_func: Callable[[], T],
         expire: dt.timedelta,
@@ -363,7 +363,7 @@ class Cache(CacheMemory[T]):
             pass
 
     @classmethod
-    def as_decorator(  # type: ignore[override]  # noqa: PLR0917 - seed-000 API
+    def as_decorator(  # type: ignore[override]
         cls,
         expire: dt.timedelta,
         logger: logging.Logger | None = None,

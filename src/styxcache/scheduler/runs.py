@@ -58,7 +58,7 @@ class RunContext:
     runner: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     @classmethod
-    def quick(  # noqa: PLR0917 - the fields, in order
+    def quick(
         cls,
         schedule: str,
         key: str,

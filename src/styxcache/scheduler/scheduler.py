@@ -127,7 +127,7 @@ class Scheduler:
         2
     """
 
-    def __init__(  # noqa: PLR0917 - seed-000 API takes these positionally
+    def __init__(
         self,
         routine: Callable[[Scheduler], Any] | None = None,
         wait_ms: int = 5_000,
