@@ -18,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from styxcache._demo_mrtrix import (
+from styxcache.demo.mrtrix import (
     MrtrixUnavailableError,
     missing_requirements,
     run_pipeline,

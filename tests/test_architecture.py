@@ -113,9 +113,7 @@ def _is_package_init(name: str) -> bool:
 
 def test_no_import_cycle() -> None:
     # A package's __init__ re-exporting its children is not a cycle of logic.
-    cycles = [
-        c for c in _cycles() if not any(_is_package_init(m) for m in c)
-    ]
+    cycles = [c for c in _cycles() if not any(_is_package_init(m) for m in c)]
     assert cycles == []
 
 

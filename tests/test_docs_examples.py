@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from conftest import require
-from styxcache._demo_mrtrix import missing_requirements
+from styxcache.demo.mrtrix import missing_requirements
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

@@ -32,8 +32,8 @@ from styxdefs import LocalRunner, Metadata
 from conftest import require, run_tool
 from styxcache import CacheEvent, CachePolicy, CachingRunner
 from styxcache.cli import main as cli_main
+from styxcache.shared_cache import prepare_shared_cache
 from styxcache.store import remove_tree
-from styxcache.trust import prepare_shared_cache
 
 COPY = Metadata(id="copy", name="Copy a file", package="test")
 FORGED = "forged!\n"

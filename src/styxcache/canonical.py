@@ -29,6 +29,8 @@ from typing import Any
 
 from blake3 import blake3
 
+from styxcache.errors import ParamEncodingError
+
 __all__ = [
     "ParamEncodingError",
     "canonical_json",
@@ -38,13 +40,6 @@ __all__ = [
 
 JSON = Any
 """A JSON-native value: None, bool, int, float, str, list or dict with str keys."""
-
-
-class ParamEncodingError(TypeError):
-    """A parameter value has no stable, lossless encoding.
-
-    The message names the param by its path (`params.stages[0].metrics`).
-    """
 
 
 Encoder = Callable[[Any], Any]
@@ -105,16 +100,31 @@ def _where(name: str) -> str:
     return f"params{name}" if name.startswith(("[", "{")) else f"params.{name}"
 
 
-def canonical_json(value: JSON) -> str:
+def canonical_json(
+    value: JSON,
+    *,
+    default: Callable[[Any], Any] | None = None,
+    ensure_ascii: bool = False,
+) -> str:
     """Serialise an already-encoded value with sorted keys and no whitespace.
 
     Args:
         value: A JSON-native value.
+        default: Turns a value JSON lacks into one it has (as `json.dumps`);
+            None refuses such values.
+        ensure_ascii: Escape non-ASCII characters (keys made that way before
+            must stay the same).
 
     Returns:
         The canonical JSON text.
     """
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=ensure_ascii,
+        default=default,
+    )
 
 
 def _float(value: float) -> JSON:
@@ -191,21 +201,28 @@ class _Encoding:
             }
         if isinstance(value, Mapping):
             return self._mapping(value, name, depth)
-        if isinstance(value, list):
-            return [
-                self.encode(item, f"{name}[{i}]", depth) for i, item in enumerate(value)
-            ]
-        if isinstance(value, tuple):
-            items = [
-                self.encode(item, f"{name}[{i}]", depth) for i, item in enumerate(value)
-            ]
-            fields = getattr(value, "_fields", None)
-            if fields is not None:  # a NamedTuple: keep its field names
-                return {"$tuple": items, "fields": list(fields)}
-            return {"$tuple": items}
+        if isinstance(value, (list, tuple)):
+            return self._sequence(value, name, depth)
         if isinstance(value, (set, frozenset)):
             encoded = [self.encode(item, f"{name}{{}}", depth) for item in value]
             return {"$set": sorted(encoded, key=canonical_json)}
+        return self._object(value, name, depth)
+
+    def _sequence(
+        self, value: list[Any] | tuple[Any, ...], name: str, depth: int
+    ) -> JSON:
+        items = [
+            self.encode(item, f"{name}[{i}]", depth) for i, item in enumerate(value)
+        ]
+        if isinstance(value, list):
+            return items
+        fields = getattr(value, "_fields", None)
+        if fields is not None:  # a NamedTuple: keep its field names
+            return {"$tuple": items, "fields": list(fields)}
+        return {"$tuple": items}
+
+    def _object(self, value: Any, name: str, depth: int) -> JSON:
+        """A dataclass, a value of a registered type, or a numpy value."""
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             return {
                 "$dataclass": _qualified(value),
@@ -269,10 +286,40 @@ class _Encoding:
 _NOT_SCALAR = object()
 
 
+def _regex(value: re.Pattern[Any]) -> JSON:
+    pattern = value.pattern
+    text = pattern.hex() if isinstance(pattern, bytes) else pattern
+    return {"$regex": text, "flags": int(value.flags)}
+
+
+_TAGGED: tuple[tuple[type | tuple[type, ...], Callable[[Any], JSON]], ...] = (
+    ((bytes, bytearray, memoryview), lambda v: {"$bytes": bytes(v).hex()}),
+    # datetime before date: a datetime is also a date.
+    (dt.datetime, lambda v: {"$datetime": v.isoformat()}),
+    (dt.date, lambda v: {"$date": v.isoformat()}),
+    (dt.time, lambda v: {"$time": v.isoformat()}),
+    (dt.timedelta, lambda v: {"$timedelta": [v.days, v.seconds, v.microseconds]}),
+    (decimal.Decimal, lambda v: {"$decimal": str(v)}),
+    (fractions.Fraction, lambda v: {"$fraction": [v.numerator, v.denominator]}),
+    (complex, lambda v: {"$complex": [_float(v.real), _float(v.imag)]}),
+    (uuid.UUID, lambda v: {"$uuid": str(v)}),
+    (range, lambda v: {"$range": [v.start, v.stop, v.step]}),
+    (re.Pattern, _regex),
+    # A builtin is named by its module and name in every process.
+    (
+        types.BuiltinFunctionType,
+        lambda v: {"$builtin": f"{v.__module__}.{v.__qualname__}"},
+    ),
+)
+"""Types JSON lacks that hold no other values, in the order they are tried,
+each with its tagged, lossless form."""
+
+
 def _scalar(value: Any, name: str) -> Any:
     """Encode a value that holds no other values, or return `_NOT_SCALAR`."""
     if isinstance(value, enum.Enum):
         return _NOT_SCALAR  # encoded with its class, as a container
+    # The common types first: this runs for every value of every call's params.
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
@@ -283,33 +330,9 @@ def _scalar(value: Any, name: str) -> Any:
         return _float(float(value))
     if isinstance(value, os.PathLike):
         return {"$path": os.fspath(value)}
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"$bytes": bytes(value).hex()}
-    if isinstance(value, dt.datetime):
-        return {"$datetime": value.isoformat()}
-    if isinstance(value, dt.date):
-        return {"$date": value.isoformat()}
-    if isinstance(value, dt.time):
-        return {"$time": value.isoformat()}
-    if isinstance(value, dt.timedelta):
-        return {"$timedelta": [value.days, value.seconds, value.microseconds]}
-    if isinstance(value, decimal.Decimal):
-        return {"$decimal": str(value)}
-    if isinstance(value, fractions.Fraction):
-        return {"$fraction": [value.numerator, value.denominator]}
-    if isinstance(value, complex):
-        return {"$complex": [_float(value.real), _float(value.imag)]}
-    if isinstance(value, uuid.UUID):
-        return {"$uuid": str(value)}
-    if isinstance(value, range):
-        return {"$range": [value.start, value.stop, value.step]}
-    if isinstance(value, re.Pattern):
-        pattern = value.pattern
-        text = pattern.hex() if isinstance(pattern, bytes) else pattern
-        return {"$regex": text, "flags": int(value.flags)}
-    if isinstance(value, types.BuiltinFunctionType):
-        # A builtin is named by its module and name in every process.
-        return {"$builtin": f"{value.__module__}.{value.__qualname__}"}
+    for kinds, encode in _TAGGED:
+        if isinstance(value, kinds):
+            return encode(value)
     return _NOT_SCALAR
 
 

@@ -14,6 +14,12 @@ and a scan uses it only while the folder at that key still has that inode
 know, or knows under another inode (an entry replaced, imported, or made
 by an older styxcache), is described from its manifest as before. The
 catalog can be deleted at any time; it only makes scans fast.
+
+It also keeps an index of last uses, so a page of `ls` need not `lstat`
+every entry: a row carries the folder's modification time when it was
+written, and every hit appends a use line (`record_use`). The index is a
+hint: `inventory.page_by_last_use` checks the rows it shows against the
+folders, and falls back to a full scan when they disagree.
 """
 
 from __future__ import annotations
@@ -23,13 +29,18 @@ import dataclasses
 import json
 import logging
 import os
-import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NamedTuple, TextIO
 
+from styxcache._system import atomic_writer, writer_file_name, writer_finished
+from styxcache.catalog_rows import (
+    USE_TAG,
+    CatalogRow,
+    CatalogRows,
+)
 from styxcache.manifest import Manifest, plain
 
 __all__ = [
@@ -44,18 +55,17 @@ __all__ = [
     "load_catalog",
     "manifest_stamp",
     "record_commit",
+    "record_use",
     "row_for",
+    "row_from",
     "write_snapshot",
 ]
 
 _log = logging.getLogger("styxcache.catalog")
 
 CATALOG_DIR = ".catalog"
-_FORMAT = "c3"
-_CHECKS = "k3"
 _SUMMARY_SUFFIX = ".tsv"
 _CHECKS_SUFFIX = ".chk"
-_HOST = socket.gethostname()
 _RESERVED = (
     ".styxcache.manifest.json",
     ".styxcache.stdout.gz",
@@ -65,70 +75,24 @@ _RESERVED = (
 """The files of an entry that styxcache writes (as `CacheStore.RESERVED`)."""
 
 
-class CatalogRow(NamedTuple):
-    """What the catalog knows about one entry folder.
-
-    Attributes:
-        key: The cache key.
-        inode: The entry folder's inode when the row was written.
-        tool: `package/id`.
-        size: Bytes the entry occupies (outputs, manifest and logs).
-        files: Number of output files.
-        created: Unix time of the commit.
-        duration_s: How long the tool ran.
-        stamp: The manifest file's `inode:size:mtime_ns` when the row was
-            written ("-" when unknown). A manifest is written once and
-            replaced only by a rename, which gives a new inode.
-        checks: The manifest without its key payload, as compact JSON ("-"
-            when unknown or too large): what `verify` needs, valid while
-            the manifest still has `stamp`.
-    """
-
-    key: str
-    inode: int
-    tool: str
-    size: int
-    files: int
-    created: float
-    duration_s: float
-    stamp: str = "-"
-    checks: str = "-"
-
-    def to_line(self) -> str:
-        """Return the summary as one tab-separated line (`.tsv` files)."""
-        return (
-            f"{_FORMAT}\t{self.key}\t{self.inode}\t{self.size}\t{self.files}\t"
-            f"{self.created!r}\t{self.duration_s!r}\t{self.tool}\n"
-        )
-
-    def checks_line(self) -> str:
-        """Return what verify needs as one line (`.chk` files), or ""."""
-        if "-" in (self.stamp, self.checks):
-            return ""
-        return f"{_CHECKS}\t{self.key}\t{self.inode}\t{self.stamp}\t{self.checks}\n"
-
-    @classmethod
-    def from_line(cls, line: str) -> CatalogRow | None:
-        """Parse a summary line; None for a torn, foreign or damaged one."""
-        parts = line.rstrip("\n").split("\t")
-        if len(parts) != 8 or parts[0] != _FORMAT:
-            return None
-        try:
-            return cls(
-                parts[1],
-                int(parts[2]),
-                parts[7],
-                int(parts[3]),
-                int(parts[4]),
-                float(parts[5]),
-                float(parts[6]),
-            )
-        except ValueError:
-            return None
-
-
 def _writable_tool(tool: str) -> bool:
     return "\t" not in tool and "\n" not in tool and "\r" not in tool
+
+
+ROTATE_BYTES = 8 << 20
+"""A process's catalog file is closed past this size (a long-lived worker
+appends a line per hit), so that the next snapshot can fold it."""
+_CLOSED = "closed-"
+"""The name prefix of a file its (live) writer has closed: foldable."""
+
+
+class _File:
+    """One open catalog file of this process."""
+
+    __slots__ = ("fd", "path", "written")
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd, self.path, self.written = fd, path, 0
 
 
 class _Writer:
@@ -136,33 +100,56 @@ class _Writer:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.handles: dict[tuple[Path, str], tuple[int, TextIO]] = {}
+        self.files: dict[tuple[Path, str], _File] = {}
         self.broken: set[Path] = set()
+        # A child writes its own files: a file's name says whose it is.
+        os.register_at_fork(after_in_child=self.files.clear)
 
     def append(self, root: Path, text: str, suffix: str) -> None:
+        data = text.encode("utf-8")
+        # Under the lock: a file closed by another thread is never written.
+        # This runs on every hit: little else here.
         with self.lock:
-            if root in self.broken:
-                return
             try:
-                known = self.handles.get((root, suffix))
-                if known is None or known[0] != os.getpid():
-                    folder = root / CATALOG_DIR
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(folder)
-                    if not os.path.isdir(folder) or os.path.islink(folder):
-                        raise OSError(f"{folder} is not a folder")
-                    name = f"{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
-                    handle = open(  # noqa: SIM115 - kept open for the process
-                        folder / name, "a", encoding="utf-8", opener=_no_follow
-                    )
-                    known = (os.getpid(), handle)
-                    self.handles[(root, suffix)] = known
-                known[1].write(text)
-                known[1].flush()  # one write(2): readers see whole lines
+                file = self.files.get((root, suffix)) or self._open(root, suffix)
+                if file is None:
+                    return
+                # O_APPEND and one write(2): readers and other processes
+                # see whole lines.
+                os.write(file.fd, data)
+                file.written += len(data)
+                if file.written > ROTATE_BYTES:
+                    self._close(root, suffix, file)
             except OSError as exc:
                 # Only scans get slower without the catalog: never fail a run.
                 self.broken.add(root)
+                self.files.pop((root, suffix), None)
                 _log.debug("cannot write the catalog of %s: %s", root, exc)
+
+    def _open(self, root: Path, suffix: str) -> _File | None:
+        """Open this process's file (the caller holds the lock)."""
+        if root in self.broken:
+            return None
+        folder = root / CATALOG_DIR
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder)
+        if not os.path.isdir(folder) or os.path.islink(folder):
+            raise OSError(f"{folder} is not a folder")
+        path = folder / writer_file_name(suffix)
+        fd = os.open(
+            path,
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | _NOFOLLOW,
+            0o666,
+        )
+        file = self.files[(root, suffix)] = _File(fd, path)
+        return file
+
+    def _close(self, root: Path, suffix: str, file: _File) -> None:
+        """Close a full file and name it foldable (the caller holds the lock)."""
+        del self.files[(root, suffix)]
+        with contextlib.suppress(OSError):
+            os.rename(file.path, file.path.with_name(_CLOSED + file.path.name))
+        os.close(file.fd)
 
 
 _WRITER = _Writer()
@@ -194,57 +181,6 @@ def append_checks(root: Path, rows: Iterable[CatalogRow]) -> None:
     checks = "".join(row.checks_line() for row in rows if _writable_tool(row.tool))
     if checks:
         _WRITER.append(root, checks, _CHECKS_SUFFIX)
-
-
-class CatalogRows:
-    """The newest line per key, parsed only when asked for.
-
-    A scan that shows 50 rows of 100,000 parses 50 lines.
-    """
-
-    def __init__(self) -> None:
-        self._lines: dict[str, str] = {}
-        self._checks: dict[str, str] = {}
-
-    def add_line(self, line: str) -> None:
-        """Keep a line as the newest for its key.
-
-        A torn or foreign line is kept too: `get` refuses it.
-        """
-        if line.startswith(_CHECKS):
-            self._checks[line[3:67]] = line
-        else:
-            self._lines[line[3:67]] = line
-
-    def add_text(self, text: str, *, checks: bool) -> None:
-        """Keep every line of a catalog file (later lines win).
-
-        Args:
-            text: The file's content.
-            checks: It is a `.chk` file.
-        """
-        # One dict comprehension: a method call per line cost 100 ms per
-        # 100,000 entries.
-        head = _CHECKS if checks else _FORMAT
-        # The last piece is "" or a line still being written: never used.
-        pieces = text.split("\n")[:-1]
-        found = {line[3:67]: line for line in pieces if line.startswith(head)}
-        (self._checks if checks else self._lines).update(found)
-
-    def get(self, key: str) -> CatalogRow | None:
-        """Return the row of a key (with its checks, if they were loaded)."""
-        line = self._lines.get(key)
-        row = None if line is None else CatalogRow.from_line(line)
-        checks = self._checks.get(key)
-        if row is None or checks is None:
-            return row
-        parts = checks.rstrip("\n").split("\t")
-        if len(parts) != 5 or parts[2] != str(row.inode):
-            return row
-        return row._replace(stamp=parts[3], checks=parts[4])
-
-    def __len__(self) -> int:
-        return len(self._lines)
 
 
 @dataclasses.dataclass
@@ -283,6 +219,7 @@ def load_catalog(root: Path, *, checks: bool = False) -> LoadedCatalog:
         )
     except OSError:
         return LoadedCatalog(rows, [])
+    after = ""
     for name in names:
         try:
             with open(
@@ -292,34 +229,34 @@ def load_catalog(root: Path, *, checks: bool = False) -> LoadedCatalog:
                 opener=_no_follow,
             ) as handle:
                 text = handle.read()
+                written = os.fstat(handle.fileno()).st_mtime_ns
         except OSError:
             continue
-        rows.add_text(text, checks=name.endswith(_CHECKS_SUFFIX))
+        is_checks = name.endswith(_CHECKS_SUFFIX)
+        if not name.startswith("snapshot-"):
+            rows.add_text(text, checks=is_checks, after=after)
+            continue
+        rows.add_text(text, checks=is_checks)
+        if not is_checks:
+            # Snapshots come first: after them, `after` is the oldest's time.
+            after = min(after or f"{written:020d}", f"{written:020d}")
     return LoadedCatalog(rows, names)
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
 def _no_follow(path: str, flags: int) -> int:
-    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0))
-
-
-def _writer_finished(name: str) -> bool:
-    parts = name.rsplit(".", 1)[0].rsplit("-", 2)
-    if len(parts) != 3 or parts[0] != _HOST or not parts[1].isdigit():
-        return False  # another host's process: only that host can tell
-    pid = int(parts[1])
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return os.open(path, flags | _NOFOLLOW)
 
 
 def write_snapshot(
-    root: Path, rows: Iterable[CatalogRow], folded: list[str], *, checks: bool = False
+    root: Path,
+    rows: Iterable[CatalogRow],
+    folded: list[str],
+    *,
+    checks: bool = False,
+    seen_ns: int | None = None,
 ) -> None:
     """Replace the catalog's files by one snapshot of `rows`; never raises.
 
@@ -332,6 +269,10 @@ def write_snapshot(
         rows: Every row still valid (entries present with that inode).
         folded: The files the rows were read from (`LoadedCatalog.files`).
         checks: Write (and fold) the `.chk` files instead of the summaries.
+        seen_ns: When the scan the rows come from started (nanoseconds). It
+            becomes the snapshot's modification time, which `load_catalog`
+            takes as the time of the last uses the snapshot knows: uses
+            recorded after it (even while the scan ran) are kept.
     """
     folder = root / CATALOG_DIR
     suffix = _CHECKS_SUFFIX if checks else _SUMMARY_SUFFIX
@@ -340,22 +281,24 @@ def write_snapshot(
             os.mkdir(folder)
         if os.path.islink(folder) or not os.path.isdir(folder):
             return
-        token = uuid.uuid4().hex[:12]
-        temp = folder / f".snapshot-{token}.partial"
-        with open(temp, "w", encoding="utf-8", opener=_no_follow) as handle:
+        # No fsync: a snapshot lost in a crash is only a slower next scan.
+        name = f"snapshot-{uuid.uuid4().hex[:12]}{suffix}"
+        with atomic_writer(folder / name, fsync=False) as handle:
             handle.writelines(
                 row.checks_line() if checks else row.to_line()
                 for row in rows
                 if _writable_tool(row.tool)
             )
-        os.replace(temp, folder / f"snapshot-{token}{suffix}")
+            if seen_ns is not None:
+                handle.flush()
+                os.utime(handle.fileno(), ns=(seen_ns, seen_ns))
     except OSError as exc:  # a read-only cache: scans stay correct, only slower
         _log.debug("cannot write a catalog snapshot in %s: %s", root, exc)
         return
     for name in folded:
         if not name.endswith(suffix):
             continue
-        if name.startswith("snapshot-") or _writer_finished(name):
+        if name.startswith(("snapshot-", _CLOSED)) or writer_finished(name):
             with contextlib.suppress(OSError):
                 os.unlink(folder / name)
 
@@ -371,7 +314,8 @@ def foldable(files: list[str], *, checks: bool = False) -> int:
     return sum(
         1
         for n in files
-        if n.endswith(suffix) and (n.startswith("snapshot-") or _writer_finished(n))
+        if n.endswith(suffix)
+        and (n.startswith(("snapshot-", _CLOSED)) or writer_finished(n))
     )
 
 
@@ -422,22 +366,40 @@ def row_for(
         manifest: Its manifest (as read from, or written to, the folder).
     """
     try:
-        inode = os.lstat(entry).st_ino
+        st = os.lstat(entry)
     except OSError:
         return None
     extra = 0
     for name in _RESERVED:
         with contextlib.suppress(OSError):
             extra += os.lstat(os.path.join(entry, name)).st_size
+    stamp = manifest_stamp(os.path.join(entry, _RESERVED[0]))
+    return row_from(key, st, manifest, extra, stamp)
+
+
+def row_from(
+    key: str, folder: os.stat_result, manifest: Manifest, extra: int, stamp: str
+) -> CatalogRow:
+    """`row_for` from facts the caller already has (an import knows them all).
+
+    Args:
+        key: The entry's key.
+        folder: The entry folder's `lstat`, taken after its last-use time was set.
+        manifest: Its manifest.
+        extra: Bytes of styxcache's own files in the entry (manifest, logs,
+            done marker).
+        stamp: The manifest file's `manifest_stamp`.
+    """
     return CatalogRow(
         key=key,
-        inode=inode,
+        inode=folder.st_ino,
         tool=manifest.tool,
         size=manifest.total_size + extra,
         files=len(manifest.outputs),
         created=manifest.created,
         duration_s=manifest.duration_s,
-        stamp=manifest_stamp(os.path.join(entry, _RESERVED[0])),
+        used_ns=folder.st_mtime_ns,
+        stamp=stamp,
         checks=checks_of(manifest) if manifest.key == key else "-",
     )
 
@@ -458,3 +420,19 @@ def record_commit(root: Path, key: str, entry: Path, manifest: Manifest) -> None
         return
     if row is not None:
         append_rows(root, [row])
+
+
+def record_use(root: Path, key: str, when_ns: int | None = None) -> None:
+    """Note a use of an entry in the index of last uses; never raises.
+
+    Called right after the entry folder's time was bumped, so the time noted
+    is within moments of the folder's (a few milliseconds: the kernel's
+    coarse clock); `inventory.page_by_last_use` allows for that.
+
+    Args:
+        root: The cache directory.
+        key: The entry's key.
+        when_ns: The use's time in nanoseconds (default: now).
+    """
+    when = time.time_ns() if when_ns is None else when_ns
+    _WRITER.append(root, f"{USE_TAG}\t{key}\t{when:020d}\n", _SUMMARY_SUFFIX)

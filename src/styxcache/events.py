@@ -18,13 +18,13 @@ import dataclasses
 import json
 import logging
 import os
-import socket
 import threading
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, get_args
+
+from styxcache._system import HOST, writer_file_name
 
 __all__ = [
     "EVENTS_DIR",
@@ -32,14 +32,14 @@ __all__ = [
     "CacheStats",
     "EventKind",
     "EventLog",
+    "EventSink",
     "collect_events",
     "publish",
     "read_events",
 ]
 
 _log = logging.getLogger("styxcache.events")
-
-_HOST = socket.gethostname()
+_runner_log = logging.getLogger("styxcache")
 
 EVENTS_DIR = ".events"
 """Folder of the cache directory that holds the per-process event files."""
@@ -66,6 +66,10 @@ class CacheEvent:
         remote: What the remote tier did (`remote.RemoteOutcome`): `"hit"`,
             `"miss"`, `"uploaded"`, `"present"`, `"damaged"`, `"error"`,
             `"offline"`, or `""` without a remote tier.
+        nearest: For a miss, the key of the nearest earlier entry of the
+            tool when it was compared ("" for none); `reason` says it too.
+        differences: The key fields that differed from `nearest`, as short
+            sentences (what `styxcache explain` shows without re-reading).
     """
 
     kind: EventKind
@@ -76,14 +80,19 @@ class CacheEvent:
     bytes_served: int = 0
     reason: str = ""
     time: float = dataclasses.field(default_factory=time.time)
-    host: str = _HOST
+    host: str = HOST
     pid: int = dataclasses.field(default_factory=os.getpid)
     ok: bool = True
     remote: str = ""
+    nearest: str = ""
+    differences: tuple[str, ...] = ()
 
     def to_json(self) -> str:
-        """Return the event as one line of JSON."""
-        return json.dumps(vars(self), sort_keys=True)
+        """Return the event as one line of JSON (the comparison only if made)."""
+        data = dict(vars(self))
+        if not self.nearest and not self.differences:
+            del data["nearest"], data["differences"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CacheEvent:
@@ -95,8 +104,15 @@ class CacheEvent:
         Returns:
             The event.
         """
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        fields = {k: v for k, v in data.items() if k in _EVENT_FIELDS}
+        differences = fields.get("differences")
+        if isinstance(differences, list):
+            fields["differences"] = tuple(str(item) for item in differences)
+        return cls(**fields)
+
+
+_EVENT_FIELDS = frozenset(f.name for f in dataclasses.fields(CacheEvent))
+_EVENT_KINDS = frozenset(get_args(EventKind))
 
 
 @dataclasses.dataclass
@@ -204,6 +220,65 @@ def publish(event: CacheEvent) -> None:
         sink.append(event)
 
 
+class EventSink:
+    """Where a runner's events go: its totals, the log, collectors, file, callback.
+
+    Args:
+        log_file: This process's event file in the cache, or None (a
+            read-only cache).
+        on_event: Called with every event, in the thread that produced it.
+    """
+
+    def __init__(
+        self,
+        log_file: EventLog | None,
+        on_event: Callable[[CacheEvent], None] | None,
+    ) -> None:
+        self.stats = CacheStats()
+        self.on_event = on_event
+        self._log_file = log_file
+        self._lock = threading.Lock()
+
+    def emit(self, event: CacheEvent) -> None:
+        """Count an event and hand it to the log, collectors, file and callback.
+
+        Args:
+            event: The event.
+        """
+        with self._lock:
+            self.stats.add(event)
+        _log_event(event)
+        publish(event)
+        if self._log_file is not None:
+            self._log_file.append(event)
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:
+                _runner_log.exception("on_event callback failed for %s", event.tool)
+
+
+def _log_event(event: CacheEvent) -> None:
+    if event.kind == "hit":
+        _runner_log.info(
+            "styxcache hit %s (%s): saved %.2fs%s",
+            event.tool,
+            event.key[:12],
+            event.saved_s,
+            f", {event.reason}" if event.reason else "",
+        )
+    elif event.kind in ("miss", "refresh"):
+        _runner_log.info(
+            "styxcache %s %s (%s): %s",
+            event.kind,
+            event.tool,
+            event.key[:12],
+            event.reason or "not cached yet",
+        )
+    else:
+        _runner_log.debug("styxcache bypass %s: %s", event.tool, event.reason)
+
+
 class EventLog:
     """Appends events to this process's JSON-lines file in a cache directory.
 
@@ -228,7 +303,7 @@ class EventLog:
         # A forked child must not share its parent's file (nor its handle).
         if self._handle is None or self._pid != os.getpid():
             self._pid = os.getpid()
-            name = f"{_HOST}-{self._pid}-{uuid.uuid4().hex[:8]}.jsonl"
+            name = writer_file_name(".jsonl")
             self._dir.mkdir(exist_ok=True)
             self._handle = (self._dir / name).open("a", encoding="utf-8")
         return self._handle
@@ -289,7 +364,9 @@ def _well_formed(event: CacheEvent) -> bool:
     """Return True when a decoded event has the field types totals rely on."""
     numbers = (event.duration_s, event.saved_s, event.bytes_served, event.time)
     return (
-        event.kind in ("hit", "miss", "bypass", "refresh")
+        event.kind in _EVENT_KINDS
+        and isinstance(event.nearest, str)
+        and isinstance(event.differences, tuple)
         and isinstance(event.tool, str)
         and isinstance(event.key, str)
         and isinstance(event.remote, str)

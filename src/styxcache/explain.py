@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from styxcache.canonical import canonical_json
-from styxcache.manifest import Manifest
 from styxcache.store import CacheStore
 
 __all__ = ["describe_differences", "nearest_entry"]
@@ -15,7 +15,14 @@ _MAX_SHOWN = 60
 
 
 def _short(value: Any) -> str:
-    text = value if isinstance(value, str) else canonical_json(value)
+    kind = type(value)
+    text: str
+    if kind is str:
+        text = value
+    elif kind is int or (kind is float and math.isfinite(value)):
+        text = repr(value)  # what JSON writes, without its encoder's set-up
+    else:
+        text = canonical_json(value)
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
 
 
@@ -190,7 +197,7 @@ def nearest_entry(
         if key == skip_key:
             continue
         try:
-            old = Manifest.read(store.entry_dir(key) / store.MANIFEST)
+            old = store.manifests.read(store.entry_dir(key) / store.MANIFEST)
         except (ValueError, OSError):
             continue
         if created_before is not None and old.created >= created_before:
@@ -204,6 +211,10 @@ def nearest_entry(
         rank = (len(differences), -old.created)
         if best is None or rank < best[0]:
             best = (rank, key, differences)
+        if len(differences) <= 1:
+            # Another entry differs in at least one field (its key differs),
+            # and the ones after this are older: none can rank better.
+            break
     return None if best is None else (best[1], best[2])
 
 
@@ -214,7 +225,7 @@ _FLAT_CACHE_SIZE = 4096
 def _flat_of(key: str, payload: Mapping[str, Any]) -> dict[str, Any]:
     """An entry's params flattened, remembered while its parsed payload is.
 
-    `Manifest.read` hands back the same parsed manifest while the file is
+    The store's `ManifestCache` hands back the same parsed manifest while the file is
     unchanged, so the payload object itself tells whether the entry is the
     one flattened before (it is kept referenced here, so its id is never
     reused).

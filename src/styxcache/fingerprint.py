@@ -10,11 +10,25 @@ are fingerprinted. A hit whose stored fingerprint differs is rerun.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from styxcache.canonical import canonical_json
+from styxcache.hashing import ContentHasher
+from styxcache.memo import DigestMemo, file_memo_key
 
-__all__ = ["command_fingerprint", "describe_fingerprint_change", "replace_in_args"]
+__all__ = [
+    "ExecutableDigests",
+    "command_fingerprint",
+    "describe_fingerprint_change",
+    "replace_in_args",
+]
+
+_EXECUTABLE_TTL = 5.0
+"""Seconds a PATH look-up is trusted before it is repeated."""
 
 
 def replace_in_args(
@@ -88,3 +102,52 @@ def describe_fingerprint_change(old: dict[str, str], new: dict[str, str]) -> str
     if old.get("command") != new.get("command"):
         reasons.append("the wrapper built a different command line")
     return " and ".join(reasons) or "the run-time fingerprint changed"
+
+
+class ExecutableDigests:
+    """Digests of the executables command names resolve to on PATH.
+
+    A resolution is remembered for a few seconds and re-validated with one
+    `stat`, so a hit does not walk PATH and resolve symlinks every time,
+    while a binary replaced in place is noticed at once.
+
+    Args:
+        hasher: Hashes the executable's bytes.
+        memo: The digest memo, or None.
+    """
+
+    def __init__(self, hasher: ContentHasher, memo: DigestMemo | None) -> None:
+        self._hasher = hasher
+        self._memo = memo
+        self._known: dict[tuple[str, str | None], tuple[float, str, str, str]] = {}
+
+    def digest(self, name: str, search_path: str | None) -> str | None:
+        """Digest of the executable a command name resolves to on PATH.
+
+        Args:
+            name: `cargs[0]`.
+            search_path: The PATH the tool runs with.
+
+        Returns:
+            The digest, or None when nothing on PATH matches.
+        """
+        now = time.monotonic()
+        cached = self._known.get((name, search_path))
+        if cached is not None and now - cached[0] < _EXECUTABLE_TTL:
+            _, real, stamp, digest = cached
+            try:
+                if file_memo_key(os.stat(real)) == stamp:
+                    return digest
+            except OSError:
+                pass
+        found = shutil.which(name, path=search_path)
+        if found is None:
+            return None
+        real = os.path.realpath(found)
+        try:
+            stamp = file_memo_key(os.stat(real))
+            digest = self._hasher.hash_path(Path(real), memo=self._memo)
+        except OSError:
+            return None
+        self._known[(name, search_path)] = (now, real, stamp, digest)
+        return digest

@@ -11,7 +11,6 @@ walk (a folder).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import stat
 from collections.abc import Collection, Iterable
@@ -22,6 +21,7 @@ from typing import Protocol, runtime_checkable
 
 from blake3 import blake3
 
+from styxcache.errors import UnkeyableInputError
 from styxcache.memo import DigestMemo, file_memo_key, is_settled
 
 __all__ = [
@@ -32,8 +32,6 @@ __all__ = [
     "UnkeyableInputError",
     "stat_signature",
 ]
-
-_log = logging.getLogger("styxcache.hashing")
 
 _MMAP_THRESHOLD = 4 * 1024 * 1024
 """Files at least this large are memory-mapped and hashed multi-threaded."""
@@ -64,30 +62,6 @@ _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXE
 # one per file, and tuples are the cheapest record Python has.
 _Entry = tuple[str, str, os.stat_result, str, os.stat_result | None]
 _REL = itemgetter(0)
-
-
-class UnkeyableInputError(ValueError):
-    """An input whose content cannot be keyed without blocking or without bound.
-
-    A FIFO or a device has no content to read to its end (reading `/dev/zero`
-    or a FIFO nobody writes to never returns), and a folder with more entries
-    than the hasher's `max_entries` would cost every call a long walk. The
-    caching runner then runs the call uncached (or raises, by policy).
-
-    Attributes:
-        path: The input.
-        why: What makes it unkeyable, as a phrase.
-        param: The param that names it, when known.
-    """
-
-    def __init__(
-        self, path: str | os.PathLike[str], why: str, *, param: str = ""
-    ) -> None:
-        self.path = os.fspath(path)
-        self.why = why
-        self.param = param
-        where = f"param `{param}`: " if param else ""
-        super().__init__(f"{where}{self.path} {why}")
 
 
 def _special_kind(mode: int) -> str:

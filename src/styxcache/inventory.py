@@ -9,9 +9,9 @@ folder, which every hit bumps (atime is useless on `noatime` mounts).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -26,6 +26,7 @@ from styxcache.catalog import (
     row_for,
     write_snapshot,
 )
+from styxcache.errors import KeyPrefixError
 from styxcache.manifest import Manifest, ManifestError
 from styxcache.store import CacheStore
 from styxcache.walk import (
@@ -48,8 +49,6 @@ __all__ = [
     "scan_entries",
     "scan_stamps",
 ]
-
-_log = logging.getLogger("styxcache.inventory")
 
 EntryState = Literal["complete", "uncommitted", "incomplete"]
 
@@ -83,10 +82,6 @@ class EntryInfo:
     def as_dict(self) -> dict[str, object]:
         """Return the record as a JSON-ready dictionary."""
         return dataclasses.asdict(self)
-
-
-class KeyPrefixError(LookupError):
-    """A key prefix matches no entry, or more than one."""
 
 
 def folder_size(path: Path) -> int:
@@ -222,12 +217,25 @@ class EntryDescriber:
     """Entries described from their manifests before the catalog is read:
     a page of `ls` needs 50 manifests, not 100,000 catalog lines."""
 
-    def __init__(self, store: CacheStore) -> None:
+    def __init__(
+        self,
+        store: CacheStore,
+        catalog: LoadedCatalog | None = None,
+        *,
+        started_ns: int | None = None,
+    ) -> None:
         self.store = store
-        self._catalog: LoadedCatalog | None = None
+        # Folder times are read after this: uses recorded since are news.
+        self.started_ns = time.time_ns() if started_ns is None else started_ns
+        self._catalog = catalog
         self._described = 0
-        self.valid: list[CatalogRow] = []
+        # Rows still valid, with the last use the scan saw (for a snapshot).
+        self._valid: list[tuple[CatalogRow, float]] = []
         self.new: list[CatalogRow] = []
+        self.stale_uses = 0
+        """Entries whose folder time the index of last uses has wrong."""
+        self._unchecked: list[EntryStamp] = []
+        """Entries described before the catalog was read (see `fold`)."""
 
     @property
     def catalog(self) -> LoadedCatalog:
@@ -243,13 +251,16 @@ class EntryDescriber:
             stamp: The entry.
         """
         self._described += 1
-        row = (
-            self.catalog.rows.get(stamp.key)
+        rows = (
+            self.catalog.rows
             if self._catalog is not None or self._described > self.EAGER_AFTER
             else None
         )
-        if row is not None and row.inode == stamp.inode:
-            self.valid.append(row)
+        row = None if rows is None else rows.get(stamp.key)
+        if rows is not None and row is not None and row.inode == stamp.inode:
+            self._valid.append((row, stamp.last_used))
+            if not rows.use_agrees(row, stamp.last_used):
+                self.stale_uses += 1  # a folder time set outside styxcache
             return EntryInfo(
                 row.key,
                 row.tool,
@@ -260,6 +271,8 @@ class EntryDescriber:
                 row.duration_s,
                 "complete",
             )
+        if self._catalog is None:
+            self._unchecked.append(stamp)
         info, manifest = _describe_read(
             self.store, stamp.key, Path(stamp.path), stamp.last_used
         )
@@ -267,7 +280,7 @@ class EntryDescriber:
             learned = row_for(stamp.key, stamp.path, manifest)
             if learned is not None and learned.inode == stamp.inode:
                 self.new.append(learned)
-                self.valid.append(learned)
+                self._valid.append((learned, stamp.last_used))
         return info
 
     def fold(self, *, complete: bool) -> None:
@@ -291,13 +304,39 @@ class EntryDescriber:
             if len(new) >= FOLD_AFTER:
                 append_rows(self.store.root, new)
             return
-        if len(new) >= FOLD_AFTER or foldable(self.catalog.files) > FOLD_FILES:
-            write_snapshot(self.store.root, self.valid, self.catalog.files)
+        for stamp in self._unchecked:
+            known = rows.get(stamp.key)
+            if known is not None and known.inode == stamp.inode:
+                self.stale_uses += not rows.use_agrees(known, stamp.last_used)
+        files = self.catalog.files
+        if (
+            len(new) >= FOLD_AFTER
+            or self.stale_uses
+            or foldable(files) > FOLD_FILES
+            or (foldable(files) and rows.worth_folding(self._described))
+        ):
+            self.snapshot()
             append_checks(self.store.root, new)
+
+    def snapshot(self) -> None:
+        """Replace the catalog by the rows of this (complete) scan.
+
+        Each row gets the last use the scan saw, so the index of last uses
+        is right again even where folder times were set by hand.
+        """
+        write_snapshot(
+            self.store.root,
+            (row._replace(used_ns=round(used * 1e9)) for row, used in self._valid),
+            self.catalog.files,
+            seen_ns=self.started_ns,
+        )
 
 
 def scan_entries(
-    store: CacheStore, *, on_unsafe: UnsafeHandler | None = None
+    store: CacheStore,
+    *,
+    on_unsafe: UnsafeHandler | None = None,
+    write_catalog: bool = True,
 ) -> Iterator[EntryInfo]:
     """Yield every entry folder of a cache, in key order.
 
@@ -312,12 +351,15 @@ def scan_entries(
     Args:
         store: The cache.
         on_unsafe: Told `(path, reason)` about each link skipped.
+        write_catalog: Update the catalog with what the scan learned (off
+            for a dry run, which writes nothing).
     """
     describer = EntryDescriber(store)
     for stamp in scan_stamps(store, on_unsafe=on_unsafe):
         yield describer.describe(stamp)
     # Reached only when the caller read the whole scan.
-    describer.fold(complete=True)
+    if write_catalog:
+        describer.fold(complete=True)
 
 
 FOLD_AFTER = 64

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ __all__ = [
     "KEY_FORMAT",
     "InputRecord",
     "KeyPayload",
+    "PathParamsMode",
     "RegisteredInput",
     "build_payload",
     "key_of",
@@ -107,7 +108,10 @@ class InputRecord:
         }
 
 
-Kind = Literal["hash", "warn", "ignore"]
+PathParamsMode = Literal["hash", "warn", "ignore"]
+"""What to do with an absolute path in a param that was never registered as an
+input (`CachePolicy.path_params`): digest its content into the key, warn, or
+ignore it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,10 +180,9 @@ def build_payload(
     image: str | None,
     env: dict[str, str | None],
     params: Mapping[str, Any] | None,
-    inputs: list[RegisteredInput],
-    digests: list[str],
+    inputs: Sequence[tuple[RegisteredInput, str]],
     extra: dict[str, str],
-    path_params: Kind,
+    path_params: PathParamsMode,
     hash_path: Callable[[Path], str],
 ) -> KeyPayload:
     """Assemble the key payload of one execution.
@@ -189,8 +192,8 @@ def build_payload(
         image: Resolved image identity (None without a container image).
         env: Allowlisted environment values.
         params: The params passed to `Execution.params()`, if any.
-        inputs: Registered inputs, in order.
-        digests: Content digest of each input's `hashed_path`, same order.
+        inputs: Registered inputs, in order, each with the content digest of
+            its `hashed_path`.
         extra: `policy.extra`.
         path_params: Policy for unregistered absolute-path strings.
         hash_path: Digests an unregistered path param's file or folder.
@@ -201,28 +204,72 @@ def build_payload(
     Raises:
         canonical.ParamEncodingError: If a param has no stable encoding.
     """
-    by_path: dict[str, int] = {}
-    for index, registered in enumerate(inputs):
-        by_path.setdefault(_normalise(registered.path), index)
-    first_param: dict[int, str] = {}
-    hashed_params: dict[str, dict[str, str]] = {}
+    paths = _PathParams(
+        [registered for registered, _ in inputs], path_params, hash_path
+    )
+    encoded = encode_params(
+        dict(params) if params is not None else None, substitute=paths.substitute
+    )
+    records = tuple(
+        InputRecord(
+            name=registered.path.name,
+            digest=digest,
+            resolve_parent=registered.resolve_parent,
+            mutable=registered.mutable,
+            param=paths.first_param.get(index),
+        )
+        for index, (registered, digest) in enumerate(inputs)
+    )
+    return KeyPayload(
+        tool={"package": metadata.package, "id": metadata.id, "name": metadata.name},
+        image=image,
+        env=dict(env),
+        params=encoded,
+        inputs=records,
+        path_params=paths.hashed,
+        extra=dict(extra),
+    )
 
-    def substitute(value: Any, name: str) -> JSON | None:
+
+class _PathParams:
+    """Turns path-like param values into references: to an input, or to content."""
+
+    def __init__(
+        self,
+        inputs: list[RegisteredInput],
+        mode: PathParamsMode,
+        hash_path: Callable[[Path], str],
+    ) -> None:
+        self.by_path: dict[str, int] = {}
+        for index, registered in enumerate(inputs):
+            self.by_path.setdefault(_normalise(registered.path), index)
+        self.mode = mode
+        self.hash_path = hash_path
+        self.first_param: dict[int, str] = {}
+        """Input index -> the first param that names it."""
+        self.hashed: dict[str, dict[str, str]] = {}
+        """Param -> the name and digest of the unregistered path it names."""
+
+    def substitute(self, value: Any, name: str) -> JSON | None:
+        """The reference a path-like value stands for in the key, or None."""
         text = os.fspath(value)
         if not text:
             return None
-        index = by_path.get(_normalise(text))
+        index = self.by_path.get(_normalise(text))
         if index is not None:
-            first_param.setdefault(index, name)
+            self.first_param.setdefault(index, name)
             return {"$input": index}
-        if path_params == "ignore":
+        if self.mode == "ignore":
             return None
         # A str is a path only when absolute (a relative "out" is more often a
         # name than a file here); a Path object says it is a path, so a
         # relative one is taken from the working directory.
         if isinstance(value, str) and not os.path.isabs(text):
             return None
-        text = _normalise(text)
+        return self._unregistered(_normalise(text), name)
+
+    def _unregistered(self, text: str, name: str) -> JSON | None:
+        """Digest an existing file or folder no input names (or warn about it)."""
         if text == os.sep:
             return None
         try:
@@ -232,7 +279,7 @@ def build_payload(
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             # /dev/null, a FIFO: a stream, not content; its name is the key.
             return None
-        if path_params == "warn":
+        if self.mode == "warn":
             _log.warning(
                 "%s names the existing path %s, which the wrapper never registered "
                 "as an input: its content is not part of the cache key",
@@ -241,31 +288,8 @@ def build_payload(
             )
             return None
         try:
-            digest = hash_path(Path(text))
+            digest = self.hash_path(Path(text))
         except UnkeyableInputError as exc:
             raise UnkeyableInputError(exc.path, exc.why, param=name) from None
-        hashed_params[name] = {"name": Path(text).name, "digest": digest}
+        self.hashed[name] = {"name": Path(text).name, "digest": digest}
         return {"$path_param": Path(text).name, "digest": digest}
-
-    encoded = encode_params(
-        dict(params) if params is not None else None, substitute=substitute
-    )
-    records = tuple(
-        InputRecord(
-            name=registered.path.name,
-            digest=digest,
-            resolve_parent=registered.resolve_parent,
-            mutable=registered.mutable,
-            param=first_param.get(index),
-        )
-        for index, (registered, digest) in enumerate(zip(inputs, digests, strict=True))
-    )
-    return KeyPayload(
-        tool={"package": metadata.package, "id": metadata.id, "name": metadata.name},
-        image=image,
-        env=dict(env),
-        params=encoded,
-        inputs=records,
-        path_params=hashed_params,
-        extra=dict(extra),
-    )

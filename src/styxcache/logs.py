@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["LineLog", "open_log", "replay"]
+__all__ = [
+    "LineLog",
+    "Tee",
+    "open_log",
+    "open_replays",
+    "raise_handler_error",
+    "replay",
+]
 
 
 class LineLog:
@@ -26,7 +34,7 @@ class LineLog:
     """
 
     def __init__(self, path: Path) -> None:
-        """Open the log for writing.
+        """Prepare the log; the file is created by the first line or by `close`.
 
         Args:
             path: The `.gz` file to create.
@@ -36,14 +44,21 @@ class LineLog:
         self.error: OSError | None = None
         self._lock = threading.Lock()
         self._handle: io.TextIOWrapper | None = None
-        try:
-            # Level 1: logs can be huge and are rarely read; speed beats ratio.
-            raw = gzip.open(path, "wb", compresslevel=1)  # noqa: SIM115 - closed by close()
-            self._handle = io.TextIOWrapper(
-                raw, encoding="utf-8", errors="surrogateescape"
-            )
-        except OSError as exc:
-            self.error = exc
+        self._closed = False
+
+    def _open(self) -> io.TextIOWrapper | None:
+        # Opened at the first line: most tools print nothing, and a gzip
+        # stream costs tens of microseconds a miss to set up and close.
+        if self._handle is None and self.error is None and not self._closed:
+            try:
+                # Level 1: logs can be huge and are rarely read; speed beats ratio.
+                raw = gzip.open(self.path, "wb", compresslevel=1)  # noqa: SIM115 - closed by close()
+                self._handle = io.TextIOWrapper(
+                    raw, encoding="utf-8", errors="surrogateescape"
+                )
+            except OSError as exc:
+                self.error = exc
+        return self._handle
 
     def write(self, line: str) -> None:
         """Append one line (without its newline).
@@ -53,19 +68,28 @@ class LineLog:
         """
         with self._lock:
             self.lines += 1
-            if self._handle is None or self.error is not None:
+            handle = self._open()
+            if handle is None or self.error is not None:
                 return
             try:
-                self._handle.write(line)
-                self._handle.write("\n")
+                handle.write(line)
+                handle.write("\n")
             except OSError as exc:
                 self.error = exc
 
     def close(self) -> None:
-        """Flush and close the file; a failure is kept in `error`, not raised."""
+        """Flush and close the file; a failure is kept in `error`, not raised.
+
+        A log that got no line is written as an empty gzip file.
+        """
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             handle, self._handle = self._handle, None
             if handle is None:
+                if self.error is None:
+                    self._write_empty()
                 return
             try:
                 handle.close()
@@ -74,6 +98,65 @@ class LineLog:
                 # final flush fails, so the folder can still be removed.
                 if self.error is None:
                     self.error = exc
+
+    def _write_empty(self) -> None:
+        try:
+            fd = os.open(
+                self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666
+            )
+        except OSError as exc:
+            self.error = exc
+            return
+        try:
+            os.write(fd, _EMPTY_GZIP)
+        except OSError as exc:
+            self.error = exc
+        finally:
+            os.close(fd)
+
+
+_EMPTY_GZIP = gzip.compress(b"", compresslevel=1, mtime=0)
+"""A gzip stream of no bytes: what a log of no lines holds."""
+
+
+class Tee:
+    """Writes each line to the entry's log, then hands it to the caller's handler.
+
+    A handler that raises must not cut the log short: the base runner may stop
+    reading the stream (LocalRunner does, silently), and the entry would then
+    replay truncated output forever. The handler's first error is kept, the
+    handler gets no more lines, and the error is raised once the run is stored.
+    """
+
+    def __init__(self, log: LineLog, handler: Callable[[str], None] | None) -> None:
+        self.log = log
+        self.handler = handler
+        self.error: Exception | None = None
+
+    def __call__(self, line: str) -> None:
+        """Log one line, then hand it to the handler (until it raises).
+
+        Args:
+            line: The line, without its newline.
+        """
+        self.log.write(line)
+        if self.handler is None or self.error is not None:
+            return
+        try:
+            self.handler(line)
+        except Exception as exc:  # raised once the run is stored
+            self.error = exc
+
+
+def raise_handler_error(*tees: Tee) -> None:
+    """Raise the first error a tee's handler raised, if any.
+
+    Args:
+        *tees: The run's tees.
+    """
+    for tee in tees:
+        if tee.error is not None:
+            raise tee.error
 
 
 def open_log(path: Path) -> IO[str]:
@@ -91,6 +174,32 @@ def open_log(path: Path) -> IO[str]:
         A text handle; the caller closes it.
     """
     return gzip.open(path, "rt", encoding="utf-8", errors="surrogateescape")
+
+
+def open_replays(
+    logs: list[tuple[Path, int, Callable[[str], None] | None]],
+) -> list[tuple[IO[str], Callable[[str], None]]] | None:
+    """Open every log a hit replays before any line is handed out.
+
+    Args:
+        logs: `(path, stored line count, handler or None)` per stream; a log
+            with no line, or no handler to take its lines, is not opened.
+
+    Returns:
+        The open handles with their handlers; None when a log could not be
+        opened (the entry vanished: a concurrent `gc`), with none left open.
+    """
+    opened: list[tuple[IO[str], Callable[[str], None]]] = []
+    for path, lines, handler in logs:
+        if not lines or handler is None:
+            continue
+        try:
+            opened.append((open_log(path), handler))
+        except OSError:
+            for handle, _ in opened:
+                handle.close()
+            return None
+    return opened
 
 
 def replay(source: Path | IO[str], handler: Callable[[str], None]) -> int:

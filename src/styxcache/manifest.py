@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from styxcache.canonical import JSON
+from styxcache.errors import ManifestError
 
 __all__ = [
     "MANIFEST_FORMAT",
     "Manifest",
+    "ManifestCache",
     "ManifestError",
     "OutputRecord",
     "OutsideRecord",
@@ -27,10 +29,6 @@ __all__ = [
 ]
 
 MANIFEST_FORMAT = 1
-
-
-class ManifestError(ValueError):
-    """A manifest is missing, unreadable, or of an unknown format."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,18 +120,21 @@ class Manifest:
         return sum(record.size for record in self.outputs)
 
     def to_json(self) -> str:
-        """Serialise the manifest (stable key order, indented for humans)."""
-        # Not `dataclasses.asdict`: it deep-copies the key payload, a third
-        # of a miss's cost in serialising; the text written is the same.
-        data = plain(self)
-        return json.dumps(data, sort_keys=True, indent=1)
+        """Serialise the manifest (stable key order, one line).
+
+        Not indented: `json` serialises indented text in pure Python, three
+        times slower than its C encoder (about 20 us of every miss); readers
+        parse it either way, and `styxcache show` prints it for humans.
+        """
+        # Not `dataclasses.asdict`: it deep-copies the key payload.
+        return json.dumps(plain(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> Manifest:
+    def from_json(cls, text: str | bytes) -> Manifest:
         """Parse a manifest.
 
         Args:
-            text: The manifest file's content.
+            text: The manifest file's content (bytes are read as UTF-8).
 
         Returns:
             The manifest.
@@ -149,7 +150,7 @@ class Manifest:
             data["outputs"] = tuple(OutputRecord(**o) for o in data["outputs"])
             data["absent"] = tuple(str(name) for name in data.get("absent", ()))
             data["outside"] = tuple(OutsideRecord(**o) for o in data.get("outside", ()))
-            names = {f.name for f in dataclasses.fields(cls)}
+            names = _MANIFEST_FIELDS  # `verify` parses 100,000 of these
             return cls(**{k: v for k, v in data.items() if k in names})
         except ManifestError:
             raise
@@ -158,11 +159,7 @@ class Manifest:
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
-        """Read a manifest file.
-
-        Parsed manifests are remembered in this process under the file's stat
-        record: a manifest is written once and replaced only by a rename (a
-        new inode), so a repeated hit costs one `stat` instead of a parse.
+        """Read and parse a manifest file (see `ManifestCache` for repeated reads).
 
         Args:
             path: The manifest's path.
@@ -173,6 +170,52 @@ class Manifest:
         Raises:
             ManifestError: If missing, unreadable or of an unknown format.
         """
+        try:
+            # Bytes: `json` decodes UTF-8 itself, without a text layer.
+            with open(path, "rb") as handle:
+                text = handle.read()
+        except FileNotFoundError as exc:
+            raise ManifestError("manifest missing") from exc
+        except OSError as exc:
+            raise ManifestError(f"unreadable manifest: {exc}") from exc
+        return cls.from_json(text)
+
+
+_MANIFEST_FIELDS = frozenset(f.name for f in dataclasses.fields(Manifest))
+
+_Stamp = tuple[int, int, int, int, int]
+
+
+def _stamp(st: os.stat_result) -> _Stamp:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class ManifestCache:
+    """Parsed manifests, remembered under their file's stat record.
+
+    A manifest is written once and replaced only by a rename (a new inode),
+    so while a file's stat record is unchanged its parsed manifest is still
+    right: a repeated hit costs one `stat` instead of a parse. Each
+    `CacheStore` owns one (there is no process-wide cache).
+
+    Args:
+        limit: Most manifests remembered; past it the cache starts afresh (a
+            bound, not an LRU: refilling costs one parse each).
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._parsed: dict[str, tuple[_Stamp, Manifest]] = {}
+
+    def read(self, path: Path | str) -> Manifest:
+        """`Manifest.read`, parsing each version of the file once.
+
+        Args:
+            path: The manifest's path.
+
+        Raises:
+            ManifestError: As `Manifest.read`.
+        """
         name = os.fspath(path)
         try:
             st = os.stat(name)
@@ -180,26 +223,34 @@ class Manifest:
             raise ManifestError("manifest missing") from exc
         except OSError as exc:
             raise ManifestError(f"unreadable manifest: {exc}") from exc
-        stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        known = _PARSED.get(name)
+        stamp = _stamp(st)
+        known = self._parsed.get(name)
         if known is not None and known[0] == stamp:
             return known[1]
-        try:
-            with open(name, encoding="utf-8") as handle:
-                text = handle.read()
-        except FileNotFoundError as exc:
-            raise ManifestError("manifest missing") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ManifestError(f"unreadable manifest: {exc}") from exc
-        manifest = cls.from_json(text)
-        if len(_PARSED) >= _PARSED_LIMIT:
-            _PARSED.clear()  # a bound, not an LRU: refilling costs one parse each
-        _PARSED[name] = (stamp, manifest)
+        manifest = Manifest.read(Path(name))
+        self.remember(name, st, manifest)
         return manifest
+
+    def remember(
+        self, path: Path | str, st: os.stat_result, manifest: Manifest
+    ) -> None:
+        """Note a manifest this process wrote (or parsed) as its file's content.
+
+        Args:
+            path: Where the file is now.
+            st: Its stat record, taken when its content was known to be
+                `manifest` (a rename keeps it; any rewrite changes it).
+            manifest: The parsed manifest.
+        """
+        if len(self._parsed) >= self._limit:
+            self._parsed.clear()
+        self._parsed[os.fspath(path)] = (_stamp(st), manifest)
 
 
 def plain(value: object) -> object:
     """`value` with dataclasses turned into dicts, for `json.dumps` (no copies)."""
+    if isinstance(value, _LEAVES):  # most values: no dataclass look-up
+        return value
     names = _FIELD_NAMES.get(type(value))
     if names is None:
         if not dataclasses.is_dataclass(value) or isinstance(value, type):
@@ -214,10 +265,8 @@ def plain(value: object) -> object:
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 """Field names per dataclass: `dataclasses.fields` is slow to call per value."""
-
-
-_PARSED_LIMIT = 4096
-_PARSED: dict[str, tuple[tuple[int, int, int, int, int], Manifest]] = {}
+_LEAVES = (str, int, float, type(None), dict)
+"""Values `plain` returns as they are (a dict is never a dataclass)."""
 
 
 def scan_outputs(

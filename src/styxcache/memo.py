@@ -143,7 +143,6 @@ class DigestMemo:
                 `max_rows` times a typical row's size on disk).
         """
         self.path = folder / "digests.sqlite3"
-        self._max_rows = max_rows
         self._max_bytes = max_bytes if max_bytes is not None else max_rows * _ROW_BYTES
         self._local = threading.local()
         self._disabled = False

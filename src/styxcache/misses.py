@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import logging
 
 from styxcache.events import CacheEvent, read_events
 from styxcache.explain import nearest_entry
@@ -19,8 +18,6 @@ from styxcache.manifest import Manifest, ManifestError
 from styxcache.store import CacheStore
 
 __all__ = ["MissExplanation", "explain_misses"]
-
-_log = logging.getLogger("styxcache.misses")
 
 _CANDIDATES = 256
 """How many recent entries of a tool are compared with a miss."""
@@ -69,22 +66,16 @@ def _matches(tool: str, pattern: str | None) -> bool:
 
 def _read(store: CacheStore, key: str) -> Manifest | None:
     try:
-        return Manifest.read(store.entry_dir(key) / store.MANIFEST)
+        return store.manifests.read(store.entry_dir(key) / store.MANIFEST)
     except (ManifestError, ValueError):
         return None
 
 
-def _from_reason(event: CacheEvent) -> tuple[str, tuple[str, ...]]:
-    """Split a recorded "nearest entry abc: x; y" reason into key prefix and fields."""
-    prefix = "nearest entry "
-    if event.reason.startswith(prefix) and ": " in event.reason:
-        head, _, rest = event.reason.partition(": ")
-        return head.removeprefix(prefix), tuple(p for p in rest.split("; ") if p)
-    return "", ()
-
-
 def _explain_one(store: CacheStore, event: CacheEvent) -> MissExplanation:
+    # The facts recorded at the time, unless the manifests tell them again.
+    nearest, differences, recomputed = event.nearest[:12], event.differences, False
     new = _read(store, event.key)
+    found = None
     if new is not None:
         found = nearest_entry(
             store,
@@ -97,19 +88,9 @@ def _explain_one(store: CacheStore, event: CacheEvent) -> MissExplanation:
             # process while this tool ran) is not what it missed against.
             created_before=min(event.time - event.duration_s, new.created),
         )
-        if found is not None:
-            nearest_key, differences = found
-            return MissExplanation(
-                event.time,
-                event.kind,
-                event.tool,
-                event.key,
-                event.reason,
-                nearest_key,
-                tuple(differences),
-                True,
-            )
-    nearest, recorded = _from_reason(event)
+    if found is not None:
+        nearest, recomputed = found[0], True
+        differences = tuple(found[1])
     return MissExplanation(
         event.time,
         event.kind,
@@ -117,8 +98,8 @@ def _explain_one(store: CacheStore, event: CacheEvent) -> MissExplanation:
         event.key,
         event.reason,
         nearest,
-        recorded,
-        False,
+        differences,
+        recomputed,
     )
 
 

@@ -21,6 +21,7 @@ from typing import Literal, Protocol, get_args, runtime_checkable
 from styxdefs import Metadata
 
 from styxcache.hashing import ContentHasher, InputHasher
+from styxcache.key import PathParamsMode
 from styxcache.trust import TrustSetting, parse_trust
 
 _log = logging.getLogger("styxcache.policy")
@@ -140,7 +141,24 @@ def _warn_if_unmatchable(pattern: str) -> None:
         )
 
 
-PathParamsMode = Literal["hash", "warn", "ignore"]
+def _strings(
+    value: Iterable[str], field: str, whole: str, items: str, *, empty: bool
+) -> tuple[str, ...]:
+    """A policy field's strings as a tuple, or a TypeError naming the culprit.
+
+    A lone string is refused: `("HOME")` is a common slip for `("HOME",)`.
+    """
+    if isinstance(value, str):
+        raise TypeError(
+            f"CachePolicy.{field} must be {whole}, not the string {value!r}"
+        )
+    found = tuple(value)
+    for item in found:
+        if not isinstance(item, str) or not (empty or item):
+            raise TypeError(f"CachePolicy.{field} must hold {items}; got {item!r}")
+    return found
+
+
 VerifyMode = Literal["size", "full"]
 ReadOnlyMissMode = Literal["warn", "error"]
 RequiredOutputsMode = Literal["any", "all"]
@@ -231,6 +249,12 @@ class CachePolicy:
 
     def __post_init__(self) -> None:
         """Check every knob now, so a bad policy fails before anything runs."""
+        self._check_choices()
+        self._check_collections()
+        self._check_callables()
+        self._check_numbers()
+
+    def _check_choices(self) -> None:
         # The Literal types are the one list of each knob's choices.
         choices: dict[str, tuple[str, ...]] = {
             "path_params": get_args(PathParamsMode),
@@ -246,28 +270,26 @@ class CachePolicy:
                     f"CachePolicy.{name} must be one of {', '.join(allowed)}; "
                     f"got {value!r}"
                 )
-        if isinstance(self.env_allowlist, str):
-            raise TypeError(
-                "CachePolicy.env_allowlist must be a sequence of variable names, "
-                f"not the string {self.env_allowlist!r}"
+
+    def _check_collections(self) -> None:
+        """env_allowlist, bypass_tools and extra (normalised to tuple/frozenset)."""
+        self.env_allowlist = _strings(
+            self.env_allowlist,
+            "env_allowlist",
+            "a sequence of variable names",
+            "variable names",
+            empty=False,
+        )
+        self.bypass_tools = frozenset(
+            _strings(
+                self.bypass_tools,
+                "bypass_tools",
+                "a set of patterns",
+                "str patterns",
+                empty=True,
             )
-        self.env_allowlist = tuple(self.env_allowlist)
-        for name in self.env_allowlist:
-            if not isinstance(name, str) or not name:
-                raise TypeError(
-                    f"CachePolicy.env_allowlist must hold variable names; got {name!r}"
-                )
-        if isinstance(self.bypass_tools, str):
-            raise TypeError(
-                "CachePolicy.bypass_tools must be a set of patterns, "
-                f"not the string {self.bypass_tools!r}"
-            )
-        self.bypass_tools = frozenset(self.bypass_tools)
+        )
         for pattern in self.bypass_tools:
-            if not isinstance(pattern, str):
-                raise TypeError(
-                    f"CachePolicy.bypass_tools must hold str patterns; got {pattern!r}"
-                )
             _warn_if_unmatchable(pattern)
         if not isinstance(self.extra, dict):
             raise TypeError(
@@ -278,6 +300,9 @@ class CachePolicy:
                 raise TypeError(
                     f"CachePolicy.extra must map str to str; got {name!r}: {value!r}"
                 )
+
+    def _check_callables(self) -> None:
+        """image_digest, hasher, the boolean flags and memo_dir."""
         if not callable(self.image_digest):
             raise TypeError("CachePolicy.image_digest must be callable (tag -> str)")
         if not callable(getattr(self.hasher, "hash_path", None)):
@@ -293,6 +318,9 @@ class CachePolicy:
             raise TypeError(
                 f"CachePolicy.memo_dir must be a path or None, got {self.memo_dir!r}"
             )
+
+    def _check_numbers(self) -> None:
+        """Durations, sizes and counts (and trust, normalised by parse_trust)."""
         if isinstance(self.lease_seconds, bool) or not isinstance(
             self.lease_seconds, (int, float)
         ):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import logging
 import os
-import shutil
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -23,27 +22,23 @@ from styxdefs import (
     set_global_runner,
 )
 
-from styxcache.events import CacheEvent, CacheStats, EventLog, publish
-from styxcache.execution import CachingExecution, copy_entry
+from styxcache._system import innermost
+from styxcache.errors import CacheDirectoryError
+from styxcache.events import CacheEvent, CacheStats, EventLog, EventSink
+from styxcache.execution import CachingExecution
+from styxcache.fingerprint import ExecutableDigests
 from styxcache.hashing import ContentHasher
 from styxcache.key import tool_id
-from styxcache.manifest import Manifest
-from styxcache.memo import DigestMemo, file_memo_key
+from styxcache.memo import DigestMemo
 from styxcache.modes import CacheMode, current_mode
 from styxcache.policy import CachePolicy
-from styxcache.remote import Fetched, RemoteTier
+from styxcache.remote import RemoteTier
+from styxcache.services import ExecutionServices, WarnOnce
 from styxcache.store import CacheStore
 
 __all__ = ["CacheDirectoryError", "CachingRunner", "use_cache"]
 
 _log = logging.getLogger("styxcache")
-
-_EXECUTABLE_TTL = 5.0
-"""Seconds a PATH look-up is trusted before it is repeated."""
-
-
-class CacheDirectoryError(OSError):
-    """The cache directory cannot be created or is not a directory."""
 
 
 def _version() -> str:
@@ -85,14 +80,6 @@ def _prepare(root: Path) -> bool:
             f"cannot write to cache directory {root}: {exc}"
         ) from exc
     return True
-
-
-def _innermost_runner(runner: Any) -> Any:
-    seen = 0
-    while hasattr(runner, "base") and seen < 16:
-        runner = runner.base
-        seen += 1
-    return runner
 
 
 class CachingRunner(Runner):
@@ -145,30 +132,85 @@ class CachingRunner(Runner):
                 f"policy must be a CachePolicy, got {type(policy).__name__}"
             )
         self.base = base
-        self.policy = policy if policy is not None else CachePolicy()
+        self._policy = policy if policy is not None else CachePolicy()
         self.store = CacheStore(Path(cache_dir).absolute())
         self.tiers = [CacheStore(Path(p).absolute()) for p in read_only_caches]
-        self.remote = RemoteTier.from_settings(remote, remote_write)
-        self.on_event = on_event
-        self.stats = CacheStats()
+        remote_tier = RemoteTier.from_settings(remote, remote_write)  # checked first
         self.version = _version()
         self.writable = _prepare(self.store.root)
-        memo_dir = self.policy.memo_path()
+        memo_dir = self._policy.memo_path()
         self.memo = DigestMemo(memo_dir) if memo_dir is not None else None
-        self._events = EventLog(self.store.root) if self.writable else None
-        self._stats_lock = threading.Lock()
-        self._warned: set[str] = set()
-        self._warned_lock = threading.Lock()
-        self._default_hasher = ContentHasher()
-        self._executables: dict[
-            tuple[str, str | None], tuple[float, str, str, str]
-        ] = {}
-        self._exclusions = [self.store.root, *(tier.root for tier in self.tiers)]
-        data_dir = getattr(_innermost_runner(base), "data_dir", None)
+        self._sink = EventSink(
+            EventLog(self.store.root) if self.writable else None, on_event
+        )
+        self._services = self._build_services(remote_tier, WarnOnce())
+
+    def _build_services(
+        self, remote: RemoteTier | None, warn_once: WarnOnce
+    ) -> ExecutionServices:
+        hasher = self._policy.hasher
+        content = hasher if isinstance(hasher, ContentHasher) else ContentHasher()
+        data_dir = getattr(innermost(self.base), "data_dir", None)
+        exclusions = [self.store.root, *(tier.root for tier in self.tiers)]
         if data_dir is not None:
-            self._exclusions.append(Path(data_dir).absolute())
+            exclusions.append(Path(data_dir).absolute())
         if self.memo is not None:
-            self._exclusions.append(self.memo.path.parent)
+            exclusions.append(self.memo.path.parent)
+        return ExecutionServices(
+            store=self.store,
+            tiers=tuple(self.tiers),
+            remote=remote,
+            policy=self._policy,
+            hasher=content,
+            memo=self.memo,
+            exclusions=tuple(exclusions),
+            writable=self.writable,
+            version=self.version,
+            base_runner=self.base,
+            data_dir=Path(data_dir) if data_dir is not None else None,
+            emit=self._sink.emit,
+            warn_once=warn_once,
+            executables=ExecutableDigests(content, self.memo),
+        )
+
+    def policy_hasher(self) -> ContentHasher:
+        """The content hasher of outputs and executables (for `CacheStore.lookup`)."""
+        return self._services.hasher
+
+    @property
+    def policy(self) -> CachePolicy:
+        """Keying and storage knobs; executions started later use a new one."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: CachePolicy) -> None:
+        self._policy = policy
+        self._services = self._build_services(
+            self._services.remote, self._services.warn_once
+        )
+
+    @property
+    def stats(self) -> CacheStats:
+        """Running totals of this runner's events."""
+        return self._sink.stats
+
+    @property
+    def on_event(self) -> Callable[[CacheEvent], None] | None:
+        """Called with every event (see the constructor); may be replaced."""
+        return self._sink.on_event
+
+    @on_event.setter
+    def on_event(self, callback: Callable[[CacheEvent], None] | None) -> None:
+        self._sink.on_event = callback
+
+    @property
+    def remote(self) -> RemoteTier | None:
+        """The object-store tier, or None; executions started later use a new one."""
+        return self._services.remote
+
+    @remote.setter
+    def remote(self, tier: RemoteTier | None) -> None:
+        self._services = dataclasses.replace(self._services, remote=tier)
 
     def start_execution(self, metadata: Metadata) -> Execution:
         """Start an execution that is served from, or stored in, the cache.
@@ -188,13 +230,13 @@ class CachingRunner(Runner):
             return self._bypassed(metadata, "matches CachePolicy.bypass_tools")
         if type(self.base) is LocalRunner:
             return CachingExecution(
-                self,
+                self._services,
                 metadata,
                 mode,
                 start_base=lambda: self.base.start_execution(metadata),
             )
         return CachingExecution(
-            self, metadata, mode, base=self.base.start_execution(metadata)
+            self._services, metadata, mode, base=self.base.start_execution(metadata)
         )
 
     def _bypassed(self, metadata: Metadata, reason: str) -> Execution:
@@ -229,210 +271,13 @@ class CachingRunner(Runner):
             self.emit(CacheEvent(kind="bypass", tool=tool, key="", reason=reason))
         return execution
 
-    def base_data_dir(self) -> Path | None:
-        """The innermost base runner's data folder (LocalRunner's), if any."""
-        data_dir = getattr(_innermost_runner(self.base), "data_dir", None)
-        return Path(data_dir) if data_dir is not None else None
-
-    # Services for executions --------------------------------------------------
-
-    def warn_once(self, topic: str) -> bool:
-        """Return True the first time this runner sees `topic`.
-
-        Some warnings are given once per tool, not once per call: a pipeline
-        of 200 subjects must not print the same sentence 200 times.
-
-        Args:
-            topic: What the warning is about (usually a kind and the tool).
-
-        Returns:
-            Whether to warn now.
-        """
-        with self._warned_lock:
-            if topic in self._warned:
-                return False
-            self._warned.add(topic)
-            return True
-
-    def verify_args(self) -> dict[str, Any]:
-        """Keyword arguments for `CacheStore.lookup` under this policy."""
-        return {
-            "verify": self.policy.verify,
-            "hash_file": self.policy_hasher().hash_file,
-            "trust": self.policy.trust_setting,
-        }
-
-    def policy_hasher(self) -> ContentHasher:
-        """The ContentHasher used for outputs and executables."""
-        hasher = self.policy.hasher
-        return hasher if isinstance(hasher, ContentHasher) else self._default_hasher
-
-    def hash_exclusions(self) -> list[Path]:
-        """Folders never part of an input folder's digest: caches, scratch, memo."""
-        return self._exclusions
-
-    def executable_digest(self, name: str, search_path: str | None) -> str | None:
-        """Digest of the executable a command name resolves to on PATH.
-
-        The resolution is remembered for a few seconds and re-validated with
-        one `stat`, so a hit does not walk PATH and resolve symlinks every time,
-        while a binary replaced in place is noticed at once.
-
-        Args:
-            name: `cargs[0]`.
-            search_path: The PATH the tool runs with.
-
-        Returns:
-            The digest, or None when nothing on PATH matches.
-        """
-        now = time.monotonic()
-        cached = self._executables.get((name, search_path))
-        if cached is not None and now - cached[0] < _EXECUTABLE_TTL:
-            _, real, stamp, digest = cached
-            try:
-                if file_memo_key(os.stat(real)) == stamp:
-                    return digest
-            except OSError:
-                pass
-        found = shutil.which(name, path=search_path)
-        if found is None:
-            return None
-        real = os.path.realpath(found)
-        try:
-            stamp = file_memo_key(os.stat(real))
-            digest = self.policy_hasher().hash_path(Path(real), memo=self.memo)
-        except OSError:
-            return None
-        self._executables[(name, search_path)] = (now, real, stamp, digest)
-        return digest
-
-    def find_in_tiers(self, key: str) -> tuple[CacheStore, Manifest] | None:
-        """Look a key up in the read-only caches, in order.
-
-        Args:
-            key: The cache key.
-
-        Returns:
-            The first tier holding a verified entry, with its manifest.
-        """
-        for tier in self.tiers:
-            found = tier.lookup(key, quarantine=False, **self.verify_args())
-            if found.manifest is not None:
-                return tier, found.manifest
-        return None
-
-    def import_from_tier(self, tier: CacheStore, key: str) -> bool:
-        """Copy a tier's entry into the main cache.
-
-        Args:
-            tier: The read-only cache holding the entry.
-            key: The entry's key.
-
-        Returns:
-            True when the entry is now in the main cache.
-        """
-        staging = (
-            self.store.root / self.store.STAGING_DIR / f"{key}.{uuid.uuid4().hex[:12]}"
-        )
-        try:
-            copy_entry(tier.entry_dir(key), staging)
-            self.store.commit(staging, key)
-        except OSError as exc:
-            _log.warning("cannot copy entry %s from %s: %s", key[:12], tier.root, exc)
-            return False
-        manifest = Manifest.read(self.store.entry_dir(key) / self.store.MANIFEST)
-        self.store.record_tool(manifest.tool, key)
-        return True
-
-    def fetch_remote(self, key: str) -> Fetched | None:
-        """Look a local miss up in the remote tier; a hit is now a local entry.
-
-        Never raises: remote failures are reported in the outcome.
-
-        Args:
-            key: The cache key.
-
-        Returns:
-            None without a remote tier (or a read-only cache); otherwise the
-            verified manifest of the downloaded entry, or None, with the
-            outcome for the event.
-        """
-        if self.remote is None or not self.writable:
-            return None
-        fetched = self.remote.fetch_for_run(
-            self.store,
-            key,
-            read_only_outputs=self.policy.read_only_outputs,
-            max_age_s=self.policy.max_age_s,
-        )
-        if fetched.manifest is not None:
-            fetched.manifest = self.store.lookup(key, **self.verify_args()).manifest
-        return fetched
-
-    def upload_remote(self, key: str, previous: str, *, replace: bool) -> str:
-        """Upload an entry just committed, if a writable remote tier is set.
-
-        Never raises: remote failures are reported in the outcome.
-
-        Args:
-            key: The committed entry's key.
-            previous: The remote outcome of the lookup (`""` if none).
-            replace: The commit replaced an entry on purpose (a refresh).
-
-        Returns:
-            The remote outcome for the event.
-        """
-        if self.remote is None:
-            return previous
-        return self.remote.upload_for_run(self.store, key, previous, replace=replace)
-
     def emit(self, event: CacheEvent) -> None:
         """Count an event and hand it to the callback, collectors, log and file.
 
         Args:
             event: The event.
         """
-        with self._stats_lock:
-            self.stats.add(event)
-        if event.kind == "hit":
-            _log.info(
-                "styxcache hit %s (%s): saved %.2fs%s",
-                event.tool,
-                event.key[:12],
-                event.saved_s,
-                f", {event.reason}" if event.reason else "",
-            )
-        elif event.kind in ("miss", "refresh"):
-            _log.info(
-                "styxcache %s %s (%s): %s",
-                event.kind,
-                event.tool,
-                event.key[:12],
-                event.reason or "not cached yet",
-            )
-        else:
-            _log.debug("styxcache bypass %s: %s", event.tool, event.reason)
-        publish(event)
-        if self._events is not None:
-            self._events.append(event)
-        if self.on_event is not None:
-            try:
-                self.on_event(event)
-            except Exception:
-                _log.exception("on_event callback failed for %s", event.tool)
-
-    def after_commit(self, key: str) -> None:
-        """Trim the cache to `policy.max_size` after a commit, if set.
-
-        Args:
-            key: The entry just committed (never trimmed).
-        """
-        limit = self.policy.max_size_bytes
-        if limit is None:
-            return
-        from styxcache.gc import trim_after_commit
-
-        trim_after_commit(self.store, limit, keep=key)
+        self._sink.emit(event)
 
 
 def use_cache(

@@ -17,81 +17,43 @@
 
 Every change to an entry is a rename within one filesystem, so readers see
 either the old entry or the new one, never a half-written tree.
+
+Why this module is long: every move of an entry folder (stage, commit,
+replace, quarantine, trash, place uncommitted, keep failed, import) lives
+here, because they share one set of rules (never through a planted link, a
+twin's commit wins, a concurrent gc may remove anything at any moment) that
+is easiest to check read together. Verification (entry_check.py), the tool
+index (tool_index.py) and tree copies (trees.py) are apart.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import gzip
 import logging
 import os
-import shutil
-import stat
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from styxcache.manifest import Manifest, ManifestError
+from styxcache.catalog import record_use
+from styxcache.entry_check import STDERR_LOG, STDOUT_LOG, Lookup, check_outputs
+from styxcache.errors import UnsafeCacheFolderError
+from styxcache.manifest import ManifestCache, ManifestError
+from styxcache.tool_index import ToolIndex
+from styxcache.trees import copy_entry, prune_oldest, remove_tree
 from styxcache.trust import TrustSetting, UntrustedEntryError, check_entry
-from styxcache.walk import folder_entries, housekeeping_dir, iter_entry_dirs
+from styxcache.walk import housekeeping_dir, iter_entry_dirs
 
-__all__ = ["CacheStore", "Lookup", "UnsafeCacheFolderError"]
+__all__ = [
+    "CacheStore",
+    "Lookup",
+    "UnsafeCacheFolderError",
+    "copy_entry",
+    "remove_tree",
+]
 
 _log = logging.getLogger("styxcache.store")
-
-
-class UnsafeCacheFolderError(PermissionError):
-    """A folder of the cache is a symlink or a file: it is never written through."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Lookup:
-    """The result of looking a key up.
-
-    Attributes:
-        manifest: The verified manifest, or None for a miss.
-        reason: Why it is a miss (empty for a hit).
-        damaged: The entry existed but was damaged and has been quarantined.
-        untrusted: The entry exists but someone untrusted could have written
-            it (trust.py): it is left alone and the call runs uncached.
-    """
-
-    manifest: Manifest | None
-    reason: str = ""
-    damaged: bool = False
-    untrusted: bool = False
-
-
-def _make_writable_and_retry(
-    func: Callable[[str], object], path: str, _exc: object
-) -> None:
-    # Cached files and tool-made folders may be read-only; removal needs the
-    # parent folder writable, and the item itself for folders.
-    parent = os.path.dirname(path)
-    try:
-        os.chmod(parent, os.stat(parent).st_mode | stat.S_IWUSR | stat.S_IXUSR)
-        if os.path.isdir(path) and not os.path.islink(path):
-            os.chmod(path, os.stat(path).st_mode | stat.S_IWUSR | stat.S_IXUSR)
-    except OSError:
-        pass
-    func(path)
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a folder tree, read-only files and folders included.
-
-    Args:
-        path: The folder; a missing one is fine.
-    """
-    if not os.path.lexists(path):
-        return
-    if path.is_symlink() or not path.is_dir():
-        path.unlink()
-        return
-    shutil.rmtree(path, onerror=_make_writable_and_retry)
 
 
 class CacheStore:
@@ -104,20 +66,33 @@ class CacheStore:
     DONE_MARKER = ".styxcache.done"
     STAGING_DIR = ".incoming"
     MANIFEST = ".styxcache.manifest.json"
-    STDOUT_LOG = ".styxcache.stdout.gz"
-    STDERR_LOG = ".styxcache.stderr.gz"
+    STDOUT_LOG = STDOUT_LOG
+    STDERR_LOG = STDERR_LOG
     UNCOMMITTED = ".styxcache.uncommitted"
     QUARANTINE_DIR = ".quarantine"
     FAILED_DIR = ".failed"
     TRASH_DIR = ".trash"
     LOCKS_DIR = ".locks"
     TOOLS_DIR = ".tools"
+    WORK_DIRS = (
+        STAGING_DIR,
+        LOCKS_DIR,
+        QUARANTINE_DIR,
+        FAILED_DIR,
+        TRASH_DIR,
+        TOOLS_DIR,
+    )
+    """The store's own folders beside the shards (events and catalog have theirs)."""
     RESERVED = frozenset({DONE_MARKER, MANIFEST, STDOUT_LOG, STDERR_LOG, UNCOMMITTED})
     """Names inside an entry that belong to styxcache, not to the tool."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self._entries: dict[str, Path] = {}
+        self.manifests = ManifestCache()
+        self.tools = ToolIndex(self.root, self.TOOLS_DIR)
+        """Which keys belong to which tool (explanations of misses)."""
+        """Parsed manifests of this cache's entries (hits parse once)."""
 
     # Layout ----------------------------------------------------------------
 
@@ -198,26 +173,31 @@ class CacheStore:
             reason = f"entry is not trusted ({doubt.reason})"
             return Lookup(None, reason, untrusted=True)
         try:
-            manifest = Manifest.read(entry / self.MANIFEST)
+            manifest = self.manifests.read(entry / self.MANIFEST)
         except ManifestError as exc:
-            if not entry.is_dir():
-                return Lookup(None, "no entry")
-            note = entry / self.UNCOMMITTED
-            if note.exists():
-                return Lookup(None, f"previous run was not committed: {_read(note)}")
-            if not os.path.lexists(entry / self.DONE_MARKER):
-                # Neither manifest nor done marker: a run placed uncommitted
-                # whose note could not be written (a full disk), not damage.
-                return Lookup(None, "previous run was not committed")
-            return self._damaged(key, str(exc), quarantine)
+            return self._without_manifest(key, entry, str(exc), quarantine)
         if not (entry / self.DONE_MARKER).exists():
-            return self._damaged(key, "done marker missing", quarantine)
-        if manifest.key != key:
-            return self._damaged(key, f"manifest is for key {manifest.key}", quarantine)
-        problem = _check_outputs(entry, manifest, verify, hash_file)
-        if problem:
-            return self._damaged(key, problem, quarantine)
-        return Lookup(manifest)
+            problem = "done marker missing"
+        elif manifest.key != key:
+            problem = f"manifest is for key {manifest.key}"
+        else:
+            problem = check_outputs(entry, manifest, verify, hash_file)
+        return self._damaged(key, problem, quarantine) if problem else Lookup(manifest)
+
+    def _without_manifest(
+        self, key: str, entry: Path, error: str, quarantine: bool
+    ) -> Lookup:
+        """A miss for an entry folder whose manifest cannot be read."""
+        if not entry.is_dir():
+            return Lookup(None, "no entry")
+        note = entry / self.UNCOMMITTED
+        if note.exists():
+            return Lookup(None, f"previous run was not committed: {_read(note)}")
+        if not os.path.lexists(entry / self.DONE_MARKER):
+            # Neither manifest nor done marker: a run placed uncommitted
+            # whose note could not be written (a full disk), not damage.
+            return Lookup(None, "previous run was not committed")
+        return self._damaged(key, error, quarantine)
 
     def _damaged(self, key: str, reason: str, quarantine: bool) -> Lookup:
         if not self.entry_dir(key).is_dir():
@@ -335,20 +315,18 @@ class CacheStore:
             UntrustedEntryError: An untrusted entry appeared at the key's
                 folder while the tool ran (see `trust.py`).
         """
-        done = staging / self.DONE_MARKER
-        if not done.exists():
-            done.write_text(f"{time.time()}\n")
-            done.chmod(0o444)  # sealed like the rest of the entry (trust.py)
+        _write_done_marker(staging / self.DONE_MARKER)
         entry = self.entry_dir(key)
         for _ in range(5):
-            # Inside the loop: gc may remove a long-empty shard folder meanwhile.
-            entry.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.rename(staging, entry)
                 return entry
             except FileNotFoundError:
                 if not staging.exists():
                     raise
+                # The shard's first entry, or gc removed a long-empty shard
+                # folder meanwhile.
+                entry.parent.mkdir(parents=True, exist_ok=True)
                 continue
             except OSError as exc:
                 if not entry.exists():
@@ -361,6 +339,27 @@ class CacheStore:
                 return entry
             self._to_trash(entry)
         raise OSError(f"cannot commit {staging} to {entry}: replaced concurrently")
+
+    def import_entry(self, source: CacheStore, key: str) -> bool:
+        """Copy another cache's entry (a read-only tier's) into this one.
+
+        Args:
+            source: The cache holding the entry.
+            key: The entry's key.
+
+        Returns:
+            True when the entry is now in this cache.
+        """
+        staging = self.root / self.STAGING_DIR / f"{key}.{uuid.uuid4().hex[:12]}"
+        try:
+            copy_entry(source.entry_dir(key), staging)
+            self.commit(staging, key)
+        except OSError as exc:
+            _log.warning("cannot copy entry %s from %s: %s", key[:12], source.root, exc)
+            return False
+        manifest = self.manifests.read(self.entry_dir(key) / self.MANIFEST)
+        self.record_tool(manifest.tool, key)
+        return True
 
     def drop_uncommitted(self, key: str) -> None:
         """Remove an uncommitted run's folder before the key runs again.
@@ -467,16 +466,8 @@ class CacheStore:
         with contextlib.suppress(OSError):  # a full disk must not hide the failure
             (target / ".styxcache.failed").write_text(reason + "\n")
         with contextlib.suppress(OSError):  # a concurrent gc may prune meanwhile
-            self._prune_failed(folder, limit)
+            prune_oldest(folder, limit)
         return target
-
-    def _prune_failed(self, folder: Path, limit: int) -> None:
-        kept = sorted(
-            (p for p in folder_entries(folder) if p.is_dir(follow_symlinks=False)),
-            key=lambda p: p.stat(follow_symlinks=False).st_mtime,
-        )
-        for old in kept[: max(0, len(kept) - limit)]:
-            remove_tree(Path(old.path))
 
     def touch(self, key: str) -> bool:
         """Record a use of the entry: bump its folder's modification time.
@@ -493,13 +484,11 @@ class CacheStore:
             return False
         except OSError as exc:  # a read-only cache still serves its hits
             _log.debug("cannot record use of %s: %s", key[:12], exc)
+            return True
+        record_use(self.root, key)  # the index `ls` pages by (one write)
         return True
 
-    # Per-tool index ---------------------------------------------------------
-
-    def _tool_dir(self, tool: str) -> Path:
-        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in tool)
-        return self.root / self.TOOLS_DIR / slug
+    # Per-tool index (tool_index.py) ----------------------------------------
 
     def record_tool(self, tool: str, key: str) -> None:
         """Note that `key` is an entry of `tool` (for explanations of misses).
@@ -508,30 +497,16 @@ class CacheStore:
             tool: `package/id`.
             key: The entry's key.
         """
-        tools = housekeeping_dir(self.root, self.TOOLS_DIR, create=True)
-        if tools is None:
-            return  # reported; only explanations of later misses need it
-        folder = housekeeping_dir(tools, self._tool_dir(tool).name, create=True)
-        if folder is None:
-            return
-        # O_NOFOLLOW: a link planted at the key's name is never written through.
-        fd = os.open(
-            folder / key,
-            os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o644,
-        )
-        try:
-            os.utime(fd)  # the newest entries are found by this time
-        finally:
-            os.close(fd)
-        _append_recent(folder / self.RECENT_LOG, key)
+        self.tools.record(tool, [key])
 
-    RECENT_LOG = ".recent"
-    """In a tool's index folder: the keys committed, one a line, newest last.
+    def record_tool_keys(self, tool: str, keys: list[str]) -> None:
+        """`record_tool` for many entries of one tool (an import): one log append.
 
-    With 100,000 entries, finding a tool's newest records by their times
-    cost a `stat` per record of the tool on every miss (5 ms at 1,000 per
-    tool); the tail of this log costs one read."""
+        Args:
+            tool: `package/id`.
+            keys: The entries' keys, oldest first.
+        """
+        self.tools.record(tool, keys)
 
     def recent_keys(self, tool: str, limit: int = 32) -> list[str]:
         """Return the newest keys recorded for a tool, newest first.
@@ -539,82 +514,21 @@ class CacheStore:
         Args:
             tool: `package/id`.
             limit: At most this many.
-
-        Returns:
-            Keys, newest first.
         """
-        folder = os.fspath(self._tool_dir(tool))
-        logged = _read_recent(Path(folder, self.RECENT_LOG), limit)
-        if logged is not None and len(logged) >= limit:
-            return [
-                key
-                for key in logged
-                if os.path.lexists(os.path.join(folder, key))  # gc keeps these
-            ]
-        # A young log (or a cache from before it): the records' times tell.
-        try:
-            items = list(os.scandir(self._tool_dir(tool)))
-        except FileNotFoundError:
-            return []
-        stamped: list[tuple[int, str]] = []
-        for item in items:
-            with contextlib.suppress(OSError):  # removed by a concurrent gc
-                stamped.append((item.stat().st_mtime_ns, item.name))
-        stamped.sort(reverse=True)
-        return [name for _, name in stamped[:limit]]
+        return self.tools.recent(tool, limit)
 
 
-_RECENT_TRIM = 64 * 1024
-"""A tool's recent-keys log is cut back to its tail beyond this many bytes."""
-
-
-def _append_recent(path: Path, key: str) -> None:
+def _write_done_marker(path: Path) -> None:
+    """Write the done marker if missing, sealed (read-only) like the entry."""
     try:
-        fd = os.open(
-            path,
-            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o644,
-        )
-    except OSError:
-        return  # only explanations of later misses need it
-    try:
-        os.write(fd, f"{key}\n".encode())  # one write: appends never interleave
-        size = os.fstat(fd).st_size
-    except OSError:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    except FileExistsError:
         return
+    try:
+        os.write(fd, f"{time.time()}\n".encode())
+        os.fchmod(fd, 0o444)  # whatever the umask: readable by the cache's readers
     finally:
         os.close(fd)
-    if size > _RECENT_TRIM:
-        tail = _read_recent(path, 256)
-        if tail is None:
-            return
-        temp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}")
-        with contextlib.suppress(OSError):
-            temp.write_text("".join(f"{k}\n" for k in reversed(tail)))
-            os.replace(temp, path)  # a racing append may be lost: only a hint
-
-
-def _read_recent(path: Path, limit: int) -> list[str] | None:
-    """The newest distinct keys of a recent-keys log, newest first; None if none."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        size = os.fstat(fd).st_size
-        want = min(size, 65 * limit * 4)
-        data = os.pread(fd, want, size - want)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    keys: list[str] = []
-    for line in reversed(data.decode("ascii", errors="replace").split("\n")):
-        if len(line) == 64 and line not in keys and line.isalnum():
-            keys.append(line)
-            if len(keys) >= limit:
-                break
-    return keys
 
 
 def _read(path: Path) -> str:
@@ -622,75 +536,3 @@ def _read(path: Path) -> str:
         return path.read_text().strip()
     except OSError:
         return "reason unknown"
-
-
-def _check_outputs(
-    entry: Path,
-    manifest: Manifest,
-    verify: str,
-    hash_file: Callable[[str, int], str] | None,
-) -> str:
-    # A hit replays the captured output: a missing or truncated log would make
-    # every hit fail, so it is checked like an output: its size on every hit
-    # (one stat), its line count only with verify="full" (it reads the log).
-    for name, lines, size in (
-        (CacheStore.STDOUT_LOG, manifest.stdout_lines, manifest.stdout_size),
-        (CacheStore.STDERR_LOG, manifest.stderr_lines, manifest.stderr_size),
-    ):
-        if not lines:
-            continue
-        path = os.path.join(entry, name)
-        try:
-            found_size = os.stat(path).st_size
-        except OSError:
-            return f"log {name} is missing"
-        if size and found_size != size:
-            return f"log {name} has {found_size} bytes, expected {size}"
-        if verify == "full":
-            found = _count_lines(path)
-            if found != lines:
-                return f"log {name} has {found} lines, expected {lines}"
-    for name in manifest.absent:
-        # Served absent, as the tool left it: a file that appeared there
-        # since (another tool writing beside its input) is not this result.
-        if os.path.lexists(os.path.join(entry, name)):
-            return f"output {name} was not written by the tool but exists now"
-    for record in manifest.outputs:
-        full = os.path.join(entry, record.path)
-        try:
-            st = os.lstat(full)
-        except OSError:
-            return f"output {record.path} is missing"
-        if record.link is not None:
-            try:
-                if os.readlink(full) != record.link:
-                    return f"symlink {record.path} changed"
-            except OSError:
-                return f"output {record.path} is not a symlink any more"
-            continue
-        if not stat.S_ISREG(st.st_mode):
-            # A symlink or folder of the same size where a file was recorded.
-            return f"output {record.path} is not a regular file any more"
-        if st.st_size != record.size:
-            return (
-                f"output {record.path} has {st.st_size} bytes, expected {record.size}"
-            )
-        if (
-            verify == "full"
-            and hash_file is not None
-            and hash_file(full, st.st_size) != record.digest
-        ):
-            return f"output {record.path} content changed"
-    return ""
-
-
-def _count_lines(path: str) -> int:
-    """Count the lines of a gzip log; -1 if it is missing or unreadable."""
-    count = 0
-    try:
-        with gzip.open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                count += chunk.count(b"\n")
-    except (OSError, EOFError, zlib.error):
-        return -1
-    return count

@@ -35,7 +35,9 @@ import stat
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
+
+from styxcache.errors import UntrustedEntryError
 
 __all__ = [
     "Doubt",
@@ -43,17 +45,18 @@ __all__ = [
     "UntrustedEntryError",
     "check_entry",
     "parse_trust",
-    "prepare_shared_cache",
     "seal_entry",
     "user_name",
 ]
 
 _log = logging.getLogger("styxcache.trust")
 
-TrustSetting = Literal["self", "group", "any"] | tuple[int, ...]
+TrustKeyword = Literal["self", "group", "any"]
+TrustSetting = TrustKeyword | tuple[int, ...]
 """`"self"`, `"group"`, `"any"`, or the uids trusted besides yourself."""
 
-_KEYWORDS = ("self", "group", "any")
+_KEYWORDS: tuple[TrustKeyword, ...] = get_args(TrustKeyword)
+_CHOICES = ", ".join(repr(k) for k in _KEYWORDS)
 _OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
 
 
@@ -72,15 +75,16 @@ def parse_trust(value: object) -> TrustSetting:
         TypeError: A value of another type.
     """
     if isinstance(value, str):
-        if value in _KEYWORDS:
-            return value  # type: ignore[return-value]
+        for keyword in _KEYWORDS:
+            if value == keyword:
+                return keyword
         raise ValueError(
-            "CachePolicy.trust must be 'self', 'group', 'any' or a list of user "
+            f"CachePolicy.trust must be {_CHOICES} or a list of user "
             f"names and uids; got {value!r} (for one user, write [{value!r}])"
         )
     if not isinstance(value, Iterable):
         raise TypeError(
-            "CachePolicy.trust must be 'self', 'group', 'any' or a list of user "
+            f"CachePolicy.trust must be {_CHOICES} or a list of user "
             f"names and uids; got {value!r}"
         )
     uids: set[int] = set()
@@ -121,24 +125,6 @@ def _in_group(uid: int, gid: int) -> bool:
         return user.pw_name in grp.getgrgid(gid).gr_mem
     except KeyError:
         return False
-
-
-class UntrustedEntryError(RuntimeError):
-    """An untrusted entry appeared where a run was about to be committed.
-
-    The paths the caller was given point into that entry, so the call fails
-    rather than hand over someone else's files; the run's own outputs are
-    left in its staging folder, named in the message.
-    """
-
-    def __init__(self, entry: Path, staging: Path, reason: str) -> None:
-        super().__init__(
-            f"an entry that is not trusted appeared at {entry} while the tool "
-            f"ran ({reason}); it is not served. This run's own outputs are in "
-            f"{staging}"
-        )
-        self.entry = entry
-        self.staging = staging
 
 
 @dataclasses.dataclass(frozen=True)
@@ -442,63 +428,3 @@ def seal_entry(folder: Path, *, read_only: bool) -> None:
                 os.chmod(path, stat.S_IMODE(st.st_mode) & ~_OTHERS_WRITE)
     readers = stat.S_IMODE(os.stat(folder.parent).st_mode) & 0o055
     os.chmod(folder, (stat.S_IMODE(os.lstat(folder).st_mode) & 0o700) | readers)
-
-
-def prepare_shared_cache(root: Path | str, group: str | int | None = None) -> Path:
-    """Lay out a cache folder for several users, as its owner.
-
-    Creates the cache folder, its 256 shard folders and its working folders
-    (`.incoming`, `.locks`, ...) owned by you, group-writable, setgid and
-    sticky (mode 3775, like `/tmp` for a group): every member can add entries;
-    only you (the cache owner) and root can move another member's aside, and
-    only root can delete them. Run it once, as the account that owns the cache; trim the
-    cache with `gc` run by root (sealed entries can be deleted only by their
-    committer and root).
-
-    Args:
-        root: The cache folder (created if needed; may exist).
-        group: The group sharing it (name or gid); None keeps the folder's.
-
-    Returns:
-        The cache folder.
-
-    Raises:
-        ValueError: If the group does not exist.
-    """
-    # Imported here: store.py imports this module for its hit check.
-    from styxcache.store import CacheStore
-
-    path = Path(root)
-    gid = -1
-    if isinstance(group, str):
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise ValueError(f"no such group: {group!r}") from None
-    elif isinstance(group, int):
-        gid = group
-    names = [f"{i:02x}" for i in range(256)]
-    names += [
-        CacheStore.STAGING_DIR,
-        CacheStore.LOCKS_DIR,
-        CacheStore.QUARANTINE_DIR,
-        CacheStore.FAILED_DIR,
-        CacheStore.TRASH_DIR,
-        CacheStore.TOOLS_DIR,
-        ".events",
-        ".catalog",
-    ]
-    # Leases, the tool index and event files are taken over, pruned and
-    # shared by every member: losing them costs a rerun, never a wrong hit,
-    # so those folders are not sticky (a sticky one would stop a member
-    # breaking a dead colleague's lease).
-    cooperative = {CacheStore.LOCKS_DIR, CacheStore.TOOLS_DIR, CacheStore.FAILED_DIR}
-    cooperative |= {".events", ".catalog", CacheStore.QUARANTINE_DIR}
-    cooperative.add(CacheStore.TRASH_DIR)
-    path.mkdir(parents=True, exist_ok=True)
-    for folder in (path, *(path / name for name in names)):
-        folder.mkdir(exist_ok=True)
-        if gid >= 0:
-            os.chown(folder, -1, gid)
-        os.chmod(folder, 0o2775 if folder.name in cooperative else 0o3775)
-    return path

@@ -14,17 +14,18 @@ import dataclasses
 import json
 import logging
 import os
-import socket
 import time
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from typing import get_args
 
+from styxcache._system import atomic_write, writer_finished
 from styxcache.events import (
     _REMOTE_COUNTERS,
     EVENTS_DIR,
     CacheEvent,
     CacheStats,
+    EventKind,
     _well_formed,
 )
 
@@ -223,14 +224,11 @@ class _Rollup:
                 for name, (inode, blocks) in self.files.items()
             },
         }
-        temp = folder / f".{ROLLUP_NAME}.{uuid.uuid4().hex[:8]}"
         try:
-            temp.write_text(json.dumps(data), encoding="utf-8")
-            os.replace(temp, folder / ROLLUP_NAME)
+            # A hint (rebuilt from the event files when lost): no fsync.
+            atomic_write(folder / ROLLUP_NAME, json.dumps(data), fsync=False)
         except OSError as exc:  # a read-only cache: the next report reads again
             _log.debug("cannot save the statistics rollup in %s: %s", folder, exc)
-            with contextlib.suppress(OSError):
-                temp.unlink()
 
 
 def _parse(line: bytes) -> CacheEvent | None:
@@ -287,7 +285,7 @@ def _read_blocks(path: Path, offset: int) -> list[_Block]:
     return blocks
 
 
-_KINDS = frozenset(("hit", "miss", "bypass", "refresh"))
+_KINDS: frozenset[str] = frozenset(get_args(EventKind))
 _UNSET = object()
 
 
@@ -380,23 +378,6 @@ def _merge_stats(total: CacheStats, parts: Iterable[CacheStats]) -> None:
             setattr(total, field, getattr(total, field) + getattr(stats, field))
 
 
-def _writer_finished(name: str) -> bool:
-    """Tell from an event file's name that its writer has exited.
-
-    Names are `<host>-<pid>-<random>.jsonl` (see `events.EventLog`).
-    """
-    parts = name.removesuffix(".jsonl").rsplit("-", 2)
-    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
-        return False  # another host's process: only that host can tell
-    try:
-        os.kill(int(parts[1]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False  # alive, or its pid was reused: keep the file
-
-
 def zero_stats(cache_root: Path, *, now: float | None = None) -> float:
     """Reset the statistics of a cache directory.
 
@@ -410,16 +391,14 @@ def zero_stats(cache_root: Path, *, now: float | None = None) -> float:
     mark_time = time.time() if now is None else now
     folder = cache_root / EVENTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    temp = folder / f".{ZERO_MARK}.{uuid.uuid4().hex[:8]}"
-    temp.write_text(f"{mark_time!r}\n")
-    os.replace(temp, folder / ZERO_MARK)
+    atomic_write(folder / ZERO_MARK, f"{mark_time!r}\n")
     archive = folder / ARCHIVE_DIR
     for path in sorted(folder.glob("*.jsonl")):
         try:
             old = path.stat().st_mtime < mark_time
         except FileNotFoundError:
             continue
-        if old and _writer_finished(path.name):
+        if old and writer_finished(path.name):
             archive.mkdir(exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 os.rename(path, archive / path.name)

@@ -17,17 +17,19 @@ import operator
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 __all__ = [
     "KEY_LENGTH",
     "UnsafeHandler",
+    "entry_dirs_of",
     "folder_entries",
     "housekeeping_dir",
     "is_cache_key",
     "is_shard_name",
     "iter_entry_dirs",
+    "iter_shard_dirs",
     "real_dir",
     "unsafe_reason",
 ]
@@ -159,6 +161,58 @@ def folder_entries(folder: str | os.PathLike[str]) -> list[os.DirEntry[str]]:
 _NAME = operator.attrgetter("name")
 
 
+def iter_shard_dirs(
+    root: Path, *, on_unsafe: UnsafeHandler | None = None
+) -> Iterator[os.DirEntry[str]]:
+    """Yield the shard folders of a cache (`<root>/<2 hex>`), in name order.
+
+    A shard that is a symlink is reported and skipped.
+
+    Args:
+        root: The cache directory.
+        on_unsafe: Told about each link skipped.
+    """
+    for shard in folder_entries(root):
+        if not is_shard_name(shard.name):
+            continue
+        if shard.is_dir(follow_symlinks=False):
+            yield shard
+        else:
+            _report_link(shard, on_unsafe)
+
+
+def entry_dirs_of(
+    prefix: str,
+    items: Iterable[os.DirEntry[str]],
+    *,
+    on_unsafe: UnsafeHandler | None = None,
+) -> Iterator[os.DirEntry[str]]:
+    """Yield the items of a shard that are entry folders, in the given order.
+
+    Only folders named by a 64-hex key starting with the shard's name are
+    yielded; a link in their place is reported and skipped; other names are
+    ignored.
+
+    Args:
+        prefix: The shard's name.
+        items: The shard's items.
+        on_unsafe: Told about each link skipped.
+    """
+    for entry in items:
+        name = entry.name
+        # The cheapest tests first: this loop runs once per entry.
+        if not (
+            len(name) == KEY_LENGTH
+            and name.startswith(prefix)
+            and _KEY_MATCH(name) is not None
+        ):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            yield entry
+        else:
+            _report_link(entry, on_unsafe)
+
+
 def iter_entry_dirs(
     root: Path, *, on_unsafe: UnsafeHandler | None = None
 ) -> Iterator[os.DirEntry[str]]:
@@ -175,26 +229,10 @@ def iter_entry_dirs(
     Yields:
         One `os.DirEntry` per entry folder (its name is the key).
     """
-    for shard in folder_entries(root):
-        if not is_shard_name(shard.name):
-            continue
-        if not shard.is_dir(follow_symlinks=False):
-            _report_link(shard, on_unsafe)
-            continue
-        prefix = shard.name
-        # The cheapest tests first: this loop runs once per entry.
-        for entry in folder_entries(shard.path):
-            name = entry.name
-            if not (
-                len(name) == KEY_LENGTH
-                and name.startswith(prefix)
-                and _KEY_MATCH(name) is not None
-            ):
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                yield entry
-            else:
-                _report_link(entry, on_unsafe)
+    for shard in iter_shard_dirs(root, on_unsafe=on_unsafe):
+        yield from entry_dirs_of(
+            shard.name, folder_entries(shard.path), on_unsafe=on_unsafe
+        )
 
 
 def _report_link(item: os.DirEntry[str], on_unsafe: UnsafeHandler | None) -> None:

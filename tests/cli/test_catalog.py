@@ -92,3 +92,61 @@ def test_verify_does_not_trust_a_row_whose_manifest_changed(
     result = cli("verify", "--cache-dir", str(root), "--json")
     assert result.exit_code == 1
     assert [d["key"] for d in json.loads(result.stdout)["damaged"]] == [keys[0]]
+
+
+def test_verify_on_several_processes_finds_the_same_damage(
+    cache: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from styxcache import quick_verify
+
+    root, keys = cache
+    assert cli("verify", "--cache-dir", str(root)).exit_code == 0  # catalogs checks
+    monkeypatch.setattr(quick_verify, "MIN_PER_JOB", 1)  # fork even for 4 entries
+    out = CacheStore(root).entry_dir(keys[2]) / "out.bin"
+    os.chmod(out, 0o644)
+    out.write_bytes(b"short")
+    result = cli("verify", "--cache-dir", str(root), "--jobs", "3", "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert [d["key"] for d in report["damaged"]] == [keys[2]]
+    assert report["checked"] == 4
+    again = cli_json("verify", "--cache-dir", str(root), "--jobs", "3")
+    assert again["damaged"] == [] and again["checked"] == 3
+
+
+def test_a_long_lived_writer_closes_full_files_so_scans_can_fold_them(
+    cache: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from styxcache import catalog
+    from styxcache.inventory import scan_entries
+
+    root, keys = cache
+    monkeypatch.setattr(catalog, "ROTATE_BYTES", 300)
+    for key in keys * 30:  # uses, as hits record them, from this live process
+        catalog.record_use(root, key)
+    names = os.listdir(root / CATALOG_DIR)
+    closed = [n for n in names if n.startswith("closed-")]
+    assert closed  # full files were closed, though their writer still runs
+    assert catalog.foldable(names) >= len(closed)
+    assert len(load_catalog(root).rows) == 4
+    list(scan_entries(CacheStore(root)))  # a full scan folds them
+    assert not any(n.startswith("closed-") for n in os.listdir(root / CATALOG_DIR))
+    assert len(load_catalog(root).rows) == 4
+
+
+def test_a_use_recorded_while_a_scan_runs_outlives_its_snapshot(
+    cache: tuple[Path, list[str]],
+) -> None:
+    from styxcache import catalog
+    from styxcache.inventory import EntryDescriber, scan_stamps
+
+    root, keys = cache
+    store = CacheStore(root)
+    describer = EntryDescriber(store)  # the scan starts
+    for stamp in scan_stamps(store):
+        describer.describe(stamp)
+    # A hit elsewhere, after the scan read the folder times.
+    catalog.record_use(root, keys[0], describer.started_ns + 1)
+    describer.snapshot()
+    known = load_catalog(root).rows.last_use_of(keys[0])
+    assert known is not None and known[1] == describer.started_ns + 1

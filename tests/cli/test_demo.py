@@ -11,8 +11,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from conftest import require
-from styxcache._demo_mrtrix import missing_requirements
 from styxcache.cli import main
+from styxcache.demo.mrtrix import missing_requirements
 
 
 def _check_two_runs(report: dict[str, list[dict[str, object]]], steps: int) -> None:

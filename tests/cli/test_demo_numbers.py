@@ -7,9 +7,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from styxcache._demo_mrtrix import PipelineReport, StepReport
 from styxcache.cli import main
-from styxcache.cli.demo import summarize
+from styxcache.demo.command import summarize
+from styxcache.demo.report import PipelineReport, StepReport
 
 
 def _report(*steps: tuple[str, float]) -> PipelineReport:

@@ -8,6 +8,7 @@ archive leaves the target cache, and every folder around it, untouched.
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import json
 import tarfile
@@ -192,6 +193,7 @@ def test_size_limit_is_checked_before_writing(
     with pytest.raises(TransferError, match="more than 1000 bytes"):
         import_entries(CacheStore(target), archive, max_bytes=1000)
     assert not target.exists()
+    assert gc.isenabled()  # the import paused the cycle collector, and restored it
 
 
 def test_import_does_not_need_tarfile_filters(

@@ -107,7 +107,7 @@ def test_ls_filters_and_sorts(used: tuple[Path, Path, dict[str, str]]) -> None:
     ] == 4
     text = cli("ls", "--cache-dir", str(cache), "--tool", "demo/w*").stdout
     assert (
-        keys["large"][:12] in text and "65.5 KiB" in text and "2 of 4 entries" in text
+        keys["large"][:12] in text and "65.4 KiB" in text and "2 of 4 entries" in text
     )
 
 

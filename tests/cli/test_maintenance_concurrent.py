@@ -17,7 +17,7 @@ from clihelpers import cli, make_runner, write_block
 from test_gc_concurrent import _finish, _prefill, _split_json, _start_workers
 
 from conftest import require
-from styxcache.gc import _claim
+from styxcache.gc_safety import claim as _claim
 from styxcache.hashing import ContentHasher
 from styxcache.store import CacheStore, remove_tree
 
@@ -86,7 +86,7 @@ class _CollectingHasher(ContentHasher):
 def test_verify_of_an_entry_gc_removes_mid_read_is_not_an_error(
     tmp_path: Path,
 ) -> None:
-    from styxcache.cli.cache_commands import _verify_one
+    from styxcache.cli.verify_command import _verify_one
 
     cache = tmp_path / "cache"
     source = tmp_path / "in.txt"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from clihelpers import key_of, make_runner, set_last_use, write_block
 
-from styxcache.gc import RESCAN_S, trim_after_commit
+from styxcache.cache_size import CacheSizeEstimate
+from styxcache.gc_trim import RESCAN_S, trim_after_commit
 from styxcache.inventory import scan_entries
 from styxcache.store import CacheStore
 
@@ -55,7 +56,11 @@ def test_recent_entries_and_the_new_one_survive_a_tiny_cap(tmp_path: Path) -> No
     # Both are over the cap alone, but used within the last minutes by this run.
     assert set(sizes(cache)) == {first, second}
     report = trim_after_commit(
-        CacheStore(cache), 1024, keep=second, keep_used_after=time.time() + 1
+        CacheStore(cache),
+        1024,
+        keep=second,
+        estimate=CacheSizeEstimate(),
+        keep_used_after=time.time() + 1,
     )
     assert report is not None and report.removed[0].entry.key == first
     assert set(sizes(cache)) == {second}
@@ -66,6 +71,8 @@ def test_between_scans_commits_are_added_up(tmp_path: Path) -> None:
     source = tmp_path / "in.txt"
     source.write_text("x\n")
     store = CacheStore(cache)
+    # The running total of one runner, kept between its commits.
+    estimate = CacheSizeEstimate()
     # Another process (a runner without a cap) fills the cache meanwhile.
     other = make_runner(cache, tmp_path / "other")
     first = key_of(write_block(other, source, size=8 * KIB, n=0)["out"], cache)
@@ -75,17 +82,25 @@ def test_between_scans_commits_are_added_up(tmp_path: Path) -> None:
     set_last_use(cache, first, old)
     t0 = time.time()
     assert (
-        trim_after_commit(store, cap, keep=first, clock=lambda: t0) is None
+        trim_after_commit(store, cap, keep=first, estimate=estimate, clock=lambda: t0)
+        is None
     )  # scanned
     for n in (1, 2, 3):
         key = key_of(write_block(other, source, size=8 * KIB, n=n)["out"], cache)
         set_last_use(cache, key, old + n)
     mine = key_of(write_block(other, source, size=8 * KIB, n=9)["out"], cache)
     # Within RESCAN_S the estimate (first + mine) is under the cap: no scan.
-    assert trim_after_commit(store, cap, keep=mine, clock=lambda: t0 + 1) is None
+    assert (
+        trim_after_commit(
+            store, cap, keep=mine, estimate=estimate, clock=lambda: t0 + 1
+        )
+        is None
+    )
     assert len(sizes(cache)) == 5
     # Later, the rescan sees the other process's entries and trims.
-    report = trim_after_commit(store, cap, keep=mine, clock=lambda: t0 + RESCAN_S + 1)
+    report = trim_after_commit(
+        store, cap, keep=mine, estimate=estimate, clock=lambda: t0 + RESCAN_S + 1
+    )
     assert report is not None
     assert report.removed[0].entry.key == first
     assert sum(sizes(cache).values()) <= 0.9 * cap

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import gc
+import gzip
 import io
 import json
 import os
+import shutil
+import subprocess
+import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from clihelpers import (
@@ -23,6 +30,7 @@ from clihelpers import (
 
 from styxcache.store import CacheStore
 from styxcache.transfer import TransferError, import_entries
+from styxcache.transfer.parallel import worker_count
 
 
 @pytest.fixture
@@ -230,3 +238,200 @@ def test_export_by_tool(
         str(tmp_path / "c.tar.gz"),
     )
     assert [e["key"] for e in report["entries"]] == [keys[2]]
+
+
+def test_export_leaves_out_entries_that_are_not_whole(
+    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+) -> None:
+    """A damaged entry is left out with why; the rest import as usual."""
+    cache, keys, _ = source_cache
+    store = CacheStore(cache)
+    extra = store.entry_dir(keys[0]) / "planted.txt"
+    os.chmod(extra.parent, 0o755)
+    extra.write_text("not the tool's\n")
+    out = store.entry_dir(keys[1]) / "out.bin"
+    os.chmod(out, 0o644)
+    out.write_bytes(b"short")
+    report = cli_json("export", "--cache-dir", str(cache), str(tmp_path / "a.tar.gz"))
+    assert [e["key"] for e in report["entries"]] == [keys[2]]
+    assert "planted.txt is not listed" in report["skipped"][keys[0]]
+    assert "out.bin" in report["skipped"][keys[1]]
+    target = tmp_path / "site-b"
+    imported = cli_json(
+        "import", "--cache-dir", str(target), str(tmp_path / "a.tar.gz")
+    )
+    assert imported["imported"] == [keys[2]]
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="no tar command")
+def test_an_export_repacked_by_gnu_tar_imports(
+    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+) -> None:
+    """The reader is not tied to our writer: GNU tar's own format imports too."""
+    cache, keys, source = source_cache
+    archive = tmp_path / "all.tar.gz"
+    assert cli("export", "--cache-dir", str(cache), str(archive)).exit_code == 0
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(["tar", "-xzf", str(archive), "-C", str(unpacked)], check=True)
+    repacked = tmp_path / "repacked.tar.gz"
+    subprocess.run(
+        [
+            "tar",
+            "--format=gnu",
+            "-czf",
+            str(repacked),
+            "-C",
+            str(unpacked),
+            "entries",
+            "styxcache-export.json",
+        ],
+        check=True,
+    )
+    target = tmp_path / "site-b"
+    report = import_entries(CacheStore(target), repacked)
+    assert sorted(report.imported) == sorted(keys)
+    events = []
+    runner = make_runner(target, tmp_path / "scratch-b")
+    runner.on_event = events.append
+    write_block(runner, source, size=5000, n=2)
+    assert [e.kind for e in events] == ["hit"]
+
+
+def test_imported_entries_are_sealed_and_listed(
+    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+) -> None:
+    cache, keys, _ = source_cache
+    archive = tmp_path / "all.tar.gz"
+    cli("export", "--cache-dir", str(cache), str(archive))
+    target = tmp_path / "site-b"
+    import_entries(CacheStore(target), archive)
+    assert gc.isenabled()  # paused during the import only
+    for key in keys:
+        entry = CacheStore(target).entry_dir(key)
+        for path in entry.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                assert not path.stat().st_mode & 0o222, path
+    listed = cli_json("ls", "--cache-dir", str(target))
+    rows = listed["entries"] if isinstance(listed, dict) else listed
+    assert sorted(row["key"] for row in rows) == sorted(keys)
+    assert cli("verify", "--full", "--cache-dir", str(target)).exit_code == 0
+
+
+def test_a_tampered_log_rejects_the_import(
+    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+) -> None:
+    cache, keys, _ = source_cache
+    archive = tmp_path / "all.tar.gz"
+    cli("export", "--cache-dir", str(cache), str(archive))
+    bad = tmp_path / "bad.tar.gz"
+    _rewrite(
+        archive, bad, {f"{keys[1]}/.styxcache.stdout.gz": gzip.compress(b"9\n9\n")}
+    )
+    target = tmp_path / "site-b"
+    result = cli("import", "--cache-dir", str(target), str(bad))
+    assert result.exit_code == 1
+    assert "log .styxcache.stdout.gz" in " ".join(result.output.split())
+    assert not target.exists() or list(CacheStore(target).iter_keys()) == []
+
+
+class _TwinFirst(CacheStore):
+    """A store where a concurrent twin commits each key just before we do."""
+
+    def commit(self, staging: Path, key: str, **kwargs: Any) -> Path:
+        twin = self.stage(key)
+        shutil.rmtree(twin)
+        shutil.copytree(staging, twin, symlinks=True)
+        super().commit(twin, key)
+        return super().commit(staging, key, **kwargs)
+
+
+def test_import_when_a_twin_commits_first(
+    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+) -> None:
+    cache, keys, _ = source_cache
+    archive = tmp_path / "all.tar.gz"
+    cli("export", "--cache-dir", str(cache), str(archive))
+    target = tmp_path / "site-b"
+    report = import_entries(_TwinFirst(target), archive)
+    assert sorted(report.imported) == sorted(keys)
+    assert cli("verify", "--full", "--cache-dir", str(target)).exit_code == 0
+    assert not list((target / ".incoming").iterdir())
+
+
+_FRESH_IMPORT = """
+import json, sys
+from pathlib import Path
+from styxcache.store import CacheStore
+from styxcache.transfer import TransferError, import_entries
+from styxcache.transfer.parallel import worker_count
+assert worker_count(3, 3) == 3, "no fork here"
+try:
+    report = import_entries(CacheStore(Path(sys.argv[1])), Path(sys.argv[2]), workers=3)
+except TransferError as exc:
+    sys.exit(f"rejected: {exc}")
+print(json.dumps(report.as_dict()))
+"""
+
+
+def _import_in_fresh_process(target: Path, archive: Path) -> dict[str, Any]:
+    """Import in a process of its own: this one has threads, so it would not fork."""
+    done = subprocess.run(
+        [sys.executable, "-c", _FRESH_IMPORT, str(target), str(archive)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode:
+        raise TransferError(done.stderr)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_import_in_worker_processes(
+    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+) -> None:
+    cache, keys, _ = source_cache
+    archive = tmp_path / "all.tar.gz"
+    cli("export", "--cache-dir", str(cache), str(archive))
+    bad = tmp_path / "bad.tar.gz"
+    _rewrite(archive, bad, {f"{keys[2]}/count.txt": b"X\n"})
+    target = tmp_path / "site-b"
+    # A damaged entry in one worker's slice stops every slice's commit.
+    with pytest.raises(TransferError, match="failed verification"):
+        _import_in_fresh_process(target, bad)
+    assert list(CacheStore(target).iter_keys()) == []
+    assert os.listdir(target / ".incoming") == []
+    report = _import_in_fresh_process(target, archive)
+    assert sorted(report["imported"]) == sorted(keys)
+    assert keys[2] in CacheStore(target).recent_keys("demo/count")
+    listed = cli_json("ls", "--cache-dir", str(target))
+    rows = listed["entries"] if isinstance(listed, dict) else listed
+    assert sorted(row["key"] for row in rows) == sorted(keys)
+    assert cli("verify", "--full", "--cache-dir", str(target)).exit_code == 0
+    assert sorted(_import_in_fresh_process(target, archive)["present"]) == sorted(keys)
+
+
+def test_other_threads_mean_no_fork(
+    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+) -> None:
+    cache, keys, _ = source_cache
+    archive = tmp_path / "all.tar.gz"
+    cli("export", "--cache-dir", str(cache), str(archive))
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        # Forking now could copy a lock the other thread holds: all in-process.
+        assert worker_count(3, len(keys)) == 1
+        verified: list[str] = []
+        report = import_entries(
+            CacheStore(tmp_path / "site-b"),
+            archive,
+            workers=3,
+            on_verified=verified.append,
+        )
+    finally:
+        stop.set()
+        other.join()
+    assert sorted(report.imported) == sorted(verified) == sorted(keys)

@@ -100,6 +100,12 @@ def four_values() -> list[dict[str, Any]]:
     return [{"key": f"i{n}", "value": f"v{n}"} for n in range(4)]
 
 
+def note_run(ctx: RunContext) -> str:
+    """Say where the run ran (the executor contract's target)."""
+    _append("DIST_RUNS", f"{ctx.key} {os.getpid()}")
+    return ctx.key
+
+
 def boom(ctx: RunContext) -> None:
     raise RuntimeError(f"{ctx.key} exploded on purpose")
 

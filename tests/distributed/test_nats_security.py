@@ -41,11 +41,9 @@ from styxcache.scheduler import (
     NatsDispatcher,
     NatsSettings,
     RunContext,
-    RunRequest,
     Scheduler,
-    execute_run,
 )
-from styxcache.scheduler.runs import RunLostError
+from styxcache.scheduler.runs import RunLostError, RunRequest, execute_run
 from styxcache.scheduler.signing import MessageAuth
 from styxcache.scheduler.wire import encode_report, encode_task
 

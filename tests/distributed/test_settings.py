@@ -17,10 +17,10 @@ from styxcache.scheduler import (
     RunContext,
     RunnerSpec,
     RunOutcome,
-    RunRequest,
     Scheduler,
     load_config,
 )
+from styxcache.scheduler.runs import RunRequest
 from styxcache.scheduler.wire import (
     WireError,
     decode_report,

@@ -17,7 +17,7 @@ import pytest
 from styxdefs import LocalRunner
 
 from conftest import require
-from styxcache._demo_mrtrix import (
+from styxcache.demo.mrtrix import (
     MrtrixUnavailableError,
     PipelineReport,
     ensure_images,

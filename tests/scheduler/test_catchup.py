@@ -18,8 +18,8 @@ from styxcache.scheduler import (
     Ledger,
     RunRecord,
     Scheduler,
-    run_key,
 )
+from styxcache.scheduler.ledger import run_key
 
 MINUTE = 60.0
 

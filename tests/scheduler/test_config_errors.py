@@ -155,7 +155,7 @@ def test_the_docs_reference_is_generated_from_the_loader_table() -> None:
     begin, end = "<!-- yaml-reference:begin -->", "<!-- yaml-reference:end -->"
     assert begin in doc and end in doc
     section = doc.split(begin, 1)[1].split(end, 1)[0].strip()
-    # Regenerate with: python -c "from styxcache.scheduler.config import
+    # Regenerate with: python -c "from styxcache.scheduler.config_keys import
     # render_reference; print(render_reference())"
     assert section == render_reference().strip()
     for key in (*ENTRY_FIELDS, *TOP_FIELDS):

@@ -15,10 +15,9 @@ from styxcache.scheduler import (
     InlineExecutor,
     ProcessExecutor,
     Scheduler,
-    SystemClock,
     ThreadExecutor,
-    make_executor,
 )
+from styxcache.scheduler.executors import make_executor
 
 
 def test_process_executor_runs_importable_targets(
@@ -125,31 +124,3 @@ def test_fake_clock_wait_wake_and_jump() -> None:
     clock.jump(-3600)
     assert clock.monotonic() - mono == 5
     assert clock.now() == dt.datetime(2023, 12, 31, 23, 0, 5, tzinfo=dt.timezone.utc)
-
-
-def test_system_clock_wake_returns_at_once() -> None:
-    clock = SystemClock()
-    clock.wake()
-    assert clock.wait(30) is True
-    assert clock.now().tzinfo is dt.timezone.utc
-
-
-def test_swappable_pieces_satisfy_their_protocols(tmp_path: Path) -> None:
-    from styxcache.scheduler import (
-        Clock,
-        CronTrigger,
-        Executor,
-        IntervalTrigger,
-        Ledger,
-        RunStore,
-        Trigger,
-    )
-
-    ledger = Ledger(tmp_path / "l.sqlite3")
-    assert isinstance(ledger, RunStore)
-    ledger.close()
-    assert isinstance(CronTrigger("0 2 * * *"), Trigger)
-    assert isinstance(IntervalTrigger(60), Trigger)
-    for executor in (InlineExecutor(), ThreadExecutor(1)):
-        assert isinstance(executor, Executor)
-    assert isinstance(FakeClock(), Clock) and isinstance(SystemClock(), Clock)

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import sched_jobs
 
-from styxcache.scheduler import FakeClock, Scheduler, item_key
+from styxcache.scheduler import FakeClock, Scheduler
+from styxcache.scheduler.planner import item_key, jitter
 
 MINUTE = 60.0
 
@@ -161,13 +162,13 @@ def test_jitter_is_deterministic_and_below_the_period(
 ) -> None:
     scheduler = make_scheduler()
     entry = scheduler.register_task("j", 10.0, lambda: None, jitter_seconds=3600)
-    jitters = [scheduler._jitter(entry, 1_700_000_000 + 10 * k) for k in range(2000)]
+    jitters = [jitter(entry, 1_700_000_000 + 10 * k) for k in range(2000)]
     assert all(0 <= j < 10.0 for j in jitters)
     assert len(set(jitters)) > 1000  # spread, not constant
-    again = [scheduler._jitter(entry, 1_700_000_000 + 10 * k) for k in range(2000)]
+    again = [jitter(entry, 1_700_000_000 + 10 * k) for k in range(2000)]
     assert again == jitters
     cron = scheduler.register_task("c", "0 * * * *", lambda: None, jitter_seconds=30)
-    assert all(0 <= scheduler._jitter(cron, 3600.0 * k) < 30 for k in range(500))
+    assert all(0 <= jitter(cron, 3600.0 * k) < 30 for k in range(500))
 
 
 def test_jittered_fire_waits_for_its_due_time(
@@ -181,7 +182,7 @@ def test_jittered_fire_waits_for_its_due_time(
     scheduler.run_pending()
     nominal = entry.trigger.next_after(clock.time())
     assert nominal is not None
-    due = nominal + scheduler._jitter(entry, nominal)
+    due = nominal + jitter(entry, nominal)
     clock.set(FakeClock(due - 0.5).now())
     scheduler.run_pending()
     assert ran == []

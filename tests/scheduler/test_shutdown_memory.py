@@ -138,7 +138,7 @@ def test_process_executor_shutdown_terminates_workers(
     s.run_pending(wait=False)
     # Wait for the worker to start the target: poll the ledger-independent marker
     # through a real event the child cannot share, so use the future instead.
-    (fire,) = list(s._inflight.values())
+    (fire,) = list(s._dispatch.settler.inflight.values())
     assert fire.future is not None and not fire.future.done()
     assert s.shutdown(timeout=0) is False
     assert s.ledger.history(entry="hang")[0].state == "interrupted"

@@ -25,8 +25,8 @@ from styxcache.scheduler import (
     RunRecord,
     RunStore,
     Scheduler,
-    run_key,
 )
+from styxcache.scheduler.runstore import run_key
 from styxcache.scheduler.stores import StoreUnavailableError
 
 MINUTE = 60.0
@@ -89,6 +89,11 @@ def _opener(
     yield open_
     for store in opened:
         store.close()
+
+
+def _stored(store: Any, name: str, signature: str) -> Any:
+    """Read a schedule's stored state through the protocol (an unchanged sync)."""
+    return store.sync_entries([(name, signature, True, 0.0)])[name]
 
 
 def _rec(key: str, entry: str = "e", nominal: float = 0.0, **kw: Any) -> RunRecord:
@@ -160,7 +165,8 @@ def test_sync_entries_rules(open_store: OpenStore) -> None:
     assert (enabled.watermark, enabled.since) == (800.0, 800.0)
     restarted = store.sync_entries([("e", "sig2", True, 900.0)], restart=["e"])["e"]
     assert (restarted.watermark, restarted.since) == (900.0, 900.0)
-    assert store.entry_states()["e"].watermark == 900.0
+    # Syncing it unchanged reads back what is stored.
+    assert _stored(store, "e", "sig2").watermark == 900.0
 
 
 def test_watermark_only_moves_forward(open_store: OpenStore) -> None:
@@ -168,7 +174,7 @@ def test_watermark_only_moves_forward(open_store: OpenStore) -> None:
     store.sync_entries([("e", "sig", True, 100.0)])
     store.claim([_rec("a")], {"e": 300.0})
     store.claim([_rec("b")], {"e": 200.0})
-    assert open_store().entry_states()["e"].watermark == 300.0
+    assert _stored(open_store(), "e", "sig").watermark == 300.0
 
 
 def test_update_history_and_counts(open_store: OpenStore) -> None:
@@ -208,6 +214,21 @@ def test_pause_is_stored_and_shared(open_store: OpenStore) -> None:
     assert open_store().paused_entries() == {"e": 100.0, "never-seen": 150.0}
     store.set_paused("e", False, 300.0)
     assert open_store().paused_entries() == {"never-seen": 150.0}
+
+
+def test_runs_of_a_closed_store_are_recovered_as_interrupted(
+    open_store: OpenStore, clock: FakeClock
+) -> None:
+    ended = open_store()
+    ended.claim([_rec("a", state="running"), _rec("b", state="planned")])
+    ended.close()  # its scheduler stopped without finishing them
+    survivor = open_store()
+    survivor.claim([_rec("mine", state="running")])
+    assert survivor.recover_orphans(clock.time()) == 2
+    assert {survivor.get(k).state for k in ("a", "b")} == {"interrupted"}
+    assert survivor.get("a").reason
+    assert survivor.get("mine").state == "running"
+    assert survivor.recover_orphans(clock.time()) == 0
 
 
 # --------------------------------------------------------- with a scheduler
@@ -464,12 +485,13 @@ def test_schema_is_versioned_and_upgraded(
     import psycopg
 
     from styxcache.scheduler import pg_store
+    from styxcache.scheduler.pg_schema import _MIGRATIONS
 
     # A database left at version 1 by an older styxcache.
     with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {pg_schema}")
         conn.execute(f"CREATE TABLE {pg_schema}.schema_version (version INTEGER)")
-        for statement in pg_store._MIGRATIONS[0].split(";"):
+        for statement in _MIGRATIONS[0].split(";"):
             if statement.strip():
                 conn.execute(statement.replace("{s}", pg_schema))
         conn.execute(f"INSERT INTO {pg_schema}.schema_version VALUES (1)")
@@ -644,7 +666,7 @@ def test_masked_dsn_never_shows_a_password() -> None:
 
 
 def test_open_store_gives_the_sqlite_ledger_for_a_folder(tmp_path: Path) -> None:
-    from styxcache.scheduler import open_store as open_named
+    from styxcache.scheduler.stores import open_store as open_named
 
     store = open_named(tmp_path / "state")
     try:

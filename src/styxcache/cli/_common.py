@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from styxcache.events import EVENTS_DIR
 from styxcache.store import CacheStore
@@ -28,6 +29,8 @@ __all__ = [
     "json_option",
     "open_store",
     "out_console",
+    "print_unsafe",
+    "progress",
 ]
 
 ENV_VAR = "STYXCACHE_DIR"
@@ -99,17 +102,7 @@ def open_store(cache_dir: Path | None, *, allow_missing: bool = False) -> CacheS
     return CacheStore(root)
 
 
-_CACHE_MARKERS = frozenset(
-    {
-        CacheStore.STAGING_DIR,
-        CacheStore.LOCKS_DIR,
-        CacheStore.QUARANTINE_DIR,
-        CacheStore.FAILED_DIR,
-        CacheStore.TRASH_DIR,
-        CacheStore.TOOLS_DIR,
-        EVENTS_DIR,
-    }
-)
+_CACHE_MARKERS = frozenset({*CacheStore.WORK_DIRS, EVENTS_DIR})
 
 
 def _check_holds_a_cache(root: Path, *, allow_other: bool) -> None:
@@ -157,3 +150,28 @@ def out_console() -> Console:
 def err_console() -> Console:
     """A console for progress bars and notes on stderr (markup off, as above)."""
     return Console(stderr=True, highlight=False, markup=False)
+
+
+def print_unsafe(unsafe: Sequence[Mapping[str, str]]) -> None:
+    """Warn on stderr about links skipped by a walk (`{"path", "reason"}` items)."""
+    console = err_console()
+    for item in unsafe:
+        console.print(
+            f"warning: skipped {item['path']}: it {item['reason']}", markup=False
+        )
+
+
+def progress(what: str) -> Progress:
+    """A progress bar on stderr, shown only on a terminal.
+
+    Args:
+        what: Its label.
+    """
+    return Progress(
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err_console(),
+        transient=True,
+        disable=not err_console().is_terminal,
+    )

@@ -18,10 +18,12 @@ import click
 
 __all__ = [
     "LOG_FORMATS",
+    "LOG_LEVELS",
     "JsonFormatter",
     "TextFormatter",
     "configure_logging",
     "log_format_option",
+    "log_level_option",
 ]
 
 LOG_FORMATS = ("auto", "text", "json", "rich")
@@ -114,13 +116,32 @@ def configure_logging(
     return handler
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+"""The `--log-level` choices."""
+
+
+def _choice_option(
+    name: str, choices: tuple[str, ...], default: str, text: str
+) -> Callable[[F], F]:
+    return click.option(
+        name,
+        type=click.Choice(choices, case_sensitive=False),
+        default=default,
+        show_default=True,
+        help=text,
+    )
+
+
+def log_level_option(command: F) -> F:
+    """Add `--log-level DEBUG|INFO|WARNING|ERROR` (default INFO) to a command."""
+    text = "Least severe log records shown."
+    return _choice_option("--log-level", LOG_LEVELS, "INFO", text)(command)
+
+
 def log_format_option(command: F) -> F:
     """Add `--log-format auto|text|json|rich` to a command."""
-    return click.option(
-        "--log-format",
-        type=click.Choice(LOG_FORMATS, case_sensitive=False),
-        default="auto",
-        show_default=True,
-        help="Log records: text (one line each, ISO-8601 times), json (one"
-        " object per line), rich; auto is rich on a terminal, else text.",
-    )(command)
+    text = (
+        "Log records: text (one line each, ISO-8601 times), json (one"
+        " object per line), rich; auto is rich on a terminal, else text."
+    )
+    return _choice_option("--log-format", LOG_FORMATS, "auto", text)(command)

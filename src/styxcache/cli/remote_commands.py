@@ -6,14 +6,14 @@ or some entries were damaged or could not be moved; 2 usage errors.
 
 from __future__ import annotations
 
-import fnmatch
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
-from styxcache.inventory import EntryInfo, scan_entries
+from styxcache.inventory import scan_entries
 from styxcache.manifest import Manifest
 from styxcache.remote import ENV_REMOTE, RemoteConfigError, RemoteError, RemoteTier
 from styxcache.remote.sync import ENTRY_WORKERS, SyncReport, pull_entries, push_entries
@@ -26,7 +26,14 @@ from ._common import (
     open_store,
     out_console,
 )
-from ._units import DurationType, SizeType, WhenType, human_size
+from ._filters import (
+    EntryFilter,
+    last_use_options,
+    size_options,
+    tool_option,
+    used_since_option,
+)
+from ._units import human_size
 
 __all__ = ["COMMANDS"]
 
@@ -62,10 +69,6 @@ def _tier(remote: str | None) -> RemoteTier:
         raise click.UsageError(str(exc)) from None
 
 
-def _tool_matches(pattern: str | None, tool: str) -> bool:
-    return pattern is None or tool == pattern or fnmatch.fnmatchcase(tool, pattern)
-
-
 def _finish(report: SyncReport, verb: str, where: str, as_json: bool) -> None:
     if as_json:
         emit_json({"remote": where, **report.as_dict()})
@@ -92,20 +95,10 @@ def _remote_failed(exc: RemoteError, report_moved: str) -> click.ClickException:
 @click.command(cls=CacheCommand)
 @cache_dir_option
 @_remote_option
-@click.option("--tool", help="Only entries of this tool (package/id, or a glob).")
-@click.option(
-    "--used-since",
-    type=WhenType(),
-    help="Only entries used after this time: a duration ago (2h) or an ISO date.",
-)
-@click.option(
-    "--unused-for", type=DurationType(), help="Only entries not used for this long."
-)
-@click.option(
-    "--used-within", type=DurationType(), help="Only entries used this recently."
-)
-@click.option("--larger-than", type=SizeType(), help="Only entries larger than this.")
-@click.option("--smaller-than", type=SizeType(), help="Only entries smaller than this.")
+@tool_option
+@used_since_option()
+@last_use_options
+@size_options
 @click.option("--dry-run", is_flag=True, help="Only show what would be uploaded.")
 @_jobs_option
 @json_option
@@ -113,15 +106,10 @@ def push(
     *,
     cache_dir: Path | None,
     remote: str | None,
-    tool: str | None,
-    used_since: float | None,
-    unused_for: float | None,
-    used_within: float | None,
-    larger_than: int | None,
-    smaller_than: int | None,
     dry_run: bool,
     jobs: int,
     as_json: bool,
+    **filters: Any,
 ) -> None:
     """Upload local entries to the remote cache (those it lacks).
 
@@ -137,20 +125,12 @@ def push(
     """  # noqa: D301 - click's \b keeps the examples unwrapped
     store = open_store(cache_dir)
     tier = _tier(remote)
-    now = time.time()
-
-    def wanted(entry: EntryInfo) -> bool:
-        return (
-            entry.state == "complete"
-            and _tool_matches(tool, entry.tool)
-            and (used_since is None or entry.last_used >= used_since)
-            and (unused_for is None or entry.last_used <= now - unused_for)
-            and (used_within is None or entry.last_used >= now - used_within)
-            and (larger_than is None or entry.size > larger_than)
-            and (smaller_than is None or entry.size < smaller_than)
-        )
-
-    chosen = [(e.key, e.size) for e in scan_entries(store) if wanted(e)]
+    wanted = EntryFilter(time.time(), **filters)  # the options of _filters.py
+    chosen = [
+        (e.key, e.size)
+        for e in scan_entries(store)
+        if e.state == "complete" and wanted.matches(e)
+    ]
     try:
         report = push_entries(tier, store, chosen, jobs=jobs, dry_run=dry_run)
     except RemoteError as exc:
@@ -163,14 +143,9 @@ def push(
 @click.command(cls=CacheCommand)
 @cache_dir_option
 @_remote_option
-@click.option("--tool", help="Only entries of this tool (package/id, or a glob).")
-@click.option(
-    "--used-since",
-    type=WhenType(),
-    help="Only entries uploaded after this time: a duration ago (2h) or an ISO date.",
-)
-@click.option("--larger-than", type=SizeType(), help="Only entries larger than this.")
-@click.option("--smaller-than", type=SizeType(), help="Only entries smaller than this.")
+@tool_option
+@used_since_option("uploaded")
+@size_options
 @click.option("--dry-run", is_flag=True, help="Only show what would be downloaded.")
 @_jobs_option
 @json_option
@@ -200,13 +175,12 @@ def pull(
     store = open_store(cache_dir, allow_missing=True)
     tier = _tier(remote)
 
+    wanted = EntryFilter(
+        time.time(), tool=tool, larger_than=larger_than, smaller_than=smaller_than
+    )
+
     def accept(manifest: Manifest) -> bool:
-        size = manifest.total_size
-        return (
-            _tool_matches(tool, manifest.tool)
-            and (larger_than is None or size > larger_than)
-            and (smaller_than is None or size < smaller_than)
-        )
+        return wanted.described_ok(manifest.tool, manifest.total_size)
 
     if not dry_run:
         store.root.mkdir(parents=True, exist_ok=True)

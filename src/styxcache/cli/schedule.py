@@ -5,44 +5,66 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from styxcache.cli._common import emit_json
-from styxcache.cli._logging import configure_logging, log_format_option
+from styxcache.cli._logging import (
+    configure_logging,
+    log_format_option,
+    log_level_option,
+)
+from styxcache.cli._schedule_store import (
+    HISTORY_COLUMNS,
+    check_state_url,
+    history_cells,
+    load_schedule,
+    open_run_store,
+    readable_row,
+)
 from styxcache.cli._tables import print_table
 from styxcache.scheduler import (
     ConfigError,
     InlineExecutor,
     Ledger,
     Scheduler,
-    load_config,
 )
-from styxcache.scheduler.clock import utc_from_timestamp
-from styxcache.scheduler.config import ScheduleConfig, cache_label, executor_label
+from styxcache.scheduler.config import ScheduleConfig
+from styxcache.scheduler.entry import cache_label, executor_label
 from styxcache.scheduler.ledger import LedgerError
 from styxcache.scheduler.nats_connect import ENV_INSECURE
+from styxcache.scheduler.refs import ref_name
 from styxcache.scheduler.stores import (
     StoreUnavailableError,
-    is_database_url,
     mask_dsn,
     open_store,
 )
 
-LEDGER_NAME = "ledger.sqlite3"
+F = TypeVar("F", bound=Callable[..., Any])
 
 _config_arg = click.argument(
     "config", type=click.Path(dir_okay=False, path_type=Path), metavar="CONFIG.yaml"
 )
 
-
-def _load(config: Path) -> ScheduleConfig:
-    try:
-        return load_config(config)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+_name_arg = click.argument("name", metavar="NAME")
+_state_dir_option = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Override state_dir.",
+)
+_store_option = click.option(
+    "--store",
+    "state_url",
+    metavar="URL",
+    help="A postgresql:// run store (default: the file's state:, else the"
+    " ledger in state_dir).",
+)
+_json_flag = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document to stdout."
+)
 
 
 class _ScheduleGroup(click.Group):
@@ -71,11 +93,7 @@ def schedule() -> None:
 
 @schedule.command()
 @_config_arg
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Override state_dir.",
-)
+@_state_dir_option
 @click.option(
     "--state",
     "state_url",
@@ -101,12 +119,7 @@ def schedule() -> None:
     " publish to the server can then forge results and reload this scheduler."
     " Private test servers only.",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-    default="INFO",
-    show_default=True,
-)
+@log_level_option
 @log_format_option
 def run(
     config: Path,
@@ -129,8 +142,8 @@ def run(
         # Read by NatsSettings.insecure() when the NATS executor starts.
         os.environ[ENV_INSECURE] = "1"
     try:
-        _check_state_url(state_url)
-        url = state_url or (_load(config).state if state_dir is None else None)
+        check_state_url(state_url)
+        url = state_url or (load_schedule(config).state if state_dir is None else None)
         store = open_store(url, lease_seconds=lease_seconds) if url else None
         scheduler = Scheduler.from_yaml(config, state_dir=state_dir, store=store)
     except ConfigError as exc:
@@ -158,7 +171,7 @@ def run(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_(config: Path, count: int, as_json: bool) -> None:
     """Show each entry and its next fire times (writes nothing)."""
-    parsed = _load(config)
+    parsed = load_schedule(config)
     scheduler = Scheduler(ledger=Ledger(":memory:"), executor=InlineExecutor())
     for entry in parsed.entries:
         scheduler.add_entry(entry)
@@ -167,8 +180,8 @@ def list_(config: Path, count: int, as_json: bool) -> None:
         {
             "name": e.name,
             "trigger": e.trigger.describe(),
-            "target": _ref(e.target),
-            "expand_from": _ref(e.expand_from),
+            "target": ref_name(e.target),
+            "expand_from": ref_name(e.expand_from),
             "cache": e.cache.value,
             "catchup": e.catchup,
             "overlap": e.overlap,
@@ -215,19 +228,11 @@ def list_(config: Path, count: int, as_json: bool) -> None:
     )
 
 
-def _ref(ref: object) -> str:
-    if ref is None:
-        return ""
-    if isinstance(ref, str):
-        return ref
-    return f"{getattr(ref, '__module__', '?')}:{getattr(ref, '__qualname__', '?')}"
-
-
 @schedule.command()
 @_config_arg
 def validate(config: Path) -> None:
     """Check CONFIG.yaml: keys, values, time zones and that targets import."""
-    parsed = _load(config)
+    parsed = load_schedule(config)
     where = (
         f"runs in PostgreSQL {mask_dsn(parsed.state)}"
         if parsed.state
@@ -247,18 +252,8 @@ def validate(config: Path) -> None:
 
 @schedule.command()
 @_config_arg
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Override state_dir.",
-)
-@click.option(
-    "--store",
-    "state_url",
-    metavar="URL",
-    help="Read a postgresql:// run store (default: the file's state:, else"
-    " the ledger in state_dir).",
-)
+@_state_dir_option
+@_store_option
 @click.option("--entry", help="Only this schedule.")
 @click.option(
     "--state", "state", help="Only runs in this state (ok, failed, skipped, ...)."
@@ -278,7 +273,7 @@ def history(
     as_json: bool,
 ) -> None:
     """Show recorded runs from the ledger, newest first."""
-    ledger, path = _open_ledger(config, state_dir, state_url)
+    ledger, path = open_run_store(config, state_dir, state_url)
     try:
         rows = [
             r.as_dict() for r in ledger.history(entry=entry, state=state, limit=limit)
@@ -286,105 +281,11 @@ def history(
     finally:
         ledger.close()
     if as_json:
-        emit_json({"ledger": str(path), "runs": [_readable(row) for row in rows]})
+        emit_json({"ledger": str(path), "runs": [readable_row(row) for row in rows]})
         return
     print_table(
-        f"runs in {path}",
-        (
-            "nominal",
-            "schedule",
-            "item",
-            "state",
-            "started",
-            "took s",
-            "late s",
-            "hits",
-            "misses",
-            "note",
-        ),
-        [_history_cells(row) for row in rows],
+        f"runs in {path}", HISTORY_COLUMNS, [history_cells(row) for row in rows]
     )
-
-
-def _open_ledger(
-    config: Path,
-    state_dir: Path | None,
-    state_url: str | None,
-    *,
-    create: bool = False,
-) -> tuple[Any, Any]:
-    """Open the run store a schedule file uses; return it and where it is."""
-    _check_state_url(state_url)
-    url = state_url
-    if url is None and state_dir is None:
-        url = _load(config).state
-    if url is not None:
-        try:
-            store = open_store(url, heartbeat=False)
-        except StoreUnavailableError as exc:
-            raise click.ClickException(str(exc)) from None
-        return store, store.where
-    folder = state_dir if state_dir is not None else _load(config).state_dir
-    path = folder / LEDGER_NAME
-    if not path.exists() and not create:
-        raise click.ClickException(
-            f"no ledger at {path} yet (has `schedule run` started?)"
-        )
-    return Ledger(path), path
-
-
-def _history_cells(row: dict[str, Any]) -> tuple[str, ...]:
-    started, ended = row["started"], row["ended"]
-    return (
-        utc_from_timestamp(row["nominal"]).isoformat(),
-        row["entry"],
-        row["item"],
-        row["state"],
-        utc_from_timestamp(started).isoformat() if started is not None else "",
-        f"{ended - started:.3f}" if started is not None and ended is not None else "",
-        f"{row['lateness']:.3f}" if row["lateness"] is not None else "",
-        "" if row["hits"] is None else str(row["hits"]),
-        "" if row["misses"] is None else str(row["misses"]),
-        row["error"] or row["reason"],
-    )
-
-
-def _check_state_url(url: str | None) -> None:
-    if url is not None and not is_database_url(url):
-        raise click.BadParameter(
-            "must be a postgresql:// URL (use --state-dir for a folder)",
-            param_hint="'--state'",
-        )
-
-
-def _readable(row: dict[str, Any]) -> dict[str, Any]:
-    out = dict(row)
-    for key in ("nominal", "due", "started", "ended"):
-        value = out.get(key)
-        out[f"{key}_iso"] = (
-            dt.datetime.fromtimestamp(value, tz=dt.timezone.utc).isoformat()
-            if value is not None
-            else None
-        )
-    return out
-
-
-_name_arg = click.argument("name", metavar="NAME")
-_state_dir_option = click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Override state_dir.",
-)
-_store_option = click.option(
-    "--store",
-    "state_url",
-    metavar="URL",
-    help="A postgresql:// run store (default: the file's state:, else the"
-    " ledger in state_dir).",
-)
-_json_flag = click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON document to stdout."
-)
 
 
 def _entry(parsed: ScheduleConfig, name: str) -> None:
@@ -440,16 +341,16 @@ def trigger(
     The run's nominal time is now and its reason "triggered by hand"; it
     goes through the entry's cache, cache mode and executor.
     """
-    parsed = _load(config)
+    parsed = load_schedule(config)
     _entry(parsed, name)
     chosen = [_parse_item(text) for text in items] or None
-    store, where = _open_ledger(config, state_dir, state_url, create=True)
+    store, where = open_run_store(config, state_dir, state_url, create=True)
     scheduler = Scheduler.from_yaml(config, store=store)
     try:
         records = scheduler.trigger(name, chosen)
     finally:
         scheduler.close()
-    rows = [_readable(r.as_dict()) for r in records]
+    rows = [readable_row(r.as_dict()) for r in records]
     if as_json:
         emit_json({"ledger": str(where), "runs": rows})
     else:
@@ -481,9 +382,9 @@ def _pause(
     *,
     paused: bool,
 ) -> None:
-    parsed = _load(config)
+    parsed = load_schedule(config)
     _entry(parsed, name)
-    store, where = _open_ledger(config, state_dir, state_url, create=True)
+    store, where = open_run_store(config, state_dir, state_url, create=True)
     try:
         store.set_paused(name, paused, dt.datetime.now(dt.timezone.utc).timestamp())
         now_paused = name in store.paused_entries()
@@ -501,41 +402,28 @@ def _pause(
         click.echo(f"{name}: resumed in {where}; it fires again from its next time")
 
 
+def _one_entry(command: F) -> F:
+    """Give a command about one entry its file, name, store and --json."""
+    for decorate in reversed(
+        (_config_arg, _name_arg, _state_dir_option, _store_option, _json_flag)
+    ):
+        command = decorate(command)
+    return command
+
+
 @schedule.command()
-@_config_arg
-@_name_arg
-@_state_dir_option
-@_store_option
-@_json_flag
-def pause(
-    config: Path,
-    name: str,
-    *,
-    state_dir: Path | None,
-    state_url: str | None,
-    as_json: bool,
-) -> None:
+@_one_entry
+def pause(**options: Any) -> None:
     """Pause schedule NAME: its fires are recorded skipped until resumed.
 
     Kept in the ledger, so running schedulers honour it without a restart
     and it survives restarts.
     """
-    _pause(config, name, state_dir, state_url, as_json, paused=True)
+    _pause(**options, paused=True)
 
 
 @schedule.command()
-@_config_arg
-@_name_arg
-@_state_dir_option
-@_store_option
-@_json_flag
-def resume(
-    config: Path,
-    name: str,
-    *,
-    state_dir: Path | None,
-    state_url: str | None,
-    as_json: bool,
-) -> None:
+@_one_entry
+def resume(**options: Any) -> None:
     """Resume schedule NAME from its next fire (paused fires are not caught up)."""
-    _pause(config, name, state_dir, state_url, as_json, paused=False)
+    _pause(**options, paused=False)

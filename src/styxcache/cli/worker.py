@@ -7,13 +7,18 @@ import dataclasses
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
-from styxcache.cli._logging import configure_logging, log_format_option
-from styxcache.scheduler.config import ConfigError, load_config, resolve_callable
+from styxcache.cli._logging import (
+    configure_logging,
+    log_format_option,
+    log_level_option,
+)
+from styxcache.scheduler.config_errors import ConfigError
 from styxcache.scheduler.nats_connect import (
     ENV_INSECURE,
     NatsSettings,
@@ -21,9 +26,79 @@ from styxcache.scheduler.nats_connect import (
 )
 from styxcache.scheduler.nats_worker import WorkerEntry, WorkerSettings, serve
 from styxcache.scheduler.publish import PublishAction
+from styxcache.scheduler.refs import resolve_callable
 from styxcache.scheduler.runner_spec import RunnerSpec, RunnerSpecError
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 _FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
+
+# Options naming a file of the NATS connection: (option, NatsSettings field,
+# help). The same table declares the options and applies them.
+_NATS_FILES = (
+    ("--password-file", "password_file", "File holding the NATS password."),
+    (
+        "--token-file",
+        "token_file",
+        "File holding a NATS token (else $STYXCACHE_NATS_TOKEN).",
+    ),
+    ("--nkey-seed", "nkey_seed_file", "File holding an NKey seed."),
+    ("--creds", "creds_file", "NATS .creds file (JWT and NKey seed)."),
+    ("--tls-ca", "tls_ca_file", "CA bundle the server certificate is checked against."),
+    ("--tls-cert", "tls_cert_file", "Client certificate (mutual TLS)."),
+    ("--tls-key", "tls_key_file", "Key of --tls-cert."),
+)
+# Other options that override a NatsSettings field: (parameter, field).
+_NATS_TEXTS = (
+    ("url", "url"),
+    ("subject_prefix", "subject_prefix"),
+    ("user", "user"),
+    ("key_file", "key_file"),
+)
+
+
+# Numbers that tune the worker: (option, parameter, type, default, help).
+_TUNING = (
+    (
+        "--concurrency",
+        "concurrency",
+        click.IntRange(min=1),
+        1,
+        "Runs this worker executes at once (match the node's cores).",
+    ),
+    (
+        "--heartbeat",
+        "heartbeat_seconds",
+        click.FloatRange(min=0.01),
+        5.0,
+        "Seconds between heartbeats; keep below the scheduler's lost_after_seconds.",
+    ),
+    (
+        "--connect-timeout",
+        "connect_timeout",
+        click.FloatRange(min=0.1),
+        30.0,
+        "Seconds to wait for the server at startup.",
+    ),
+)
+
+
+def _tuning_options(command: F) -> F:
+    for option, param, kind, default, text in reversed(_TUNING):
+        command = click.option(
+            option, param, type=kind, default=default, show_default=True, help=text
+        )(command)
+    return command
+
+
+def _param(option: str) -> str:
+    return option.lstrip("-").replace("-", "_")
+
+
+def _nats_file_options(command: F) -> F:
+    for option, _, text in reversed(_NATS_FILES):
+        command = click.option(option, type=_FILE, help=text)(command)
+    return command
 
 
 @click.command()
@@ -88,30 +163,9 @@ _FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
     show_default=True,
     help="NATS queue group; workers sharing it split the runs, each run goes to one.",
 )
-@click.option(
-    "--concurrency",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Runs this worker executes at once (match the node's cores).",
-)
-@click.option(
-    "--heartbeat",
-    "heartbeat_seconds",
-    type=click.FloatRange(min=0.01),
-    default=5.0,
-    show_default=True,
-    help="Seconds between heartbeats; keep below the scheduler's lost_after_seconds.",
-)
+@_tuning_options
 @click.option(
     "--max-runs", type=click.IntRange(min=1), help="Exit after this many runs."
-)
-@click.option(
-    "--connect-timeout",
-    type=click.FloatRange(min=0.1),
-    default=30.0,
-    show_default=True,
-    help="Seconds to wait for the server at startup.",
 )
 @click.option(
     "--key-file",
@@ -132,26 +186,8 @@ _FILE = click.Path(dir_okay=False, exists=True, path_type=Path)
 @click.option(
     "--user", help="NATS user (password: --password-file or $STYXCACHE_NATS_PASSWORD)."
 )
-@click.option("--password-file", type=_FILE, help="File holding the NATS password.")
-@click.option(
-    "--token-file",
-    type=_FILE,
-    help="File holding a NATS token (else $STYXCACHE_NATS_TOKEN).",
-)
-@click.option("--nkey-seed", type=_FILE, help="File holding an NKey seed.")
-@click.option("--creds", type=_FILE, help="NATS .creds file (JWT and NKey seed).")
-@click.option(
-    "--tls-ca", type=_FILE, help="CA bundle the server certificate is checked against."
-)
-@click.option("--tls-cert", type=_FILE, help="Client certificate (mutual TLS).")
-@click.option("--tls-key", type=_FILE, help="Key of --tls-cert.")
-@click.option(
-    "--log-level",
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-    default="INFO",
-    show_default=True,
-    help="Least severe log records shown.",
-)
+@_nats_file_options
+@log_level_option
 @log_format_option
 def worker(**options: Any) -> None:
     """Run scheduled work sent over NATS, through the cache.
@@ -182,36 +218,66 @@ def worker(**options: Any) -> None:
 
 
 def _settings(options: dict[str, Any]) -> WorkerSettings:
-    entries: dict[str, WorkerEntry] = {}
+    entries, nats = _schedule_entries(options["schedule_file"])
+    entries.update(_allowed_entries(options["allowed"], options["cache_dir"]))
+    entries = _only(entries, options["only"])
+    nats = _nats_overrides(nats, options)
+    try:
+        return WorkerSettings(
+            nats=nats,
+            entries=entries,
+            queue=options["queue"],
+            concurrency=options["concurrency"],
+            heartbeat_seconds=options["heartbeat_seconds"],
+            max_runs=options["max_runs"],
+            connect_timeout_seconds=options["connect_timeout"],
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _schedule_entries(
+    file: str | None,
+) -> tuple[dict[str, WorkerEntry], NatsSettings]:
+    """The entries and NATS settings of the worker's own schedule file."""
     nats = NatsSettings.from_mapping(None)
-    file = options["schedule_file"]
-    if file is not None:
-        path = Path(file)
-        if not path.is_file():
-            raise click.BadParameter(
-                f"{file!r} is not a file. --schedule takes the worker's schedule"
-                " file; to take only some of its entries, add --only NAME.",
-                param_hint="--schedule",
-            )
-        try:
-            config = load_config(path)
-        except ConfigError as exc:
-            raise click.ClickException(str(exc)) from None
-        for entry in config.entries:
-            if isinstance(entry.target, PublishAction) or entry.target is None:
-                continue  # published by the scheduler, never run by workers
-            entries[entry.name] = WorkerEntry(
-                entry.target, entry.pass_context, entry.runner
-            )
-        if config.nats is not None:
-            nats = config.nats
+    if file is None:
+        return {}, nats
+    path = Path(file)
+    if not path.is_file():
+        raise click.BadParameter(
+            f"{file!r} is not a file. --schedule takes the worker's schedule"
+            " file; to take only some of its entries, add --only NAME.",
+            param_hint="--schedule",
+        )
+    # Imported here: a worker without a schedule file needs no YAML loader.
+    from styxcache.scheduler.config import load_config
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    entries = {
+        entry.name: WorkerEntry(entry.target, entry.pass_context, entry.runner)
+        for entry in config.entries
+        # Publish entries are published by the scheduler, never run by workers.
+        if entry.target is not None and not isinstance(entry.target, PublishAction)
+    }
+    return entries, config.nats if config.nats is not None else nats
+
+
+def _allowed_entries(
+    allowed: tuple[str, ...], cache_dir: Path | None
+) -> dict[str, WorkerEntry]:
+    """The `--allow NAME=module:function` entries, cached in `--cache-dir`."""
     runner = None
-    if options["cache_dir"] is not None:
+    if cache_dir is not None:
         try:
-            runner = RunnerSpec.from_mapping({"cache_dir": str(options["cache_dir"])})
+            runner = RunnerSpec.from_mapping({"cache_dir": str(cache_dir)})
         except RunnerSpecError as exc:
             raise click.BadParameter(str(exc), param_hint="--cache-dir") from None
-    for spec in options["allowed"]:
+    entries: dict[str, WorkerEntry] = {}
+    for spec in allowed:
         name, sep, ref = spec.partition("=")
         if not sep or not name:
             raise click.BadParameter(
@@ -222,7 +288,13 @@ def _settings(options: dict[str, Any]) -> WorkerSettings:
         except ValueError as exc:
             raise click.BadParameter(f"{name}: {exc}", param_hint="--allow") from None
         entries[name] = WorkerEntry(ref, True, runner)
-    only = options["only"]
+    return entries
+
+
+def _only(
+    entries: dict[str, WorkerEntry], only: tuple[str, ...]
+) -> dict[str, WorkerEntry]:
+    """Keep the `--only` entries; refuse an empty worker."""
     if only:
         missing = sorted(set(only) - set(entries))
         if missing:
@@ -236,23 +308,17 @@ def _settings(options: dict[str, Any]) -> WorkerSettings:
             "nothing to run: give the worker its schedule file (--schedule FILE)"
             " or an allowlist (--allow NAME=module:function)"
         )
-    changes: dict[str, Any] = {}
-    for option, field in (
-        ("url", "url"),
-        ("subject_prefix", "subject_prefix"),
-        ("user", "user"),
-        ("password_file", "password_file"),
-        ("token_file", "token_file"),
-        ("nkey_seed", "nkey_seed_file"),
-        ("creds", "creds_file"),
-        ("tls_ca", "tls_ca_file"),
-        ("tls_cert", "tls_cert_file"),
-        ("tls_key", "tls_key_file"),
-        ("key_file", "key_file"),
-    ):
-        value = options[option]
-        if value is not None:
-            changes[field] = str(value)
+    return entries
+
+
+def _nats_overrides(nats: NatsSettings, options: dict[str, Any]) -> NatsSettings:
+    """Apply the command line's NATS options over the file's settings."""
+    pairs = [*_NATS_TEXTS, *((_param(o), field) for o, field, _ in _NATS_FILES)]
+    changes: dict[str, Any] = {
+        field: str(options[param])
+        for param, field in pairs
+        if options[param] is not None
+    }
     if options["insecure_no_signing"]:
         changes["insecure_no_signing"] = True
     try:
@@ -264,18 +330,7 @@ def _settings(options: dict[str, Any]) -> WorkerSettings:
             "--insecure-no-signing (or %s): messages are neither signed nor checked",
             ENV_INSECURE,
         )
-    try:
-        return WorkerSettings(
-            nats=nats,
-            entries=entries,
-            queue=options["queue"],
-            concurrency=options["concurrency"],
-            heartbeat_seconds=options["heartbeat_seconds"],
-            max_runs=options["max_runs"],
-            connect_timeout_seconds=options["connect_timeout"],
-        )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    return nats
 
 
 async def _main(settings: WorkerSettings) -> None:

@@ -3,6 +3,13 @@
 `CachingRunner(base, cache_dir, remote="s3://bucket/prefix")` looks a key up
 remotely on a local miss and uploads each entry it commits; `styxcache push`
 and `styxcache pull` move entries in bulk. See docs/how-to/remote-cache.md.
+
+Modules: `connect` (URLs, credentials, the obstore client), `errors` (client
+errors mapped to `RemoteError`), `envelope` (an entry's remote form),
+`blobs` (file transfers, multipart and ranged; filling a staged entry),
+`tier` (`RemoteTier`: look-ups, downloads, uploads), `health` (the pause
+after a failure), `outcomes` (what a step's event reports), `sync` (push
+and pull).
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ from styxcache.remote.errors import (
     RemoteConfigError,
     RemoteError,
 )
-from styxcache.remote.tier import Fetched, RemoteOutcome, RemoteTier, merge_outcomes
+from styxcache.remote.outcomes import Fetched, RemoteOutcome, merge_outcomes
+from styxcache.remote.tier import RemoteTier
 
 __all__ = [
     "ENV_REMOTE",

@@ -16,12 +16,14 @@ from typing import Any
 
 from blake3 import blake3
 
-from styxcache.remote.errors import client_call
+from styxcache.remote.envelope import Envelope, blob_path
+from styxcache.remote.errors import DamagedEntryError, ObjectMissingError, client_call
 
 __all__ = [
     "PART_CONCURRENCY",
     "PART_SIZE",
     "download_file",
+    "fill_entry",
     "upload_file",
 ]
 
@@ -182,3 +184,66 @@ def _ranged(
             future.cancel()
         concurrent.futures.wait(window)
     return total[0]
+
+
+def fill_entry(
+    store: Any,
+    staging: Path,
+    envelope: Envelope,
+    files: concurrent.futures.ThreadPoolExecutor,
+    parts: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    """Create a remote entry's tree in `staging`, checking every file.
+
+    Args:
+        store: The obstore store.
+        staging: An empty staging folder of the local cache.
+        envelope: The entry's envelope (already checked).
+        files: The pool files are downloaded in.
+        parts: The pool their parts are downloaded in (not `files`: a file
+            task waits for its parts).
+
+    Raises:
+        DamagedEntryError: If a blob is missing, of another size or content,
+            or the entry's paths conflict.
+        RemoteError: If the store fails.
+    """
+    try:
+        for folder in envelope.dirs:
+            (staging / folder).mkdir(parents=True, exist_ok=True)
+        for ref in envelope.files:
+            (staging / ref.path).parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise DamagedEntryError(f"conflicting paths in the entry: {exc}") from None
+    jobs = {
+        files.submit(
+            download_file,
+            store,
+            blob_path(ref.digest),
+            staging / ref.path,
+            ref.size,
+            parts,
+        ): ref
+        for ref in envelope.files
+    }
+    concurrent.futures.wait(jobs)
+    for job, ref in jobs.items():
+        try:
+            size, digest = job.result()
+        except ObjectMissingError:
+            raise DamagedEntryError(f"{ref.path}: its blob is missing") from None
+        if size != ref.size:
+            raise DamagedEntryError(
+                f"{ref.path}: {size} bytes stored, the manifest says {ref.size}"
+            )
+        if digest != ref.digest:
+            raise DamagedEntryError(f"{ref.path}: content differs from its digest")
+    # Links last: no file is ever written through a link the entry made.
+    for record in envelope.links:
+        target = staging / record.path
+        assert record.link is not None
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(record.link, target)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise DamagedEntryError(f"conflicting paths in the entry: {exc}") from None

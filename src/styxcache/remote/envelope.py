@@ -15,10 +15,15 @@ written with a create-only conditional put, so the first writer wins.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import posixpath
+from pathlib import Path
 from typing import Any
+
+from blake3 import blake3
 
 from styxcache.key import key_of
 from styxcache.manifest import Manifest, ManifestError, OutputRecord
@@ -32,6 +37,7 @@ __all__ = [
     "Envelope",
     "blob_path",
     "envelope_path",
+    "local_envelope",
 ]
 
 ENVELOPE_FORMAT = 1
@@ -196,3 +202,43 @@ def _check_relative(path: str, *, log: bool) -> None:
         or normal.split("/", 1)[0] in CacheStore.RESERVED
     ):
         raise DamagedEntryError(f"unsafe path {path!r} in the remote entry")
+
+
+def local_envelope(cache: CacheStore, key: str) -> Envelope:
+    """Describe a committed local entry as an envelope (hashing its logs).
+
+    Args:
+        cache: The local cache.
+        key: The entry's key.
+
+    Raises:
+        OSError: If the entry is not complete, or its manifest is unreadable
+            or for another key.
+    """
+    entry = cache.entry_dir(key)
+    if not (entry / CacheStore.DONE_MARKER).exists():
+        raise OSError(f"entry {key[:12]} is not complete in {cache.root}")
+    text = (entry / CacheStore.MANIFEST).read_text(encoding="utf-8")
+    try:
+        manifest = Manifest.from_json(text)
+    except ManifestError as exc:
+        raise OSError(f"entry {key[:12]}: {exc}") from None
+    if manifest.key != key:
+        raise OSError(f"entry {key[:12]}: its manifest is for another key")
+    logs = []
+    for name in (CacheStore.STDOUT_LOG, CacheStore.STDERR_LOG):
+        path = entry / name
+        with contextlib.suppress(FileNotFoundError):
+            data = path.read_bytes()  # gzip logs of captured lines: small
+            logs.append(BlobRef(name, len(data), str(blake3(data).hexdigest())))
+    return Envelope(key, text, manifest, tuple(logs), _empty_dirs(entry))
+
+
+def _empty_dirs(entry: Path) -> tuple[str, ...]:
+    found: list[str] = []
+    for folder, dirs, files in os.walk(entry):
+        if folder == str(entry):
+            continue
+        if not dirs and not files:
+            found.append(os.path.relpath(folder, entry).replace(os.sep, "/"))
+    return tuple(sorted(found))

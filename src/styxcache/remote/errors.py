@@ -12,6 +12,13 @@ import os
 import re
 from collections.abc import Iterator
 
+from styxcache.errors import (
+    DamagedEntryError,
+    ObjectMissingError,
+    RemoteConfigError,
+    RemoteError,
+)
+
 __all__ = [
     "DamagedEntryError",
     "ObjectMissingError",
@@ -30,30 +37,6 @@ _SECRET_VARS = (
     "AZURE_STORAGE_SAS_KEY",
     "AZURE_CLIENT_SECRET",
 )
-
-
-class RemoteConfigError(ValueError):
-    """A remote cache setting that cannot work (bad URL, client missing)."""
-
-
-class RemoteError(Exception):
-    """The object store failed: network, authentication, timeout, server error.
-
-    Attributes:
-        kind: The client's error class (`PermissionDeniedError`...).
-    """
-
-    def __init__(self, message: str, kind: str = "") -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-class ObjectMissingError(RemoteError):
-    """The object does not exist in the store."""
-
-
-class DamagedEntryError(ValueError):
-    """A remote entry fails verification: it is never served."""
 
 
 def scrub(message: str) -> str:

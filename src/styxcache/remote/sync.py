@@ -1,9 +1,12 @@
 """`push` and `pull`: move many entries between a local cache and a remote tier.
 
-Entries move several at a time (and each entry's files several at a time,
-see `RemoteTier`). A remote failure stops the transfer: what was moved stays
-moved (every entry is committed or written whole, never half), and the error
-is raised for the command to report.
+Entries move `jobs` at a time (and each entry's files several at a time,
+see `RemoteTier`); with `dry_run` nothing moves and the report says what
+would have. A remote failure stops the transfer and raises `RemoteError`
+for the command to report: what was moved stays moved (every entry is
+committed or written whole, never half). A problem with one entry (a local
+file changed, a damaged remote entry) is noted in the report and the others
+go on.
 """
 
 from __future__ import annotations
@@ -104,23 +107,11 @@ def push_entries(
     jobs: int = ENTRY_WORKERS,
     dry_run: bool = False,
 ) -> SyncReport:
-    """Upload local entries the remote does not have yet.
+    """Upload the local entries `keys` (`(key, size)` pairs) the remote lacks.
 
-    Args:
-        tier: The remote.
-        cache: The local cache.
-        keys: `(key, size)` of the complete entries to push.
-        jobs: Entries uploaded at once.
-        dry_run: Only find out which entries would be uploaded.
-
-    Returns:
-        The report.
-
-    Raises:
-        RemoteError: If the remote fails (entries already pushed stay).
+    See the module's docstring for `jobs`, `dry_run` and errors.
     """
-    report = SyncReport(dry_run=dry_run)
-    out = _Collector(report)
+    out = _Collector(SyncReport(dry_run=dry_run))
     sizes = dict(keys)
 
     def push(key: str) -> None:
@@ -133,7 +124,7 @@ def push_entries(
         try:
             outcome = tier.upload(cache, key)
         except OSError as exc:
-            out.problem(report.failed, key, str(exc))
+            out.problem(out.report.failed, key, str(exc))
             return
         if outcome == "uploaded":
             out.moved(key, sizes[key])
@@ -141,7 +132,7 @@ def push_entries(
             out.present(key)
 
     _run_all(sizes, push, jobs)
-    return report
+    return out.report
 
 
 def pull_entries(
@@ -156,23 +147,12 @@ def pull_entries(
 ) -> SyncReport:
     """Download, verify and commit remote entries the local cache lacks.
 
-    Args:
-        tier: The remote.
-        cache: The local cache.
-        uploaded_since: Only entries uploaded at or after this Unix time.
-        accept: Says from an entry's manifest whether it is wanted.
-        read_only_outputs: Make downloaded files read-only.
-        jobs: Entries downloaded at once.
-        dry_run: Only find out which entries would be downloaded.
-
-    Returns:
-        The report.
-
-    Raises:
-        RemoteError: If the remote fails (entries already pulled stay).
+    Only entries uploaded at or after `uploaded_since` (Unix time) and, when
+    `accept` is given, those it accepts from their manifest; with
+    `read_only_outputs` the files are made read-only, as local commits do.
+    See the module's docstring for `jobs`, `dry_run` and errors.
     """
-    report = SyncReport(dry_run=dry_run)
-    out = _Collector(report)
+    out = _Collector(SyncReport(dry_run=dry_run))
 
     def wanted() -> Iterable[str]:
         for key, uploaded in tier.iter_keys():
@@ -195,14 +175,14 @@ def pull_entries(
                     cache, key, read_only_outputs=read_only_outputs, accept=accept
                 )
         except DamagedEntryError as exc:
-            out.problem(report.damaged, key, str(exc))
+            out.problem(out.report.damaged, key, str(exc))
             _log.warning("remote entry %s is damaged: %s", key[:12], exc)
             return
         except OSError as exc:
-            out.problem(report.failed, key, str(exc))
+            out.problem(out.report.failed, key, str(exc))
             return
         if manifest is not None:
             out.moved(key, manifest.total_size)
 
     _run_all(wanted(), pull, jobs)
-    return report
+    return out.report

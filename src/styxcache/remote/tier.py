@@ -16,19 +16,16 @@ the step goes on with the local cache alone.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from blake3 import blake3
-
-from styxcache.manifest import Manifest, ManifestError
-from styxcache.remote.blobs import PART_CONCURRENCY, download_file, upload_file
+from styxcache.manifest import Manifest
+from styxcache.remote.blobs import PART_CONCURRENCY, fill_entry, upload_file
 from styxcache.remote.connect import (
     ENV_REMOTE,
     ENV_REMOTE_WRITE,
@@ -40,6 +37,7 @@ from styxcache.remote.envelope import (
     Envelope,
     blob_path,
     envelope_path,
+    local_envelope,
 )
 from styxcache.remote.errors import (
     DamagedEntryError,
@@ -47,74 +45,20 @@ from styxcache.remote.errors import (
     RemoteError,
     client_call,
 )
+from styxcache.remote.health import RemoteHealth
+from styxcache.remote.outcomes import Fetched, RemoteOutcome, merge_outcomes
 from styxcache.store import CacheStore
 from styxcache.trust import seal_entry
 
 __all__ = ["Fetched", "RemoteOutcome", "RemoteTier", "merge_outcomes"]
 
+
 _log = logging.getLogger("styxcache.remote")
-
-RemoteOutcome = Literal[
-    "", "hit", "miss", "uploaded", "present", "damaged", "error", "offline"
-]
-"""What the remote tier did for one execution (`CacheEvent.remote`):
-
-* `hit`: the entry was downloaded, verified and served;
-* `miss`: the remote had no entry (and nothing was uploaded);
-* `uploaded`: the result was uploaded after the run;
-* `present`: another writer had stored the entry first;
-* `damaged`: the remote entry failed verification and was not served;
-* `error`: the remote failed (network, credentials, timeout);
-* `offline`: skipped, the remote failed a moment ago;
-* empty: no remote tier, or it was not needed (a local hit).
-"""
-
-_RANK: dict[str, int] = {
-    "": 0,
-    "miss": 1,
-    "present": 2,
-    "uploaded": 3,
-    "hit": 3,
-    "offline": 4,
-    "error": 5,
-    "damaged": 6,
-}
-
-COOL_DOWN_S = 60.0
-"""After a failure the remote is left alone this long (no request, no wait)."""
 
 FILE_WORKERS = 8
 """Files moved at once (per tier, across entries)."""
 
 _DAMAGED_MEMORY = 1024
-
-
-def merge_outcomes(first: str, second: str) -> str:
-    """Return the outcome an event reports when two steps each had one.
-
-    Args:
-        first: The lookup's outcome.
-        second: The upload's outcome.
-
-    Returns:
-        The more telling of the two (damage and failures win).
-    """
-    return first if _RANK.get(first, 0) >= _RANK.get(second, 0) else second
-
-
-class Fetched:
-    """The result of a lookup for a pipeline step.
-
-    Attributes:
-        manifest: The manifest of the entry now in the local cache, or None.
-        outcome: See `RemoteOutcome`.
-    """
-
-    __slots__ = ("manifest", "outcome")
-
-    def __init__(self, manifest: Manifest | None, outcome: str) -> None:
-        self.manifest = manifest
-        self.outcome = outcome
 
 
 def _env_flag(name: str) -> bool | None:
@@ -149,11 +93,9 @@ class RemoteTier:
     ) -> None:
         self.url = check_url(url, source=source)
         self.write = write
-        self._clock = clock
+        self._health = RemoteHealth(self.url, clock)
         self._store: Any = None
         self._lock = threading.Lock()
-        self._down_until = 0.0
-        self._warned = False
         self._damaged: dict[str, str | None] = {}
         self._files: concurrent.futures.ThreadPoolExecutor | None = None
         self._parts: concurrent.futures.ThreadPoolExecutor | None = None
@@ -194,6 +136,7 @@ class RemoteTier:
         if self._pid != os.getpid():
             self._pid = os.getpid()
             self._lock = threading.Lock()
+            self._health.after_fork()
             self._store, self._files, self._parts = None, None, None
 
     @property
@@ -298,7 +241,7 @@ class RemoteTier:
         staging = cache.stage(key)
         try:
             try:
-                self._fill(staging, envelope)
+                fill_entry(self.store, staging, envelope, *self._pools())
             except DamagedEntryError:
                 self._remember_damage(key, etag)
                 raise
@@ -312,51 +255,6 @@ class RemoteTier:
             raise
         cache.record_tool(envelope.manifest.tool, key)
         return envelope.manifest
-
-    def _fill(self, staging: Path, envelope: Envelope) -> None:
-        """Create the entry's tree in `staging`; raise if anything is off."""
-        try:
-            for folder in envelope.dirs:
-                (staging / folder).mkdir(parents=True, exist_ok=True)
-            for ref in envelope.files:
-                (staging / ref.path).parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as exc:
-            raise DamagedEntryError(f"conflicting paths in the entry: {exc}") from None
-        files, parts = self._pools()
-        jobs = {
-            files.submit(
-                download_file,
-                self.store,
-                blob_path(ref.digest),
-                staging / ref.path,
-                ref.size,
-                parts,
-            ): ref
-            for ref in envelope.files
-        }
-        concurrent.futures.wait(jobs)
-        for job, ref in jobs.items():
-            try:
-                size, digest = job.result()
-            except ObjectMissingError:
-                raise DamagedEntryError(f"{ref.path}: its blob is missing") from None
-            if size != ref.size:
-                raise DamagedEntryError(
-                    f"{ref.path}: {size} bytes stored, the manifest says {ref.size}"
-                )
-            if digest != ref.digest:
-                raise DamagedEntryError(f"{ref.path}: content differs from its digest")
-        # Links last: no file is ever written through a link the entry made.
-        for record in envelope.links:
-            target = staging / record.path
-            assert record.link is not None
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(record.link, target)
-            except (FileExistsError, NotADirectoryError) as exc:
-                raise DamagedEntryError(
-                    f"conflicting paths in the entry: {exc}"
-                ) from None
 
     def iter_keys(self) -> Iterator[tuple[str, float]]:
         """Yield `(key, upload time)` of every remote entry, in listing order.
@@ -427,7 +325,7 @@ class RemoteTier:
             etag = self._damaged.get(key)
         if check_present and not replace and not repair and self.has_entry(key):
             return "present"
-        envelope = _local_envelope(cache, key)
+        envelope = local_envelope(cache, key)
         files, _parts = self._pools()
         unique = {ref.digest: ref for ref in envelope.files}
         entry = cache.entry_dir(key)
@@ -480,35 +378,6 @@ class RemoteTier:
 
     # For pipeline steps: never raise ------------------------------------------
 
-    def _available(self) -> bool:
-        with self._lock:
-            return self._clock() >= self._down_until
-
-    def _failed(self, what: str, exc: BaseException) -> None:
-        with self._lock:
-            self._down_until = self._clock() + COOL_DOWN_S
-            first = not self._warned
-            self._warned = True
-        detail = str(exc)
-        if first:
-            _log.warning(
-                "remote cache %s failed (%s: %s); continuing with the local cache "
-                "only, retrying in %.0fs",
-                self.url,
-                what,
-                detail,
-                COOL_DOWN_S,
-            )
-        else:
-            _log.debug("remote cache %s failed again (%s: %s)", self.url, what, detail)
-
-    def _succeeded(self) -> None:
-        with self._lock:
-            recovered = self._warned
-            self._warned = False
-        if recovered:
-            _log.info("remote cache %s is reachable again", self.url)
-
     def fetch_for_run(
         self,
         cache: CacheStore,
@@ -528,7 +397,7 @@ class RemoteTier:
         Returns:
             The manifest committed locally (or None), with the outcome.
         """
-        if not self._available():
+        if not self._health.available():
             return Fetched(None, "offline")
 
         def young_enough(manifest: Manifest) -> bool:
@@ -539,7 +408,7 @@ class RemoteTier:
                 cache, key, read_only_outputs=read_only_outputs, accept=young_enough
             )
         except DamagedEntryError as exc:
-            self._succeeded()
+            self._health.succeeded()
             _log.warning(
                 "remote cache entry %s in %s is damaged (%s); it is not served, "
                 "and the tool runs",
@@ -549,18 +418,16 @@ class RemoteTier:
             )
             return Fetched(None, "damaged")
         except RemoteError as exc:
-            self._failed("lookup", exc)
+            self._health.failed("lookup", exc)
             return Fetched(None, "error")
         except Exception as exc:
-            _log.warning(
-                "cannot copy remote entry %s into %s (%s: %s); running the tool",
-                key[:12],
-                cache.root,
-                type(exc).__name__,
+            self._health.unexpected(
+                f"cannot copy remote entry {key[:12]} into {cache.root}; "
+                "running the tool",
                 exc,
             )
             return Fetched(None, "error")
-        self._succeeded()
+        self._health.succeeded()
         return Fetched(manifest, "hit" if manifest is not None else "miss")
 
     def upload_for_run(
@@ -579,7 +446,7 @@ class RemoteTier:
         """
         if not self.write:
             return previous
-        if not self._available():
+        if not self._health.available():
             return merge_outcomes(previous, "offline")
         if previous in ("error", "offline"):
             return previous
@@ -590,49 +457,14 @@ class RemoteTier:
                 cache, key, replace=replace, check_present=previous != "miss"
             )
         except RemoteError as exc:
-            self._failed("upload", exc)
+            self._health.failed("upload", exc)
             return merge_outcomes(previous, "error")
         except Exception as exc:
-            _log.warning(
-                "cannot upload entry %s to %s (%s: %s)",
-                key[:12],
-                self.url,
-                type(exc).__name__,
-                exc,
+            self._health.unexpected(
+                f"cannot upload entry {key[:12]} to {self.url}", exc
             )
             return merge_outcomes(previous, "error")
-        self._succeeded()
+        self._health.succeeded()
         if previous == "damaged" and outcome == "uploaded":
             _log.info("remote cache entry %s repaired", key[:12])
         return merge_outcomes(previous, outcome)
-
-
-def _local_envelope(cache: CacheStore, key: str) -> Envelope:
-    """Describe a committed local entry as an envelope (hashing its logs)."""
-    entry = cache.entry_dir(key)
-    if not (entry / CacheStore.DONE_MARKER).exists():
-        raise OSError(f"entry {key[:12]} is not complete in {cache.root}")
-    text = (entry / CacheStore.MANIFEST).read_text(encoding="utf-8")
-    try:
-        manifest = Manifest.from_json(text)
-    except ManifestError as exc:
-        raise OSError(f"entry {key[:12]}: {exc}") from None
-    if manifest.key != key:
-        raise OSError(f"entry {key[:12]}: its manifest is for another key")
-    logs = []
-    for name in (CacheStore.STDOUT_LOG, CacheStore.STDERR_LOG):
-        path = entry / name
-        with contextlib.suppress(FileNotFoundError):
-            data = path.read_bytes()  # gzip logs of captured lines: small
-            logs.append(BlobRef(name, len(data), str(blake3(data).hexdigest())))
-    return Envelope(key, text, manifest, tuple(logs), _empty_dirs(entry))
-
-
-def _empty_dirs(entry: Path) -> tuple[str, ...]:
-    found: list[str] = []
-    for folder, dirs, files in os.walk(entry):
-        if folder == str(entry):
-            continue
-        if not dirs and not files:
-            found.append(os.path.relpath(folder, entry).replace(os.sep, "/"))
-    return tuple(sorted(found))

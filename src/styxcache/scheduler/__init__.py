@@ -8,63 +8,54 @@ Quick start::
     scheduler.run(handle_signals=True)   # or: styxcache schedule run schedule.yaml
 
 See docs/scheduler.md for the rules (DST, catch-up, overlap, reload, shutdown).
+
+The names below are imported on first use: a NATS or Dask worker imports
+`styxcache.scheduler.runs` (and this package with it) without the scheduler
+loop, the YAML loader or PyYAML.
 """
 
 from __future__ import annotations
 
-from styxcache.scheduler.clock import Clock, FakeClock, SystemClock
-from styxcache.scheduler.config import (
-    ConfigError,
-    NatsSettings,
-    ScheduleConfig,
-    ScheduleEntry,
-    build_entry,
-    load_config,
-    parse_config,
-)
-from styxcache.scheduler.dask_executor import DaskExecutor
-from styxcache.scheduler.executors import (
-    Executor,
-    FuturesExecutor,
-    InlineExecutor,
-    ProcessExecutor,
-    ThreadExecutor,
-    as_executor,
-    make_executor,
-)
-from styxcache.scheduler.ledger import (
-    Ledger,
-    LedgerError,
-    RunRecord,
-    RunStore,
-    run_key,
-)
-from styxcache.scheduler.memo_cache import (
-    Cache,
-    CacheMemory,
-    UnsafeCacheFileError,
-    json_reader,
-    json_saver,
-    pickle_reader,
-    pickle_saver,
-)
-from styxcache.scheduler.nats_dispatch import NatsDispatcher
-from styxcache.scheduler.runner_spec import RunnerSpec
-from styxcache.scheduler.runs import (
-    RunContext,
-    RunLostError,
-    RunOutcome,
-    RunRequest,
-    execute_run,
-)
-from styxcache.scheduler.scheduler import Scheduler, item_key
-from styxcache.scheduler.stores import StoreUnavailableError, open_store
-from styxcache.scheduler.triggers import (
-    CronTrigger,
-    IntervalTrigger,
-    Trigger,
-    TriggerError,
-)
+# Private aliases: every public name of this package is in `__all__`.
+import importlib as _importlib
+import typing as _typing
+
+if _typing.TYPE_CHECKING:
+    from styxcache.scheduler.clock import Clock, FakeClock, SystemClock
+    from styxcache.scheduler.config import ScheduleConfig, load_config
+    from styxcache.scheduler.config_errors import ConfigError
+    from styxcache.scheduler.dask_executor import DaskExecutor
+    from styxcache.scheduler.entry import ScheduleEntry
+    from styxcache.scheduler.executors import (
+        Executor,
+        FuturesExecutor,
+        InlineExecutor,
+        ProcessExecutor,
+        ThreadExecutor,
+    )
+    from styxcache.scheduler.ledger import Ledger, LedgerError, RunRecord, RunStore
+    from styxcache.scheduler.memo_cache import (
+        Cache,
+        CacheMemory,
+        UnsafeCacheFileError,
+        json_reader,
+        json_saver,
+        pickle_reader,
+        pickle_saver,
+    )
+    from styxcache.scheduler.nats_connect import NatsSettings
+    from styxcache.scheduler.nats_dispatch import NatsDispatcher
+    from styxcache.scheduler.options import SchedulerSettings
+    from styxcache.scheduler.runner_spec import RunnerSpec
+    from styxcache.scheduler.runs import RunContext, RunLostError, RunOutcome
+    from styxcache.scheduler.scheduler import Scheduler
+    from styxcache.scheduler.stores import StoreUnavailableError
+    from styxcache.scheduler.triggers import (
+        CronTrigger,
+        IntervalTrigger,
+        Trigger,
+        TriggerError,
+    )
 
 __all__ = [
     "Cache",
@@ -87,29 +78,61 @@ __all__ = [
     "RunLostError",
     "RunOutcome",
     "RunRecord",
-    "RunRequest",
     "RunStore",
     "RunnerSpec",
     "ScheduleConfig",
     "ScheduleEntry",
     "Scheduler",
+    "SchedulerSettings",
     "StoreUnavailableError",
     "SystemClock",
     "ThreadExecutor",
     "Trigger",
     "TriggerError",
     "UnsafeCacheFileError",
-    "as_executor",
-    "build_entry",
-    "execute_run",
-    "item_key",
     "json_reader",
     "json_saver",
     "load_config",
-    "make_executor",
-    "open_store",
-    "parse_config",
     "pickle_reader",
     "pickle_saver",
-    "run_key",
 ]
+
+# Where each public name is defined (the module imported on first use).
+_HOMES = {
+    "clock": "Clock FakeClock SystemClock",
+    "config": "ScheduleConfig load_config",
+    "config_errors": "ConfigError",
+    "dask_executor": "DaskExecutor",
+    "entry": "ScheduleEntry",
+    "executors": "Executor FuturesExecutor InlineExecutor ProcessExecutor"
+    " ThreadExecutor",
+    "ledger": "Ledger LedgerError RunRecord RunStore",
+    "memo_cache": "Cache CacheMemory UnsafeCacheFileError json_reader json_saver"
+    " pickle_reader pickle_saver",
+    "nats_connect": "NatsSettings",
+    "nats_dispatch": "NatsDispatcher",
+    "options": "SchedulerSettings",
+    "runner_spec": "RunnerSpec",
+    "runs": "RunContext RunLostError RunOutcome",
+    "scheduler": "Scheduler",
+    "stores": "StoreUnavailableError",
+    "triggers": "CronTrigger IntervalTrigger Trigger TriggerError",
+}
+_MODULE_OF = {
+    name: module for module, names in _HOMES.items() for name in names.split()
+}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    """Import a public name's module on first use (PEP 562)."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    """List the public names (with the module's own attributes)."""
+    return sorted({*globals(), *__all__})

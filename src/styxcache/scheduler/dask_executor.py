@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from styxcache.scheduler.futures import DoneCallback, new_future
 from styxcache.scheduler.runs import RunLostError
 
 __all__ = ["DASK_KEYS", "DaskExecutor", "DaskTLS", "dask_address", "is_dask_client"]
@@ -38,7 +39,6 @@ _log = logging.getLogger("styxcache.scheduler.dask_executor")
 
 T = TypeVar("T")
 A = TypeVar("A")
-DoneCallback = Callable[["cf.Future[Any]"], object]
 
 # Exceptions meaning the cluster, not the target, failed (by class name, so
 # this module imports without distributed installed).
@@ -241,9 +241,7 @@ class DaskExecutor:
         Raises:
             RuntimeError: After `shutdown()`.
         """
-        future: cf.Future[T] = cf.Future()
-        if on_done is not None:
-            future.add_done_callback(on_done)
+        future: cf.Future[T] = new_future(on_done)
         run_key = getattr(getattr(arg, "context", None), "key", "run")
         # Readable on the dashboard, unique per submission.
         task_key = f"styxcache-{run_key}-{uuid.uuid4().hex[:8]}"

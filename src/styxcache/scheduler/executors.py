@@ -2,23 +2,27 @@
 
 The scheduler only ever calls `submit(fn, arg)` and `shutdown(...)`, and
 reads the returned `concurrent.futures.Future`. Anything that can honour
-that (a Dask client, a NATS work queue) can become an executor later.
+that is an executor: the pools here, a Dask cluster (`dask_executor`), NATS
+workers (`nats_dispatch`); one contract test suite runs against them all.
 
-`ThreadExecutor` uses its own daemon threads rather than
-`concurrent.futures.ThreadPoolExecutor`, whose threads are joined at
-interpreter exit: a hung target would then hang the service's exit, which
-is exactly what a shutdown timeout must prevent.
+Process pools and foreign executors are `concurrent.futures` executors
+(`ProcessExecutor`, `FuturesExecutor`). `ThreadExecutor` alone keeps its
+own small queue of daemon threads rather than wrapping
+`concurrent.futures.ThreadPoolExecutor`, whose worker threads are not
+daemons and are joined at interpreter exit: a hung target would then hang
+the service's exit, which is exactly what a shutdown timeout must prevent.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import logging
 import multiprocessing
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from styxcache.scheduler.futures import DoneCallback, new_future, run_into
 
 __all__ = [
     "DispatcherExecutor",
@@ -32,11 +36,9 @@ __all__ = [
     "make_executor",
 ]
 
-_log = logging.getLogger("styxcache.scheduler.executors")
 
 T = TypeVar("T")
 A = TypeVar("A")
-DoneCallback = Callable[["cf.Future[Any]"], object]
 
 
 @runtime_checkable
@@ -78,24 +80,9 @@ class InlineExecutor:
     def submit(
         self, fn: Callable[[A], T], arg: A, /, on_done: DoneCallback | None = None
     ) -> cf.Future[T]:
-        """Run `fn(arg)` now.
-
-        Args:
-            fn: The function.
-            arg: Its argument.
-            on_done: Called with the future when done.
-
-        Returns:
-            A completed future.
-        """
-        future: cf.Future[T] = cf.Future()
-        if on_done is not None:
-            future.add_done_callback(on_done)
-        future.set_running_or_notify_cancel()
-        try:
-            future.set_result(fn(arg))
-        except BaseException as exc:  # the future carries it to the scheduler
-            future.set_exception(exc)
+        """Run `fn(arg)` now (see `Executor.submit`)."""
+        future: cf.Future[T] = new_future(on_done)
+        run_into(future, fn, arg)
         return future
 
     def shutdown(self, *, wait: bool = True, cancel_pending: bool = False) -> None:
@@ -138,35 +125,12 @@ class ThreadExecutor:
     def submit(
         self, fn: Callable[[A], T], arg: A, /, on_done: DoneCallback | None = None
     ) -> cf.Future[T]:
-        """Queue `fn(arg)` for a worker thread.
-
-        Args:
-            fn: The function.
-            arg: Its argument.
-            on_done: Called with the future when done.
-
-        Returns:
-            The call's future.
+        """Queue `fn(arg)` for a worker thread (see `Executor.submit`).
 
         Raises:
             RuntimeError: After `shutdown()`.
         """
-        future: cf.Future[T] = cf.Future()
-        if on_done is not None:
-            future.add_done_callback(on_done)
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("executor is shut down")
-            self._outstanding += 1
-            if self._outstanding > len(self._threads) < self.max_workers:
-                thread = threading.Thread(
-                    target=self._work,
-                    name=f"styxcache-run-{len(self._threads)}",
-                    daemon=True,
-                )
-                self._threads.append(thread)
-                thread.start()
-        self._queue.put((future, fn, arg))
+        future: cf.Future[T] = self.submit_many([(fn, arg, on_done)])[0]
         return future
 
     def submit_many(
@@ -186,12 +150,7 @@ class ThreadExecutor:
         Raises:
             RuntimeError: After `shutdown()`.
         """
-        jobs: list[tuple[cf.Future[Any], Callable[[Any], Any], Any]] = []
-        for fn, arg, on_done in calls:
-            future: cf.Future[Any] = cf.Future()
-            if on_done is not None:
-                future.add_done_callback(on_done)
-            jobs.append((future, fn, arg))
+        jobs = [(new_future(on_done), fn, arg) for fn, arg, on_done in calls]
         with self._lock:
             if self._closed:
                 raise RuntimeError("executor is shut down")
@@ -213,12 +172,7 @@ class ThreadExecutor:
             job = self._queue.get()
             if job is None:
                 return
-            future, fn, arg = job
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn(arg))
-                except BaseException as exc:
-                    future.set_exception(exc)
+            run_into(*job)
             with self._lock:
                 self._outstanding -= 1
 
@@ -268,16 +222,7 @@ class FuturesExecutor:
     def submit(
         self, fn: Callable[[A], T], arg: A, /, on_done: DoneCallback | None = None
     ) -> cf.Future[T]:
-        """Submit to the wrapped executor.
-
-        Args:
-            fn: The function.
-            arg: Its argument.
-            on_done: Called with the future when done.
-
-        Returns:
-            The wrapped executor's future.
-        """
+        """Submit to the wrapped executor (see `Executor.submit`)."""
         future = self._executor.submit(fn, arg)
         if on_done is not None:
             future.add_done_callback(on_done)
@@ -318,7 +263,9 @@ class ProcessExecutor(FuturesExecutor):
             cancel_pending: Cancel queued calls.
         """
         pool = self._executor
-        processes = list(getattr(pool, "_processes", {}).values()) if not wait else []
+        # `_processes` is None once the pool was shut down before.
+        running = getattr(pool, "_processes", None) or {}
+        processes = list(running.values()) if not wait else []
         pool.shutdown(wait=wait, cancel_futures=cancel_pending)
         for process in processes:
             # A run past the shutdown timeout must not keep the service alive.
@@ -364,19 +311,8 @@ class DispatcherExecutor:
     def submit(
         self, fn: Callable[[A], T], arg: A, /, on_done: DoneCallback | None = None
     ) -> cf.Future[T]:
-        """Hand `fn(arg)` to the dispatcher as a zero-argument job.
-
-        Args:
-            fn: The function.
-            arg: Its argument.
-            on_done: Called with the future when done.
-
-        Returns:
-            The future the job settles.
-        """
-        future: cf.Future[T] = cf.Future()
-        if on_done is not None:
-            future.add_done_callback(on_done)
+        """Hand `fn(arg)` to the dispatcher as a job (see `Executor.submit`)."""
+        future: cf.Future[T] = new_future(on_done)
 
         def job() -> T | None:
             if not future.set_running_or_notify_cancel():

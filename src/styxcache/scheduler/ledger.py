@@ -14,19 +14,33 @@ watermark, so downtime shows up as late fires instead of vanishing.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
-import socket
 import sqlite3
 import tempfile
 import threading
 import time
-import typing
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+
+from styxcache._system import HOST, owner_label, parse_owner_label, pid_alive
+from styxcache.errors import LedgerError
+
+# The contract types are defined in `runstore`; they stay importable from
+# here, where they were defined before the split.
+from styxcache.scheduler.runstore import (
+    MUTABLE_FIELDS,
+    RUN_FIELDS,
+    RUN_STATES,
+    EntryState,
+    RunRecord,
+    RunState,
+    RunStore,
+    history_filters,
+    next_entry_state,
+    record_from_row,
+    run_key,
+)
 
 __all__ = [
     "RUN_STATES",
@@ -40,21 +54,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger("styxcache.scheduler.ledger")
-
-RunState = Literal[
-    "planned",
-    "running",
-    "ok",
-    "failed",
-    "skipped",
-    "coalesced",
-    "missed",
-    "interrupted",
-]
-RUN_STATES: tuple[str, ...] = typing.get_args(RunState)
-FINAL_STATES = frozenset(
-    {"ok", "failed", "skipped", "coalesced", "missed", "interrupted"}
-)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -87,154 +86,6 @@ CREATE TABLE IF NOT EXISTS paused (
     since REAL NOT NULL
 );
 """
-
-
-def run_key(entry: str, nominal: float, item: str = "") -> str:
-    """Build the identity of one fire (or one fan-out item of it).
-
-    Args:
-        entry: Schedule name.
-        nominal: Nominal fire instant, Unix seconds.
-        item: Fan-out item key; `""` for a plain run, `"*"` for the fire
-            that expands into items.
-
-    Returns:
-        `entry@<nominal with microseconds>` plus `#item` when given.
-    """
-    base = f"{entry}@{nominal:.6f}"
-    return f"{base}#{item}" if item else base
-
-
-@dataclasses.dataclass(slots=True)
-class RunRecord:
-    """One row of the ledger.
-
-    Attributes:
-        key: Run key (see `run_key`).
-        entry: Schedule name.
-        nominal: Nominal fire instant (Unix seconds).
-        item: Fan-out item key (`""` if none, `"*"` for the expanding fire).
-        state: One of `RUN_STATES`.
-        reason: Why it was skipped, coalesced, missed or interrupted.
-        due: Nominal time plus jitter: when it was meant to start.
-        started: When it started (Unix seconds).
-        ended: When it ended.
-        lateness: `started - due`, seconds.
-        error: The exception text of a failed run.
-        hits: Cache hits the run made.
-        misses: Cache misses the run made.
-        owner: Which scheduler process claimed it.
-    """
-
-    key: str
-    entry: str
-    nominal: float
-    item: str = ""
-    state: str = "planned"
-    reason: str = ""
-    due: float | None = None
-    started: float | None = None
-    ended: float | None = None
-    lateness: float | None = None
-    error: str = ""
-    hits: int | None = None
-    misses: int | None = None
-    owner: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        """Return the record as a plain dictionary."""
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class EntryState:
-    """What the ledger remembers of one schedule.
-
-    Attributes:
-        name: Schedule name.
-        signature: Trigger signature last used.
-        since: When it was first seen enabled (no catch-up before this).
-        watermark: Newest nominal instant already handled.
-        enabled: Whether it was enabled when last synced.
-    """
-
-    name: str
-    signature: str
-    since: float
-    watermark: float
-    enabled: bool
-
-
-@runtime_checkable
-class RunStore(Protocol):
-    """Where a scheduler records runs and claims fires (swappable).
-
-    `Ledger` (SQLite) is the implementation here; a shared store for
-    distributed workers only has to honour the same contract: `claim` creates
-    each key at most once across everyone sharing the store.
-    """
-
-    owner: str
-    """Identifies the claiming scheduler in stored rows."""
-
-    def sync_entries(
-        self,
-        entries: Iterable[tuple[str, str, bool, float]],
-        restart: Iterable[str] = (),
-    ) -> dict[str, EntryState]:
-        """Record schedules; return their stored watermarks (see `Ledger`)."""
-        ...
-
-    def claim(
-        self, records: Sequence[RunRecord], watermarks: dict[str, float] | None = None
-    ) -> list[bool]:
-        """Create runs; True for each key this call created."""
-        ...
-
-    def update(self, records: Sequence[RunRecord]) -> None:
-        """Write the mutable fields of owned runs."""
-        ...
-
-    def get(self, key: str) -> RunRecord | None:
-        """Return one run by key."""
-        ...
-
-    def history(
-        self,
-        *,
-        entry: str | None = None,
-        state: str | None = None,
-        limit: int | None = 100,
-    ) -> list[RunRecord]:
-        """Return runs, newest first."""
-        ...
-
-    def count_by_state(self, entry: str | None = None) -> dict[str, int]:
-        """Count runs per state."""
-        ...
-
-    def recover_orphans(self, now: float) -> int:
-        """Mark runs of ended schedulers interrupted; return how many."""
-        ...
-
-    def set_paused(self, name: str, paused: bool, now: float) -> None:
-        """Pause or resume a schedule for every scheduler sharing the store."""
-        ...
-
-    def paused_entries(self) -> dict[str, float]:
-        """Return the paused schedules and since when (Unix seconds)."""
-        ...
-
-    def close(self) -> None:
-        """Release the store."""
-        ...
-
-
-_FIELDS = [f.name for f in dataclasses.fields(RunRecord)]
-
-
-class LedgerError(RuntimeError):
-    """The ledger file exists but cannot be used; the message says how to recover."""
 
 
 def _unreadable(path: Path | None, exc: BaseException) -> str:
@@ -325,7 +176,7 @@ class Ledger:
         except sqlite3.DatabaseError as exc:
             self._conn.close()
             raise LedgerError(_unreadable(self.path, exc)) from None
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = owner_label()
 
     def _setup(self) -> None:
         # Switching to WAL needs a moment of exclusive access and SQLite does
@@ -367,21 +218,7 @@ class Ledger:
         entries: Iterable[tuple[str, str, bool, float]],
         restart: Iterable[str] = (),
     ) -> dict[str, EntryState]:
-        """Record schedules and return their stored state.
-
-        A new schedule, a schedule whose trigger signature changed, and a
-        schedule that was disabled and is now enabled all get their
-        watermark moved to `now`: none of them catches up on the past.
-
-        Args:
-            entries: `(name, signature, enabled, now)`: `now` is when the
-                scheduler learned of this version of the entry.
-            restart: Names to start from `now` even if stored (entries
-                added by a reload that existed once before).
-
-        Returns:
-            The state of each named schedule after the update.
-        """
+        """Record schedules; return their stored state (see `RunStore.sync_entries`)."""
         fresh = set(restart)
         wanted = list(entries)
         result: dict[str, EntryState] = {}
@@ -390,21 +227,19 @@ class Ledger:
         with self._transaction() as conn:
             # One read of every stored row: registering thousands of entries
             # must not cost a query each.
-            stored = {row["name"]: row for row in conn.execute("SELECT * FROM entries")}
-            for name, signature, enabled, now in wanted:
-                row = stored.get(name)
-                if row is None:
-                    state = EntryState(name, signature, now, now, enabled)
-                    inserts.append((name, signature, now, now, int(enabled)))
+            stored = {
+                row["name"]: _entry_state(row)
+                for row in conn.execute("SELECT * FROM entries")
+            }
+            for want in wanted:
+                name = want[0]
+                old = stored.get(name)
+                state = next_entry_state(want, old, name in fresh)
+                row = (state.signature, state.since, state.watermark, state.enabled)
+                if old is None:
+                    inserts.append((name, *row[:3], int(state.enabled)))
                 else:
-                    watermark = float(row["watermark"])
-                    since = float(row["since"])
-                    again = name in fresh or (enabled and not row["enabled"])
-                    if again or row["signature"] != signature:
-                        watermark = max(watermark, now)
-                        since = max(since, now) if again else since
-                    state = EntryState(name, signature, since, watermark, enabled)
-                    updates.append((signature, since, watermark, int(enabled), name))
+                    updates.append((*row[:3], int(state.enabled), name))
                 result[name] = state
             conn.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?)", inserts)
             conn.executemany(
@@ -414,41 +249,18 @@ class Ledger:
             )
         return result
 
-    def entry_states(self) -> dict[str, EntryState]:
-        """Return every stored schedule state."""
-        with self._lock:
-            rows = self._conn.execute("SELECT * FROM entries").fetchall()
-        return {
-            r["name"]: EntryState(
-                r["name"],
-                r["signature"],
-                r["since"],
-                r["watermark"],
-                bool(r["enabled"]),
-            )
-            for r in rows
-        }
-
     def claim(
         self, records: Sequence[RunRecord], watermarks: dict[str, float] | None = None
     ) -> list[bool]:
-        """Insert new runs; a key that already exists is not claimed.
-
-        Args:
-            records: Rows to insert (their `owner` is set to this ledger's).
-            watermarks: Schedules whose watermark to raise in the same
-                transaction.
-
-        Returns:
-            For each record, whether this call created it (and so owns it).
-        """
-        placeholders = ", ".join("?" for _ in _FIELDS)
+        """Insert new runs; True for each key this call created (see `RunStore`)."""
+        placeholders = ", ".join("?" for _ in RUN_FIELDS)
         sql = (
-            f"INSERT OR IGNORE INTO runs ({', '.join(_FIELDS)}) VALUES ({placeholders})"
+            f"INSERT OR IGNORE INTO runs ({', '.join(RUN_FIELDS)})"
+            f" VALUES ({placeholders})"
         )
         for record in records:
             record.owner = self.owner
-        rows = [[getattr(r, f) for f in _FIELDS] for r in records]
+        rows = [[getattr(r, f) for f in RUN_FIELDS] for r in records]
         with self._transaction() as conn:
             inserted = conn.executemany(sql, rows).rowcount
             if inserted == len(records):
@@ -478,25 +290,11 @@ class Ledger:
         """
         if not records:
             return
+        sets = ", ".join(f"{name} = ?" for name in MUTABLE_FIELDS)
         with self._transaction() as conn:
             conn.executemany(
-                "UPDATE runs SET state = ?, reason = ?, started = ?, ended = ?,"
-                " lateness = ?,"
-                " error = ?, hits = ?, misses = ? WHERE key = ?",
-                [
-                    (
-                        r.state,
-                        r.reason,
-                        r.started,
-                        r.ended,
-                        r.lateness,
-                        r.error,
-                        r.hits,
-                        r.misses,
-                        r.key,
-                    )
-                    for r in records
-                ],
+                f"UPDATE runs SET {sets} WHERE key = ?",
+                [[*(getattr(r, f) for f in MUTABLE_FIELDS), r.key] for r in records],
             )
 
     def get(self, key: str) -> RunRecord | None:
@@ -512,7 +310,7 @@ class Ledger:
             row = self._conn.execute(
                 "SELECT * FROM runs WHERE key = ?", (key,)
             ).fetchone()
-        return RunRecord(**dict(row)) if row is not None else None
+        return record_from_row(row) if row is not None else None
 
     def history(
         self,
@@ -521,30 +319,16 @@ class Ledger:
         state: str | None = None,
         limit: int | None = 100,
     ) -> list[RunRecord]:
-        """Return runs, newest nominal time first.
-
-        Args:
-            entry: Only this schedule.
-            state: Only this state.
-            limit: At most this many rows (None for all).
-
-        Returns:
-            The records.
-        """
-        clauses, params = [], []
-        if entry is not None:
-            clauses.append("entry = ?")
-            params.append(entry)
-        if state is not None:
-            clauses.append("state = ?")
-            params.append(state)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        """Return runs, newest nominal time first (see `RunStore.history`)."""
+        columns, params = history_filters(entry, state)
+        clauses = " AND ".join(f"{column} = ?" for column in columns)
+        where = f"WHERE {clauses}" if clauses else ""
         sql = f"SELECT * FROM runs {where} ORDER BY nominal DESC, key DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         with self._lock:
             rows = self._conn.execute(sql, params).fetchall()
-        return [RunRecord(**dict(r)) for r in rows]
+        return [record_from_row(r) for r in rows]
 
     def count_by_state(self, entry: str | None = None) -> dict[str, int]:
         """Return how many runs are in each state.
@@ -600,20 +384,19 @@ class Ledger:
         Returns:
             How many runs were marked.
         """
-        host = socket.gethostname()
         marked = 0
         with self._transaction() as conn:
             rows = conn.execute(
                 "SELECT key, owner FROM runs WHERE state IN ('running', 'planned')"
             ).fetchall()
             for row in rows:
-                owner_host, _, rest = str(row["owner"]).partition(":")
-                pid_text = rest.partition(":")[0]
-                if owner_host != host or not pid_text.isdigit():
+                owner = str(row["owner"])
+                parsed = parse_owner_label(owner)
+                if parsed is None or parsed[0] != HOST or owner == self.owner:
                     continue
-                if _pid_alive(int(pid_text)) and int(pid_text) != os.getpid():
-                    continue
-                if str(row["owner"]) == self.owner:
+                # Another ledger of this very process that was closed counts
+                # as ended too.
+                if parsed[1] != os.getpid() and pid_alive(parsed[1]):
                     continue
                 conn.execute(
                     "UPDATE runs SET state = 'interrupted', ended = ?, reason = ?"
@@ -628,11 +411,11 @@ class Ledger:
         return marked
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _entry_state(row: sqlite3.Row) -> EntryState:
+    return EntryState(
+        row["name"],
+        row["signature"],
+        float(row["since"]),
+        float(row["watermark"]),
+        bool(row["enabled"]),
+    )

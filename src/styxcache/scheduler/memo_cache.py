@@ -22,19 +22,19 @@ import logging
 import os
 import pickle
 import stat
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from styxcache._system import atomic_write
+from styxcache.errors import UnsafeCacheFileError
 from styxcache.scheduler.clock import Clock, SystemClock
 
 __all__ = [
     "Cache",
     "CacheMemory",
     "UnsafeCacheFileError",
-    "atomic_write_bytes",
     "json_reader",
     "json_saver",
     "pickle_reader",
@@ -46,26 +46,6 @@ T = TypeVar("T")
 _default_log = logging.getLogger("styxcache.scheduler.memo")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so readers see the old or the new content, never a part.
-
-    Args:
-        path: Destination (its folder is created).
-        data: The bytes.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def pickle_saver(obj: Any, path: Path) -> None:
     """Save with pickle, atomically.
 
@@ -73,11 +53,8 @@ def pickle_saver(obj: Any, path: Path) -> None:
         obj: The value.
         path: The file.
     """
-    atomic_write_bytes(path, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-class UnsafeCacheFileError(PermissionError):
-    """A pickle file someone else could have written: it is not loaded."""
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    atomic_write(path, data, make_parents=True, permissions=0o600)
 
 
 def pickle_reader(path: Path) -> Any:
@@ -120,7 +97,8 @@ def json_saver(obj: Any, path: Path) -> None:
         obj: A JSON-serialisable value.
         path: The file.
     """
-    atomic_write_bytes(path, json.dumps(obj, sort_keys=True).encode("utf-8"))
+    text = json.dumps(obj, sort_keys=True)
+    atomic_write(path, text, make_parents=True, permissions=0o600)
 
 
 def json_reader(path: Path) -> Any:
@@ -243,10 +221,7 @@ class CacheMemory(Generic[T]):
     ) -> Callable[[Callable[[], T]], CacheMemory[T]]:
         """Decorate a zero-argument function into a `CacheMemory`.
 
-        Args:
-            expire: As in the constructor.
-            logger: As in the constructor.
-            name: As in the constructor.
+        The arguments are the constructor's.
 
         Returns:
             A decorator returning the cache wrapper (call it to get the value).
@@ -281,15 +256,10 @@ class Cache(CacheMemory[T]):
     ) -> None:
         """Create the cache; nothing is read or computed yet.
 
-        Args:
-            source_func: Produces the value.
-            expire: Age after which the value is recomputed.
-            logger: Where refreshes are logged.
-            path: The cache file.
-            saver: `saver(value, path)`; defaults to `pickle_saver`.
-            reader: `reader(path) -> value`; defaults to `pickle_reader`.
-            name: Label in logs (defaults to the file name).
-            clock: Time source (a `FakeClock` in tests).
+        The arguments are `CacheMemory`'s (`name` defaults to the file's
+        name), plus `path`, the cache file; `saver(value, path)`, which
+        defaults to `pickle_saver`; and `reader(path) -> value`, which
+        defaults to `pickle_reader`.
 
         Raises:
             ValueError: If `path` is missing or `expire` is negative.
@@ -374,13 +344,7 @@ class Cache(CacheMemory[T]):
     ) -> Callable[[Callable[[], T]], Cache[T]]:
         """Decorate a zero-argument function into a `Cache`.
 
-        Args:
-            expire: As in the constructor.
-            logger: As in the constructor.
-            path: As in the constructor.
-            saver: As in the constructor.
-            reader: As in the constructor.
-            name: As in the constructor.
+        The arguments are the constructor's.
 
         Returns:
             A decorator returning the cache wrapper.

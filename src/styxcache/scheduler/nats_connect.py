@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from styxcache.errors import NatsSettingsError
 from styxcache.scheduler.signing import MessageAuth, load_key
 
 __all__ = [
@@ -76,18 +77,6 @@ NATS_KEYS = (
 """Keys a schedule file's `nats:` section may carry."""
 
 
-class NatsSettingsError(ValueError):
-    """An invalid `nats:` setting.
-
-    Attributes:
-        field: The offending key.
-    """
-
-    def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
 def mask_url(url: str) -> str:
     """Hide the credentials of a URL (`nats://user:***@host`).
 
@@ -129,6 +118,19 @@ def _read_secret(path: str, what: str) -> str:
         raise OSError(
             f"cannot read the NATS {what} file {path}: {exc.strerror}"
         ) from None
+
+
+def _secret(
+    path: str | None, env: Mapping[str, str], variable: str, what: str
+) -> str | None:
+    """Read a secret from its file if one is set, else from `variable`."""
+    return _read_secret(path, what) if path is not None else env.get(variable)
+
+
+def _existing(path: str, what: str) -> str:
+    if not Path(path).is_file():
+        raise OSError(f"the NATS {what} file {path} does not exist")
+    return path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,30 +383,16 @@ class NatsSettings:
         options: dict[str, Any] = {"servers": [self.url]}
         if self.user is not None:
             options["user"] = self.user
-            password = (
-                _read_secret(self.password_file, "password")
-                if self.password_file is not None
-                else env.get(ENV_PASSWORD)
-            )
+            password = _secret(self.password_file, env, ENV_PASSWORD, "password")
             if password:
                 options["password"] = password
-        token = (
-            _read_secret(self.token_file, "token")
-            if self.token_file is not None
-            else env.get(ENV_TOKEN)
-        )
+        token = _secret(self.token_file, env, ENV_TOKEN, "token")
         if token:
             options["token"] = token
         if self.creds_file is not None:
-            if not Path(self.creds_file).is_file():
-                raise OSError(f"the NATS creds file {self.creds_file} does not exist")
-            options["user_credentials"] = self.creds_file
+            options["user_credentials"] = _existing(self.creds_file, "creds")
         if self.nkey_seed_file is not None:
-            if not Path(self.nkey_seed_file).is_file():
-                raise OSError(
-                    f"the NATS NKey seed file {self.nkey_seed_file} does not exist"
-                )
-            options["nkeys_seed"] = self.nkey_seed_file
+            options["nkeys_seed"] = _existing(self.nkey_seed_file, "NKey seed")
         tls_wanted = (
             self.url.startswith(("tls://", "wss://"))
             or self.tls_ca_file is not None

@@ -41,11 +41,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from styxcache.scheduler.futures import DoneCallback, new_future
 from styxcache.scheduler.nats_connect import NatsSettings, redact
 from styxcache.scheduler.publish import PublishAction, publish_subject
 from styxcache.scheduler.runs import RunLostError, RunOutcome, RunRequest, execute_run
 from styxcache.scheduler.signing import BadMessageError, MessageAuth
 from styxcache.scheduler.wire import (
+    Report,
+    TaskMessage,
     WireError,
     control_subject,
     decode_report,
@@ -62,7 +65,8 @@ _log = logging.getLogger("styxcache.scheduler.nats_dispatch")
 
 T = TypeVar("T")
 A = TypeVar("A")
-DoneCallback = Callable[["cf.Future[Any]"], object]
+# What `receive` decodes: a task (workers) or a report (the dispatcher).
+M = TypeVar("M", TaskMessage, Report)
 ControlHandler = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
 
@@ -95,6 +99,32 @@ def log_drop(
         log.warning(
             "dropped a message on %s (%s; %d %s so far)", subject, exc, count, reason
         )
+
+
+def receive(
+    log: logging.Logger,
+    auth: MessageAuth,
+    msg: Any,
+    decode: Callable[[bytes], M],
+) -> M | None:
+    """Decode and authenticate a message for one run, or drop it.
+
+    Args:
+        log: Where a drop is logged (see `log_drop`).
+        auth: Checks the signature against the run key.
+        msg: The NATS message.
+        decode: Parses the body into a message with a `key`.
+
+    Returns:
+        The message, or None if it was malformed or not authentic.
+    """
+    try:
+        message = decode(msg.data)
+        auth.check(msg.subject, msg.data, msg.headers, run=message.key)
+    except (WireError, BadMessageError) as exc:
+        log_drop(log, auth, msg.subject, exc)
+        return None
+    return message
 
 
 class NatsDispatcher:
@@ -198,11 +228,8 @@ class NatsDispatcher:
         self._watchdog = asyncio.ensure_future(self._watch())
 
     async def _on_report(self, msg: Any) -> None:
-        try:
-            report = decode_report(msg.data)
-            self.auth.check(msg.subject, msg.data, msg.headers, run=report.key)
-        except (WireError, BadMessageError) as exc:
-            log_drop(_log, self.auth, msg.subject, exc)
+        report = receive(_log, self.auth, msg, decode_report)
+        if report is None:
             return
         with self._lock:
             pending = self._pending.get(report.key)
@@ -275,9 +302,7 @@ class NatsDispatcher:
         context = arg.context
         prefix = self.settings.subject_prefix
         body = encode_task(context)
-        future: cf.Future[T] = cf.Future()
-        if on_done is not None:
-            future.add_done_callback(on_done)
+        future: cf.Future[T] = new_future(on_done)
         future.set_running_or_notify_cancel()
         with self._lock:
             if self._closed:
@@ -302,9 +327,7 @@ class NatsDispatcher:
         self, request: RunRequest, action: PublishAction, on_done: DoneCallback | None
     ) -> cf.Future[RunOutcome]:
         context = request.context
-        future: cf.Future[RunOutcome] = cf.Future()
-        if on_done is not None:
-            future.add_done_callback(on_done)
+        future: cf.Future[RunOutcome] = new_future(on_done)
         future.set_running_or_notify_cancel()
         with self._lock:
             if self._closed:

@@ -25,18 +25,16 @@ import concurrent.futures as cf
 import contextlib
 import dataclasses
 import logging
-import os
-import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from styxcache._system import owner_label
 from styxcache.scheduler.nats_connect import NatsSettings, redact
-from styxcache.scheduler.nats_dispatch import log_drop
+from styxcache.scheduler.nats_dispatch import receive
 from styxcache.scheduler.runner_spec import RunnerSpec
 from styxcache.scheduler.runs import RunOutcome, RunRequest, execute_run
-from styxcache.scheduler.signing import BadMessageError, MessageAuth
+from styxcache.scheduler.signing import MessageAuth
 from styxcache.scheduler.wire import (
-    WireError,
     decode_task,
     encode_report,
     results_subject,
@@ -131,20 +129,31 @@ async def serve(
             for), or when no server answers in time or it refuses the
             credentials (never shown).
     """
-    import nats
-
-    nats_settings = settings.nats
-    auth = auth if auth is not None else nats_settings.message_auth()
-    secrets = nats_settings.secrets()
+    auth = auth if auth is not None else settings.nats.message_auth()
     if not auth.enabled:
         _log.warning(
             "NATS messages are NOT signed (insecure_no_signing): anyone who can"
             " publish to %s can make this worker run its entries",
-            nats_settings.display_url,
+            settings.nats.display_url,
         )
     stop = stop or asyncio.Event()
-    me = f"{socket.gethostname()}:{os.getpid()}"
-    prefix = nats_settings.subject_prefix
+    me = owner_label(token=False)
+    nc = await _connect(settings, stop, me)
+    if nc is None:
+        return 0
+    return await _Worker(settings, auth, nc, me, stop).run()
+
+
+async def _connect(settings: WorkerSettings, stop: asyncio.Event, me: str) -> Any:
+    """Connect to the server, or return None if `stop` came first.
+
+    Raises:
+        OSError: When no server answers in time or it refuses us.
+    """
+    import nats
+
+    nats_settings = settings.nats
+    secrets = nats_settings.secrets()
 
     async def log_error(exc: Exception) -> None:
         # nats-py's default handler logs a full traceback for every refused retry.
@@ -169,38 +178,54 @@ async def serve(
     if not connecting.done():
         connecting.cancel()
         if stop.is_set():
-            return 0
+            return None
         raise OSError(
             f"no NATS server answered at {nats_settings.display_url} within"
             f" {settings.connect_timeout_seconds:g}s"
         )
     try:
-        nc = connecting.result()
+        return connecting.result()
     except Exception as exc:
         raise OSError(
             f"cannot connect to NATS at {nats_settings.display_url}:"
             f" {redact(f'{type(exc).__name__}: {exc}', secrets)}"
         ) from None
-    queue: asyncio.Queue[tuple[RunRequest, str]] = asyncio.Queue()
-    held: dict[str, tuple[int, str]] = {}
-    done = 0
-    pool = cf.ThreadPoolExecutor(settings.concurrency, "styxcache-worker")
-    loop = asyncio.get_running_loop()
 
-    async def report(subject: str, body: bytes, key: str) -> None:
-        headers = auth.sign(subject, body, run=key)
-        await nc.publish(subject, body, headers=headers or None)
 
-    async def on_task(msg: Any) -> None:
-        try:
-            task = decode_task(msg.data)
-            auth.check(msg.subject, msg.data, msg.headers, run=task.key)
-        except (WireError, BadMessageError) as exc:
-            log_drop(_log, auth, msg.subject, exc)
+class _Worker:
+    """One connected worker: takes tasks, runs them, reports, heartbeats."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        auth: MessageAuth,
+        nc: Any,
+        me: str,
+        stop: asyncio.Event,
+    ) -> None:
+        self.settings = settings
+        self.auth = auth
+        self.nc = nc
+        self.me = me
+        self.stop = stop
+        self.prefix = settings.nats.subject_prefix
+        self.queue: asyncio.Queue[tuple[RunRequest, str]] = asyncio.Queue()
+        # Runs in hand (queued or running): key -> (attempt, reply subject).
+        self.held: dict[str, tuple[int, str]] = {}
+        self.done = 0
+        self.pool = cf.ThreadPoolExecutor(settings.concurrency, "styxcache-worker")
+
+    async def report(self, subject: str, body: bytes, key: str) -> None:
+        headers = self.auth.sign(subject, body, run=key)
+        await self.nc.publish(subject, body, headers=headers or None)
+
+    async def on_task(self, msg: Any) -> None:
+        task = receive(_log, self.auth, msg, decode_task)
+        if task is None:
             return
-        entry = settings.entries.get(task.schedule)
-        if entry is None or msg.subject != runs_subject(prefix, task.schedule):
-            auth.count("unknown-entry")
+        entry = self.settings.entries.get(task.schedule)
+        if entry is None or msg.subject != runs_subject(self.prefix, task.schedule):
+            self.auth.count("unknown-entry")
             _log.warning(
                 "refused run %s: entry %r is not registered on this worker",
                 task.key,
@@ -208,81 +233,90 @@ async def serve(
             )
             return
         key, attempt = task.key, task.attempt
-        reply_to = results_subject(prefix, task.schedule)
+        reply_to = results_subject(self.prefix, task.schedule)
         request = RunRequest(
             target=entry.target,
             context=task.context(),
             pass_context=entry.pass_context,
             runner=entry.runner,
         )
-        held[key] = (attempt, reply_to)
-        await report(reply_to, encode_report("accepted", key, attempt, me), key)
-        await queue.put((request, reply_to))
+        self.held[key] = (attempt, reply_to)
+        await self.report(
+            reply_to, encode_report("accepted", key, attempt, self.me), key
+        )
+        await self.queue.put((request, reply_to))
 
-    async def heartbeats() -> None:
+    async def heartbeats(self) -> None:
         while True:
-            await asyncio.sleep(settings.heartbeat_seconds)
-            for key, (attempt, reply_to) in list(held.items()):
-                await report(
-                    reply_to, encode_report("heartbeat", key, attempt, me), key
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            for key, (attempt, reply_to) in list(self.held.items()):
+                await self.report(
+                    reply_to, encode_report("heartbeat", key, attempt, self.me), key
                 )
 
-    async def work() -> None:
-        nonlocal done
+    async def work(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            request, reply_to = await queue.get()
+            request, reply_to = await self.queue.get()
             key, attempt = request.context.key, request.context.attempt
             _log.info("running %s (attempt %d)", key, attempt)
             try:
-                outcome = await loop.run_in_executor(pool, execute_run, request)
+                outcome = await loop.run_in_executor(self.pool, execute_run, request)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # SystemExit in a target, a broken pool
                 # Reported, not swallowed: a run held without a result would
                 # be heartbeated forever and never counted as lost.
                 outcome = RunOutcome(ok=False, error=f"{type(exc).__name__}: {exc}")
-            await report(
-                reply_to, encode_report("result", key, attempt, me, outcome), key
+            await self.report(
+                reply_to, encode_report("result", key, attempt, self.me, outcome), key
             )
-            held.pop(key, None)
-            done += 1
+            self.held.pop(key, None)
+            self.done += 1
             _log.info("reported %s: %s", key, "ok" if outcome.ok else outcome.error)
-            if settings.max_runs is not None and done >= settings.max_runs:
-                stop.set()
+            max_runs = self.settings.max_runs
+            if max_runs is not None and self.done >= max_runs:
+                self.stop.set()
 
-    subjects = sorted({runs_subject(prefix, name) for name in settings.entries})
-    subscriptions = [
-        await nc.subscribe(subject, queue=settings.queue, cb=on_task)
-        for subject in subjects
-    ]
-    await nc.flush()
-    _log.info(
-        "worker %s listening on %s (entries: %s; messages %s)",
-        me,
-        ", ".join(subjects),
-        ", ".join(sorted(settings.entries)),
-        "signed" if auth.enabled else "NOT signed",
-    )
-    tasks = [asyncio.ensure_future(heartbeats())]
-    tasks += [asyncio.ensure_future(work()) for _ in range(settings.concurrency)]
-    try:
-        await stop.wait()
-        # Take no new runs; finish the ones in hand.
-        for subscription in subscriptions:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(subscription.unsubscribe(), 5)
-        while held:
-            await asyncio.sleep(0.05)
-    finally:
-        for task in tasks:
-            task.cancel()
-        # Bounded: with the server gone, drain() would wait for a reconnect
-        # forever and SIGTERM could not stop the worker.
+    async def run(self) -> int:
+        settings = self.settings
+        subjects = sorted(
+            {runs_subject(self.prefix, name) for name in settings.entries}
+        )
+        subscriptions = [
+            await self.nc.subscribe(subject, queue=settings.queue, cb=self.on_task)
+            for subject in subjects
+        ]
+        await self.nc.flush()
+        _log.info(
+            "worker %s listening on %s (entries: %s; messages %s)",
+            self.me,
+            ", ".join(subjects),
+            ", ".join(sorted(settings.entries)),
+            "signed" if self.auth.enabled else "NOT signed",
+        )
+        tasks = [asyncio.ensure_future(self.heartbeats())]
+        tasks += [
+            asyncio.ensure_future(self.work()) for _ in range(settings.concurrency)
+        ]
         try:
-            await asyncio.wait_for(nc.drain(), 5)
-        except Exception:
-            await nc.close()
-        pool.shutdown(wait=False)
-        if auth.counts():
-            _log.warning("messages refused: %s", auth.counts())
-    return done
+            await self.stop.wait()
+            # Take no new runs; finish the ones in hand.
+            for subscription in subscriptions:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(subscription.unsubscribe(), 5)
+            while self.held:
+                await asyncio.sleep(0.05)
+        finally:
+            for task in tasks:
+                task.cancel()
+            # Bounded: with the server gone, drain() would wait for a reconnect
+            # forever and SIGTERM could not stop the worker.
+            try:
+                await asyncio.wait_for(self.nc.drain(), 5)
+            except Exception:
+                await self.nc.close()
+            self.pool.shutdown(wait=False)
+            if self.auth.counts():
+                _log.warning("messages refused: %s", self.auth.counts())
+        return self.done

@@ -34,12 +34,16 @@ import dataclasses
 import json
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, get_args
+
+from styxcache.errors import PublishConfigError
+from styxcache.scheduler.config_errors import unknown_keys
 
 __all__ = [
     "DISPATCH_TYPES",
     "GOAL_KEYS",
     "TASK_KEYS",
+    "DispatchType",
     "PublishAction",
     "PublishConfigError",
     "publish_overrides",
@@ -49,7 +53,9 @@ __all__ = [
 PUBLISH_KEYS = frozenset({"dispatch_type", "goal_config", "task_config"})
 """Entry keys of publish entries."""
 
-DISPATCH_TYPES = ("goal", "task")
+DispatchType = Literal["goal", "task"]
+"""What a publish entry sends: a goal or a task."""
+DISPATCH_TYPES: tuple[str, ...] = get_args(DispatchType)
 GOAL_KEYS = frozenset({"instruction", "context", "priority", "metadata"})
 """Keys of a `goal_config:` mapping."""
 TASK_KEYS = frozenset({"worker_type", "payload", "model_tier", "priority", "metadata"})
@@ -58,18 +64,6 @@ TASK_KEYS = frozenset({"worker_type", "payload", "model_tier", "priority", "meta
 # Message ids derive from run keys: a retried or re-published run carries the
 # same id, so a consumer can drop duplicates.
 _ID_NAMESPACE = uuid.UUID("5f0b8e53-8f1e-4d7c-9a55-6b0c3f1f2a11")
-
-
-class PublishConfigError(ValueError):
-    """An invalid publish entry.
-
-    Attributes:
-        field: The offending key (`goal_config.context`, ...).
-    """
-
-    def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 def publish_subject(prefix: str, dispatch_type: str) -> str:
@@ -105,7 +99,7 @@ class PublishAction:
             action stays hashable and immutable).
     """
 
-    dispatch_type: str
+    dispatch_type: DispatchType
     config_json: str
 
     @classmethod
@@ -130,7 +124,8 @@ class PublishAction:
         """
         if dispatch_type not in DISPATCH_TYPES:
             raise PublishConfigError(
-                f"must be goal or task; got {dispatch_type!r}", "dispatch_type"
+                f"must be {' or '.join(DISPATCH_TYPES)}; got {dispatch_type!r}",
+                "dispatch_type",
             )
         name = f"{dispatch_type}_config"
         other = "task_config" if dispatch_type == "goal" else "goal_config"
@@ -146,13 +141,9 @@ class PublishAction:
                 f"must be a mapping, got {type(config).__name__}", name
             )
         allowed = GOAL_KEYS if dispatch_type == "goal" else TASK_KEYS
-        unknown = sorted(set(config) - allowed)
+        unknown = unknown_keys(config, allowed, name)
         if unknown:
-            raise PublishConfigError(
-                f"unknown key(s) {', '.join(map(repr, unknown))};"
-                f" allowed: {', '.join(sorted(allowed))}",
-                f"{name}.{unknown[0]}",
-            )
+            raise PublishConfigError(*unknown)
         merged_into = "context" if dispatch_type == "goal" else "payload"
         for key in (merged_into, "metadata"):
             if key in config and not isinstance(config[key], Mapping):
@@ -179,7 +170,8 @@ class PublishAction:
                 "task_config.worker_type",
             )
         _jsonable(dict(config), name)
-        return cls(str(dispatch_type), json.dumps(dict(config), sort_keys=True))
+        kind: DispatchType = "goal" if dispatch_type == "goal" else "task"
+        return cls(kind, json.dumps(dict(config), sort_keys=True))
 
     @property
     def config(self) -> dict[str, Any]:

@@ -25,6 +25,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from styxcache.errors import RunnerSpecError
+from styxcache.scheduler.config_errors import unknown_keys
+
 __all__ = [
     "POLICY_FIELDS",
     "RUNNER_KEYS",
@@ -71,18 +74,6 @@ POLICY_FIELDS = frozenset(
 """`CachePolicy` fields settable from a file (the callables are code-only)."""
 
 _BASES = ("local",)
-
-
-class RunnerSpecError(ValueError):
-    """A `runner:` mapping that cannot build a runner.
-
-    Attributes:
-        field: The offending key, dotted for policy fields (`policy.verify`).
-    """
-
-    def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 def _frozen(value: Any) -> Any:
@@ -149,13 +140,9 @@ class RunnerSpec:
                 f"must be a mapping with a cache_dir, got {type(raw).__name__}",
                 "runner",
             )
-        unknown = sorted(set(raw) - RUNNER_KEYS)
+        unknown = unknown_keys(raw, RUNNER_KEYS, "runner")
         if unknown:
-            raise RunnerSpecError(
-                f"unknown key(s) {', '.join(map(repr, unknown))};"
-                f" allowed: {', '.join(sorted(RUNNER_KEYS))}",
-                f"runner.{unknown[0]}",
-            )
+            raise RunnerSpecError(*unknown)
 
         def path(key: str, value: Any) -> str:
             if not isinstance(value, str) or not value:
@@ -186,13 +173,11 @@ class RunnerSpec:
         policy_raw = raw.get("policy") or {}
         if not isinstance(policy_raw, Mapping):
             raise RunnerSpecError("must be a mapping", "runner.policy")
-        bad = sorted(set(policy_raw) - POLICY_FIELDS)
-        if bad:
-            raise RunnerSpecError(
-                f"unknown policy field(s) {', '.join(map(repr, bad))};"
-                f" allowed: {', '.join(sorted(POLICY_FIELDS))}",
-                f"runner.policy.{bad[0]}",
-            )
+        unknown = unknown_keys(
+            policy_raw, POLICY_FIELDS, "runner.policy", "policy field"
+        )
+        if unknown:
+            raise RunnerSpecError(*unknown)
         remote, remote_write = _remote_settings(raw)
         spec = cls(
             cache_dir=cache_dir,

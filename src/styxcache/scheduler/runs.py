@@ -14,20 +14,13 @@ import time
 import traceback
 from typing import Any
 
+from styxcache.errors import RunLostError
 from styxcache.events import collect_events
 from styxcache.modes import CacheMode, cache_mode
-from styxcache.scheduler.config import Target, resolve_callable
+from styxcache.scheduler.refs import Target, resolve_callable
 from styxcache.scheduler.runner_spec import RunnerSpec, using_runner
 
 __all__ = ["RunContext", "RunLostError", "RunOutcome", "RunRequest", "execute_run"]
-
-
-class RunLostError(RuntimeError):
-    """The executor lost a run: its worker died or stopped answering.
-
-    Unlike a target's own exception (a `failed` run), a lost run is recorded
-    as `interrupted` and retried up to the entry's `retries`.
-    """
 
 
 @dataclasses.dataclass(frozen=True)

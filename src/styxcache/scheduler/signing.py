@@ -23,7 +23,6 @@ import collections
 import dataclasses
 import hashlib
 import hmac
-import logging
 import os
 import secrets
 import stat
@@ -31,6 +30,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from styxcache.errors import BadMessageError
 
 __all__ = [
     "ENV_KEY",
@@ -45,7 +46,6 @@ __all__ = [
     "load_key",
 ]
 
-_log = logging.getLogger("styxcache.scheduler.signing")
 
 HEADER_SIGNATURE = "Styxcache-Signature"
 HEADER_TIMESTAMP = "Styxcache-Timestamp"
@@ -61,19 +61,6 @@ MIN_KEY_BYTES = 16
 """Shortest key accepted (32 random bytes, hex-encoded, is the advice)."""
 
 _DOMAIN = b"styxcache-nats-1"
-
-
-class BadMessageError(ValueError):
-    """A message that failed authentication.
-
-    Attributes:
-        reason: A short, fixed label (`unsigned`, `bad-signature`, `stale`,
-            `replayed`, `malformed`) used to count drops.
-    """
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
 
 
 def load_key(

@@ -20,23 +20,28 @@ import datetime as dt
 import functools
 import heapq
 import math
-import re
 import threading
 from collections.abc import Callable, Iterator
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-__all__ = ["CronTrigger", "IntervalTrigger", "Trigger", "TriggerError", "load_zone"]
+from styxcache.errors import TriggerError
+from styxcache.scheduler.cron_fields import fast_spec, next_wall
+
+__all__ = [
+    "CronTrigger",
+    "IntervalTrigger",
+    "NextFireMemo",
+    "Trigger",
+    "TriggerError",
+    "load_zone",
+]
 
 # A wall time can be ambiguous for at most the size of a DST shift; three
 # hours covers every shift in the tz database.
 _TRANSITION_MARGIN_S = 3 * 3600
-
-
-class TriggerError(ValueError):
-    """A cron expression, interval or time zone is invalid."""
 
 
 @runtime_checkable
@@ -91,6 +96,61 @@ def load_zone(name: str) -> ZoneInfo:
         raise TriggerError(f"unknown time zone {name!r}") from exc
 
 
+class NextFireMemo:
+    """Remembered next-fire answers of cron triggers.
+
+    Keyed by expression, zone and instant. Give one memo to many triggers
+    (the loader gives one to every entry of a file) and a herd of entries
+    with one expression costs one computation per fire instead of one each.
+    Bounded: the oldest answers go first. Thread-safe.
+    """
+
+    def __init__(self, size: int = 65536) -> None:
+        """Start empty.
+
+        Args:
+            size: Most answers kept.
+        """
+        self._size = size
+        self._answers: dict[tuple[str, str, float], float | None] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, float]) -> tuple[bool, float | None]:
+        """Look an answer up.
+
+        Args:
+            key: Expression, zone name and instant.
+
+        Returns:
+            Whether it is known, and the answer.
+        """
+        with self._lock:
+            if key in self._answers:
+                return True, self._answers[key]
+        return False, None
+
+    def put(self, key: tuple[str, str, float], answer: float | None) -> None:
+        """Remember an answer.
+
+        Args:
+            key: Expression, zone name and instant.
+            answer: The next fire (None: never).
+        """
+        with self._lock:
+            if len(self._answers) >= self._size:
+                del self._answers[next(iter(self._answers))]  # drop the oldest
+            self._answers[key] = answer
+
+    def __len__(self) -> int:
+        """Return how many answers are kept."""
+        with self._lock:
+            return len(self._answers)
+
+    def __reduce__(self) -> tuple[type[NextFireMemo], tuple[int]]:
+        """Pickle as an empty memo (a lock cannot travel; answers are cheap)."""
+        return NextFireMemo, (self._size,)
+
+
 class CronTrigger:
     """A cron expression evaluated in a time zone's wall time.
 
@@ -100,12 +160,20 @@ class CronTrigger:
         "cron '0 2 * * *' in Europe/Berlin"
     """
 
-    def __init__(self, expression: str, timezone: str = "UTC") -> None:
+    def __init__(
+        self,
+        expression: str,
+        timezone: str = "UTC",
+        *,
+        memo: NextFireMemo | None = None,
+    ) -> None:
         """Parse and check the expression.
 
         Args:
             expression: Five cron fields (an optional sixth is seconds).
             timezone: IANA time zone whose wall time the fields describe.
+            memo: Next-fire answers shared with other triggers (None: this
+                trigger keeps its own).
 
         Raises:
             TriggerError: If the expression or the zone is invalid.
@@ -121,7 +189,7 @@ class CronTrigger:
         # The common grammar (numbers, names, ranges, steps, lists) is parsed
         # here, one cached parse per distinct field; anything else (L, W, #,
         # ?, seconds) goes to croniter.
-        self._spec = _fast_spec(tuple(fields)) if len(fields) == 5 else None
+        self._spec = fast_spec(tuple(fields)) if len(fields) == 5 else None
         self._template: croniter | None = None
         if self._spec is None:
             try:
@@ -135,6 +203,7 @@ class CronTrigger:
         self._zone = load_zone(timezone)
         # Fall-back repeats fire twice only for schedules that repeat hourly.
         self._hour_wildcard = fields[1].startswith("*")
+        self._memo = memo if memo is not None else NextFireMemo(size=1024)
 
     @property
     def signature(self) -> str:
@@ -157,18 +226,15 @@ class CronTrigger:
         """
         if self._spec is not None and self._zone.key in _FIXED_ZONES:
             # The common case needs no walk state: one calendar search.
-            wall = _next_wall(self._spec, _EPOCH + dt.timedelta(seconds=after))
+            wall = next_wall(self._spec, _EPOCH + dt.timedelta(seconds=after))
             return None if wall is None else (wall - _EPOCH).total_seconds()
         key = (self.expression, self.timezone, after)
-        with _NEXT_LOCK:
-            if key in _NEXT_CACHE:
-                return _NEXT_CACHE[key]
-        result = next(iter(self.iter_after(after)), None)
-        with _NEXT_LOCK:
-            if len(_NEXT_CACHE) >= _NEXT_CACHE_SIZE:
-                del _NEXT_CACHE[next(iter(_NEXT_CACHE))]  # drop the oldest
-            _NEXT_CACHE[key] = result
-        return result
+        known, answer = self._memo.get(key)
+        if known:
+            return answer
+        answer = next(iter(self.iter_after(after)), None)
+        self._memo.put(key, answer)
+        return answer
 
     def lower_bound(self, after: float) -> float | None:
         """A cheap instant no later than the next fire, or None.
@@ -213,7 +279,7 @@ class CronTrigger:
         if self._spec is not None:
             return _cron_iter(
                 self._zone,
-                functools.partial(_next_wall, self._spec),
+                functools.partial(next_wall, self._spec),
                 self._hour_wildcard,
                 after,
             )
@@ -302,13 +368,6 @@ class IntervalTrigger:
             k += 1
 
 
-# Next-fire answers shared by all triggers, so that thousands of entries with
-# one expression (a herd) cost one computation per fire instead of one each.
-_NEXT_CACHE: dict[tuple[str, str, float], float | None] = {}
-_NEXT_CACHE_SIZE = 65536
-_NEXT_LOCK = threading.Lock()
-
-
 @functools.lru_cache(maxsize=1024)
 def _walker_template(expression: str) -> croniter:
     # Parsing ("expanding") an expression is croniter's costly step: each
@@ -369,142 +428,6 @@ def _cron_iter(
         misses = 0 if emitted else misses + 1
         if misses > 100_000:
             return
-
-
-# ------------------------------------------------------------ fast cron
-
-# minute, hour, day of month, month, day of week (7 is Sunday too).
-_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
-_FULL = (60, 24, 31, 12, 7)
-_MONTHS = {
-    m: i
-    for i, m in enumerate(
-        (
-            "jan",
-            "feb",
-            "mar",
-            "apr",
-            "may",
-            "jun",
-            "jul",
-            "aug",
-            "sep",
-            "oct",
-            "nov",
-            "dec",
-        ),
-        start=1,
-    )
-}
-_DAYS = {d: i for i, d in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))}
-_PART = re.compile(r"^(\*|[a-z0-9]+(?:-[a-z0-9]+)?)(?:/([0-9]+))?$")
-
-
-def _value(index: int, text: str) -> int | None:
-    if text.isdigit():
-        return int(text)
-    names = _MONTHS if index == 3 else _DAYS if index == 4 else {}
-    return names.get(text)
-
-
-@functools.lru_cache(maxsize=4096)
-def _parse_field(index: int, text: str) -> tuple[int, ...] | None:
-    """Sorted values of one cron field; None when croniter must judge it."""
-    lo, hi = _RANGES[index]
-    values: set[int] = set()
-    for part in text.lower().split(","):
-        match = _PART.match(part)
-        if match is None:
-            return None
-        span, step_text = match.groups()
-        step = int(step_text) if step_text is not None else 1
-        if step < 1:
-            return None
-        if span == "*":
-            first, last = lo, (6 if index == 4 else hi)
-        else:
-            ends = span.split("-")
-            parsed = [_value(index, end) for end in ends]
-            if any(v is None for v in parsed):
-                return None
-            first = parsed[0]  # type: ignore[assignment]
-            last = parsed[-1] if len(parsed) == 2 else (hi if step_text else first)  # type: ignore[assignment]
-            if not lo <= first <= last <= hi:
-                return None  # out of range or a wrapping range: croniter's call
-        values.update(range(first, last + 1, step))
-    if index == 4 and 7 in values:
-        values.discard(7)
-        values.add(0)
-    return tuple(sorted(values))
-
-
-class _Spec(NamedTuple):
-    minutes: tuple[int, ...]
-    hours: tuple[int, ...]
-    days: frozenset[int]
-    months: frozenset[int]
-    weekdays: frozenset[int]
-    day_or: bool  # both day fields restricted: either may match (cron's rule)
-
-
-@functools.lru_cache(maxsize=4096)
-def _field_set(index: int, text: str) -> frozenset[int] | None:
-    values = _parse_field(index, text)
-    return None if values is None else frozenset(values)
-
-
-@functools.lru_cache(maxsize=16384)
-def _fast_spec(fields: tuple[str, ...]) -> _Spec | None:
-    minute_text, hour_text, dom_text, month_text, dow_text = fields
-    minutes = _parse_field(0, minute_text)
-    hours = _parse_field(1, hour_text)
-    days = _field_set(2, dom_text)
-    months = _field_set(3, month_text)
-    weekdays = _field_set(4, dow_text)
-    if not (minutes and hours and days and months and weekdays):
-        return None  # unparsed here (croniter's call), or matching nothing
-    # croniter's rule, kept so that no schedule changes meaning: a day field
-    # is unrestricted when written `*`, or when it covers every value and
-    # the other day field's text has a `*`; with both restricted, either
-    # matching is enough.
-    days_all = dom_text == "*" or (len(days) == _FULL[2] and "*" in dow_text)
-    weekdays_all = dow_text == "*" or (len(weekdays) == _FULL[4] and "*" in dom_text)
-    return _Spec(
-        minutes, hours, days, months, weekdays, not days_all and not weekdays_all
-    )
-
-
-# Long enough for "29 Feb" on a given weekday; shorter specs never match.
-_MAX_DAYS = 366 * 29
-
-
-def _next_wall(spec: _Spec, after: dt.datetime) -> dt.datetime | None:
-    """The first naive wall time strictly after `after` that the spec matches."""
-    start = after.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
-    day = start.date()
-    hour, minute = start.hour, start.minute
-    hours, minutes = spec.hours, spec.minutes
-    one = dt.timedelta(days=1)
-    for _ in range(_MAX_DAYS):
-        if day.month in spec.months:
-            dom = day.day in spec.days
-            dow = (day.weekday() + 1) % 7 in spec.weekdays
-            if (dom or dow) if spec.day_or else (dom and dow):
-                i = bisect.bisect_left(hours, hour)
-                if i < len(hours) and hours[i] == hour:
-                    j = bisect.bisect_left(minutes, minute)
-                    if j < len(minutes):
-                        return dt.datetime(
-                            day.year, day.month, day.day, hour, minutes[j]
-                        )
-                    i += 1
-                if i < len(hours):
-                    return dt.datetime(
-                        day.year, day.month, day.day, hours[i], minutes[0]
-                    )
-        day += one
-        hour = minute = 0
-    return None
 
 
 def _resolve(

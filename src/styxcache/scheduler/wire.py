@@ -26,13 +26,17 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from typing import Any
+from typing import Any, Literal, get_args
 
+from styxcache.errors import WireError
+from styxcache.modes import CacheMode
 from styxcache.scheduler.runs import RunContext, RunOutcome
 
 __all__ = [
+    "REPORT_KINDS",
     "VERSION",
     "Report",
+    "ReportKind",
     "TaskMessage",
     "WireError",
     "control_subject",
@@ -49,12 +53,10 @@ __all__ = [
 VERSION = 2
 """Message format version (1 carried a target to import: no longer read)."""
 
-REPORT_KINDS = ("accepted", "heartbeat", "result")
-_CACHE_MODES = ("normal", "refresh", "bypass")
-
-
-class WireError(ValueError):
-    """A message that is not a valid styxcache task or report."""
+ReportKind = Literal["accepted", "heartbeat", "result"]
+"""What a worker says about a run."""
+REPORT_KINDS: tuple[str, ...] = get_args(ReportKind)
+_CACHE_MODES = frozenset(mode.value for mode in CacheMode)
 
 
 def _token(schedule: str) -> str:

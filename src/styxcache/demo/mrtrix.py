@@ -13,7 +13,6 @@ runs, so importing this module costs nothing when they are absent.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib
 import importlib.util
 import logging
@@ -22,11 +21,12 @@ import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from styxdefs import Execution, LocalRunner, Metadata, Runner
 
-from styxcache.events import collect_events
+from styxcache.demo.report import PipelineReport, StepReport, run_step, subject_ids
+from styxcache.errors import StyxcacheError
 
 if TYPE_CHECKING:
     from styxcache import CachePolicy
@@ -45,7 +45,7 @@ __all__ = [
     "write_image",
 ]
 
-_log = logging.getLogger("styxcache.demo_mrtrix")
+_log = logging.getLogger("styxcache.demo.mrtrix")
 
 MRTRIX_TOOLS = ("mrconvert", "mrthreshold", "mrstats", "mrinfo")
 """The MRtrix3 commands the pipeline needs on PATH."""
@@ -54,13 +54,11 @@ DEFAULT_SHAPE = (16, 16, 8)
 """Voxel grid of the synthetic images: small, so a subject takes milliseconds."""
 
 _MIN_EDGE = 4
-_MAX_SUBJECTS = 99
 
-Outcome = Literal["hit", "ran"]
 _Out = TypeVar("_Out", bound=NamedTuple)
 
 
-class MrtrixUnavailableError(RuntimeError):
+class MrtrixUnavailableError(StyxcacheError, RuntimeError):
     """Raised when the MRtrix3 tools or the Python packages are missing."""
 
 
@@ -94,25 +92,6 @@ def _importable(module: str) -> bool:
     except ModuleNotFoundError:
         # find_spec imports the parent package; "niwrap" itself may be absent.
         return False
-
-
-def subject_ids(count: int) -> list[str]:
-    """Return BIDS-style subject labels `sub-01` ... for `count` subjects.
-
-    Args:
-        count: Number of subjects, 1 to 99.
-
-    Returns:
-        The labels, in order.
-
-    Raises:
-        ValueError: If `count` is not an integer from 1 to 99.
-    """
-    if isinstance(count, bool) or not isinstance(count, int):
-        raise ValueError(f"subjects must be an integer, got {count!r}")
-    if not 1 <= count <= _MAX_SUBJECTS:
-        raise ValueError(f"subjects must be between 1 and {_MAX_SUBJECTS}, got {count}")
-    return [f"sub-{index:02d}" for index in range(1, count + 1)]
 
 
 def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
@@ -199,83 +178,6 @@ def ensure_images(
     return images
 
 
-@dataclasses.dataclass(frozen=True)
-class StepReport:
-    """What one tool call of the pipeline did.
-
-    Attributes:
-        subject: Subject label, e.g. `sub-01`.
-        step: The MRtrix3 command (`metadata.id` of the wrapper).
-        outcome: `"hit"` when served from the cache, otherwise `"ran"`.
-        event: The cache event kind (`hit`, `miss`, `refresh`, `bypass`), or
-            `""` when the runner is not a caching runner.
-        seconds: Wall time of the call.
-        outputs: Named output paths (`root` is the output folder).
-        stdout: The tool's standard output lines, captured or replayed.
-    """
-
-    subject: str
-    step: str
-    outcome: Outcome
-    event: str
-    seconds: float
-    outputs: Mapping[str, Path]
-    stdout: tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class PipelineReport:
-    """All steps of one pipeline run, in execution order.
-
-    Attributes:
-        steps: One report per tool call.
-        seconds: Wall time of the tool calls, from the first call to the
-            last (imports, input images and building the runner excluded).
-    """
-
-    steps: tuple[StepReport, ...]
-    seconds: float
-
-    @property
-    def tool_seconds(self) -> float:
-        """Summed wall time of the tool calls (hits included)."""
-        return sum(step.seconds for step in self.steps)
-
-    @property
-    def hits(self) -> int:
-        """Number of steps served from the cache."""
-        return sum(step.outcome == "hit" for step in self.steps)
-
-    @property
-    def ran(self) -> int:
-        """Number of steps whose tool actually ran."""
-        return sum(step.outcome == "ran" for step in self.steps)
-
-    def for_subject(self, subject: str) -> list[StepReport]:
-        """Return the steps of one subject.
-
-        Args:
-            subject: Subject label.
-
-        Returns:
-            That subject's steps, in order.
-        """
-        return [step for step in self.steps if step.subject == subject]
-
-    def format_table(self) -> str:
-        """Render the steps as a plain-text table, one line per step."""
-        lines = [f"{'subject':<8} {'step':<12} {'outcome':<7} {'ms':>8}  stdout"]
-        for step in self.steps:
-            lines.append(
-                f"{step.subject:<8} {step.step:<12} {step.outcome:<7} "
-                f"{step.seconds * 1000:>8.1f}  {' | '.join(step.stdout)}"
-            )
-        lines.append(
-            f"{self.hits} hit(s), {self.ran} ran, {self.seconds:.2f} s in total"
-        )
-        return "\n".join(lines)
-
-
 def _step(
     reports: list[StepReport],
     subject: str,
@@ -288,36 +190,26 @@ def _step(
     outputs: Callable[[Any, Execution], _Out],
 ) -> _Out:
     validate(params)
-    stdout: list[str] = []
-    started = time.perf_counter()
-    with collect_events() as events:
-        # The steps of a wrapper's generated `*_execute` function, which passes
-        # no output handlers to run(): spelling them out is how a caller
-        # captures a tool's stdout.
-        execution = runner.start_execution(metadata)
-        execution.params(params)
+
+    def prepare(execution: Execution) -> tuple[list[str], _Out, Mapping[str, Path]]:
         args = cargs(params, execution)
         result = outputs(params, execution)
-        execution.run(args, handle_stdout=stdout.append)
-    seconds = time.perf_counter() - started
-    kind = events[-1].kind if events else ""
-    named = {
-        name: Path(value)
-        for name, value in result._asdict().items()
-        if isinstance(value, (str, os.PathLike))
-    }
-    reports.append(
-        StepReport(
-            subject=subject,
-            step=metadata.id,
-            outcome="hit" if kind == "hit" else "ran",
-            event=kind,
-            seconds=seconds,
-            outputs=named,
-            stdout=tuple(stdout),
-        )
+        named = {
+            name: Path(value)
+            for name, value in result._asdict().items()
+            if isinstance(value, (str, os.PathLike))
+        }
+        return args, result, named
+
+    report, result = run_step(runner, subject, metadata, params, prepare)
+    reports.append(report)
+    _log.debug(
+        "%s %s: %s in %.3f s",
+        subject,
+        metadata.id,
+        report.event or "ran",
+        report.seconds,
     )
-    _log.debug("%s %s: %s in %.3f s", subject, metadata.id, kind or "ran", seconds)
     return result
 
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 
-from styxdefs import LocalRunner, Metadata, Runner
+from styxdefs import Execution, LocalRunner, Metadata, Runner
 
-from styxcache._demo_mrtrix import PipelineReport, StepReport, subject_ids
-from styxcache.events import collect_events
+from styxcache.demo.report import PipelineReport, StepReport, run_step, subject_ids
 
 __all__ = ["run_builtin_pipeline"]
 
@@ -25,6 +24,18 @@ _SORT = Metadata(id="sort", name="Sort lines numerically", package="coreutils")
 _UNIQ = Metadata(id="uniq", name="Count repeated lines", package="coreutils")
 _SUM = Metadata(id="sha256sum", name="Checksum a file", package="coreutils")
 _WC = Metadata(id="wc", name="Count lines", package="coreutils")
+
+_CHAIN = (
+    (_SORT, "sorted.txt", 'sort -n "{src}" > sorted.txt'),
+    (_UNIQ, "counts.txt", 'uniq -c "{src}" > counts.txt'),
+)
+"""Steps that each write one file, read by the next: tool, output, shell line."""
+
+_READERS = (
+    (_SUM, 'sha256sum < "{src}"'),
+    (_WC, 'wc < "{src}"'),
+)
+"""Steps that read the last file and print their result: tool, shell line."""
 
 
 def _write_inputs(folder: Path, labels: list[str]) -> dict[str, Path]:
@@ -44,34 +55,22 @@ def _call(
     subject: str,
     metadata: Metadata,
     infile: Path,
-    output: str | None,
-    command: Callable[[str], list[str]],
+    step: tuple[str | None, str],
 ) -> tuple[StepReport, Path | None]:
-    lines: list[str] = []
-    started = time.perf_counter()
-    with collect_events() as events:
-        execution = runner.start_execution(metadata)
-        execution.params({"input": str(infile), "output": output})
+    """Run one step on `infile`: `step` is its output file (or None) and shell line."""
+    output, line = step
+
+    def prepare(
+        execution: Execution,
+    ) -> tuple[list[str], Path | None, Mapping[str, Path]]:
         local = execution.input_file(infile)
         outputs = {"root": execution.output_file(".")}
         if output is not None:
             outputs["output"] = execution.output_file(output)
-        execution.run(command(local), handle_stdout=lines.append)
-    kind = events[-1].kind if events else ""
-    report = StepReport(
-        subject=subject,
-        step=metadata.id,
-        outcome="hit" if kind == "hit" else "ran",
-        event=kind,
-        seconds=time.perf_counter() - started,
-        outputs=outputs,
-        stdout=tuple(lines),
-    )
-    return report, outputs.get("output")
+        return ["sh", "-c", line.format(src=local)], outputs.get("output"), outputs
 
-
-def _reader(tool: str) -> Callable[[str], list[str]]:
-    return lambda src: ["sh", "-c", f'{tool} < "{src}"']
+    params = {"input": str(infile), "output": output}
+    return run_step(runner, subject, metadata, params, prepare)
 
 
 def run_builtin_pipeline(
@@ -98,29 +97,13 @@ def run_builtin_pipeline(
     started = time.perf_counter()
     steps: list[StepReport] = []
     for subject, infile in files.items():
-        report, ordered = _call(
-            runner,
-            subject,
-            _SORT,
-            infile,
-            "sorted.txt",
-            lambda src: ["sh", "-c", f'sort -n "{src}" > sorted.txt'],
-        )
-        steps.append(report)
-        assert ordered is not None
-        report, counts = _call(
-            runner,
-            subject,
-            _UNIQ,
-            ordered,
-            "counts.txt",
-            lambda src: ["sh", "-c", f'uniq -c "{src}" > counts.txt'],
-        )
-        steps.append(report)
-        assert counts is not None
-        for metadata in (_SUM, _WC):
-            report, _ = _call(
-                runner, subject, metadata, counts, None, _reader(metadata.id)
-            )
+        current: Path | None = infile
+        for metadata, output, line in _CHAIN:
+            assert current is not None  # each chained step names its output
+            report, current = _call(runner, subject, metadata, current, (output, line))
+            steps.append(report)
+        assert current is not None
+        for metadata, line in _READERS:
+            report, _ = _call(runner, subject, metadata, current, (None, line))
             steps.append(report)
     return PipelineReport(steps=tuple(steps), seconds=time.perf_counter() - started)
