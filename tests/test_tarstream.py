@@ -185,3 +185,27 @@ def test_header_byte_sum_is_exact() -> None:
     blocks += [random.Random(seed).randbytes(512) for seed in range(2000)]
     for block in blocks:
         assert _byte_sum(block) == sum(block)
+
+
+def _pax_archive(pax: dict[str, str], *, kind: bytes = tarfile.REGTYPE) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("entries/x")
+        info.type = kind
+        info.pax_headers = pax
+        archive.addfile(info, io.BytesIO(b""))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("mtime", ["nan", "inf", "-inf", "1e300", "-1e300"])
+def test_an_impossible_pax_time_is_refused(mtime: str) -> None:
+    # os.utime raises on these; refusing them while reading keeps the import's
+    # promise that a rejected archive leaves nothing behind.
+    with pytest.raises(TarStreamError, match="impossible time"):
+        _read(_pax_archive({"mtime": mtime}))
+
+
+def test_a_nul_in_a_link_target_is_refused() -> None:
+    archive = _pax_archive({"linkpath": "a\0b"}, kind=tarfile.SYMTYPE)
+    with pytest.raises(TarStreamError, match="NUL"):
+        _read(archive)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bz2
 import lzma
+import math
 import zlib
 from collections.abc import Iterator
 from typing import Literal, NamedTuple, Protocol
@@ -25,6 +26,8 @@ __all__ = ["BLOCK", "Readable", "TarMember", "TarReader", "TarStreamError"]
 
 BLOCK = 512
 _CHUNK = 1 << 20
+# Beyond year 2500 either way: no real file has such a time, and os.utime may overflow.
+_MTIME_LIMIT = 1 << 34
 _MAX_PAX = 1 << 20
 """A pax or GNU long-name header larger than this is refused."""
 
@@ -379,6 +382,12 @@ class TarReader:
             name = name.rstrip("/")
         if size < 0:
             raise TarStreamError(f"member {name!r} has a negative size")
+        # Refused here, not where the time is applied: os.utime raises on these,
+        # and by then an import may have committed other entries.
+        if not math.isfinite(mtime) or abs(mtime) >= _MTIME_LIMIT:
+            raise TarStreamError(f"member {name!r} has an impossible time {mtime!r}")
+        if "\0" in linkname:
+            raise TarStreamError(f"member {name!r} has a NUL byte in its link target")
         if kind in ("dir", "symlink", "hardlink"):
             size = 0  # as tar and tarfile read them: no data follows
         return TarMember(
