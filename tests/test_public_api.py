@@ -89,6 +89,16 @@ def test_each_exported_name_imports(name: str) -> None:
 def test_internals_are_not_exported() -> None:
     # Records of the lease machinery are not something a user builds or reads.
     assert "LeaseOwner" not in styxcache.__all__
+    assert "LeaseOwner" not in dir(styxcache)
+
+
+def test_a_formerly_exported_internal_still_imports_with_a_warning() -> None:
+    from styxcache.lease import LeaseOwner
+
+    with pytest.warns(DeprecationWarning, match=r"import it from styxcache\.lease"):
+        assert styxcache.LeaseOwner is LeaseOwner  # type: ignore[attr-defined]
+    with pytest.warns(DeprecationWarning, match="LeaseOwner"):
+        exec("from styxcache import LeaseOwner", {})
 
 
 def _doc_imports() -> set[str]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import typing
+import warnings
 
 if typing.TYPE_CHECKING:
     from styxcache.canonical import register_encoder
@@ -126,6 +127,10 @@ __all__ = [
     "use_cache",
 ]
 
+# Exported by 1.0's development releases, internal since: still served, with a
+# DeprecationWarning naming its home, for one more release.
+_DEPRECATED = {"LeaseOwner": "styxcache.lease"}
+
 if not typing.TYPE_CHECKING:  # mypy sees the imports above, not a catch-all
 
     def __getattr__(name: str) -> object:
@@ -135,6 +140,14 @@ if not typing.TYPE_CHECKING:  # mypy sees the imports above, not a catch-all
             value = getattr(importlib.import_module(home), name)
             globals()[name] = value  # later lookups skip this function
             return value
+        if name in _DEPRECATED:
+            warnings.warn(
+                f"{__name__}.{name} is internal and no longer exported; import "
+                f"it from {_DEPRECATED[name]} (this alias will be removed)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return getattr(importlib.import_module(_DEPRECATED[name]), name)
         if not name.startswith("_"):
             # `import styxcache; styxcache.store.CacheStore` worked when this
             # module imported everything: keep it working.

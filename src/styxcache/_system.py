@@ -10,9 +10,11 @@ It imports nothing from styxcache, so any module may use it.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import shutil
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ __all__ = [
     "atomic_write",
     "atomic_writer",
     "base_chain",
+    "can_fork",
     "innermost",
     "link_or_copy_tree",
     "local_process_dead",
@@ -61,6 +64,21 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def can_fork() -> bool:
+    """Return True when this process may fork workers safely.
+
+    A forked child gets only the forking thread: a lock another thread held
+    (logging's, rich's, an import's) would stay held in the child. A daemonic
+    process may not have children.
+    """
+    return (
+        hasattr(os, "fork")
+        and "fork" in multiprocessing.get_all_start_methods()
+        and threading.active_count() == 1
+        and not multiprocessing.current_process().daemon
+    )
 
 
 def process_start(pid: int) -> str:

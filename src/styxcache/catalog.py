@@ -29,19 +29,25 @@ import dataclasses
 import json
 import logging
 import os
-import threading
-import time
-import uuid
-from collections.abc import Iterable
 from pathlib import Path
 
-from styxcache._system import atomic_writer, writer_file_name, writer_finished
+from styxcache.catalog_files import (
+    CATALOG_DIR,
+    CHECKS_SUFFIX,
+    NOFOLLOW,
+    SUMMARY_SUFFIX,
+    append_checks,
+    append_rows,
+    foldable,
+    record_use,
+    write_snapshot,
+)
 from styxcache.catalog_rows import (
-    USE_TAG,
     CatalogRow,
     CatalogRows,
 )
-from styxcache.manifest import Manifest, plain
+from styxcache.entry_check import ENTRY_FILES, MANIFEST_FILE
+from styxcache.manifest import Manifest, OutputRecord, OutsideRecord, plain
 
 __all__ = [
     "CATALOG_DIR",
@@ -58,129 +64,11 @@ __all__ = [
     "record_use",
     "row_for",
     "row_from",
+    "stamp_of",
     "write_snapshot",
 ]
 
 _log = logging.getLogger("styxcache.catalog")
-
-CATALOG_DIR = ".catalog"
-_SUMMARY_SUFFIX = ".tsv"
-_CHECKS_SUFFIX = ".chk"
-_RESERVED = (
-    ".styxcache.manifest.json",
-    ".styxcache.stdout.gz",
-    ".styxcache.stderr.gz",
-    ".styxcache.done",
-)
-"""The files of an entry that styxcache writes (as `CacheStore.RESERVED`)."""
-
-
-def _writable_tool(tool: str) -> bool:
-    return "\t" not in tool and "\n" not in tool and "\r" not in tool
-
-
-ROTATE_BYTES = 8 << 20
-"""A process's catalog file is closed past this size (a long-lived worker
-appends a line per hit), so that the next snapshot can fold it."""
-_CLOSED = "closed-"
-"""The name prefix of a file its (live) writer has closed: foldable."""
-
-
-class _File:
-    """One open catalog file of this process."""
-
-    __slots__ = ("fd", "path", "written")
-
-    def __init__(self, fd: int, path: Path) -> None:
-        self.fd, self.path, self.written = fd, path, 0
-
-
-class _Writer:
-    """This process's catalog files in one cache (reopened after a fork)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.files: dict[tuple[Path, str], _File] = {}
-        self.broken: set[Path] = set()
-        # A child writes its own files: a file's name says whose it is.
-        os.register_at_fork(after_in_child=self.files.clear)
-
-    def append(self, root: Path, text: str, suffix: str) -> None:
-        data = text.encode("utf-8")
-        # Under the lock: a file closed by another thread is never written.
-        # This runs on every hit: little else here.
-        with self.lock:
-            try:
-                file = self.files.get((root, suffix)) or self._open(root, suffix)
-                if file is None:
-                    return
-                # O_APPEND and one write(2): readers and other processes
-                # see whole lines.
-                os.write(file.fd, data)
-                file.written += len(data)
-                if file.written > ROTATE_BYTES:
-                    self._close(root, suffix, file)
-            except OSError as exc:
-                # Only scans get slower without the catalog: never fail a run.
-                self.broken.add(root)
-                self.files.pop((root, suffix), None)
-                _log.debug("cannot write the catalog of %s: %s", root, exc)
-
-    def _open(self, root: Path, suffix: str) -> _File | None:
-        """Open this process's file (the caller holds the lock)."""
-        if root in self.broken:
-            return None
-        folder = root / CATALOG_DIR
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(folder)
-        if not os.path.isdir(folder) or os.path.islink(folder):
-            raise OSError(f"{folder} is not a folder")
-        path = folder / writer_file_name(suffix)
-        fd = os.open(
-            path,
-            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | _NOFOLLOW,
-            0o666,
-        )
-        file = self.files[(root, suffix)] = _File(fd, path)
-        return file
-
-    def _close(self, root: Path, suffix: str, file: _File) -> None:
-        """Close a full file and name it foldable (the caller holds the lock)."""
-        del self.files[(root, suffix)]
-        with contextlib.suppress(OSError):
-            os.rename(file.path, file.path.with_name(_CLOSED + file.path.name))
-        os.close(file.fd)
-
-
-_WRITER = _Writer()
-
-
-def append_rows(root: Path, rows: Iterable[CatalogRow]) -> None:
-    """Append rows to this process's catalog files of a cache; never raises.
-
-    Args:
-        root: The cache directory.
-        rows: The rows (entries just committed, or just described).
-    """
-    kept = [row for row in rows if _writable_tool(row.tool)]
-    text = "".join(row.to_line() for row in kept)
-    if text:
-        _WRITER.append(root, text, _SUMMARY_SUFFIX)
-    checks = "".join(row.checks_line() for row in kept)
-    if checks:
-        _WRITER.append(root, checks, _CHECKS_SUFFIX)
-
-
-def append_checks(root: Path, rows: Iterable[CatalogRow]) -> None:
-    """Append only what `verify` needs of rows; never raises.
-
-    Args:
-        root: The cache directory.
-        rows: The rows.
-    """
-    checks = "".join(row.checks_line() for row in rows if _writable_tool(row.tool))
-    if checks:
-        _WRITER.append(root, checks, _CHECKS_SUFFIX)
 
 
 @dataclasses.dataclass
@@ -209,7 +97,7 @@ def load_catalog(root: Path, *, checks: bool = False) -> LoadedCatalog:
     """
     folder = root / CATALOG_DIR
     rows = CatalogRows()
-    suffixes = (_SUMMARY_SUFFIX, _CHECKS_SUFFIX) if checks else (_SUMMARY_SUFFIX,)
+    suffixes = (SUMMARY_SUFFIX, CHECKS_SUFFIX) if checks else (SUMMARY_SUFFIX,)
     try:
         if os.path.islink(folder):
             return LoadedCatalog(rows, [])
@@ -217,9 +105,11 @@ def load_catalog(root: Path, *, checks: bool = False) -> LoadedCatalog:
             (n for n in os.listdir(folder) if n.endswith(suffixes)),
             key=lambda n: (not n.startswith("snapshot-"), n),
         )
+        trusted = _trusted_writers(root)
     except OSError:
         return LoadedCatalog(rows, [])
     after = ""
+    kept: list[str] = []
     for name in names:
         try:
             with open(
@@ -228,11 +118,16 @@ def load_catalog(root: Path, *, checks: bool = False) -> LoadedCatalog:
                 errors="replace",
                 opener=_no_follow,
             ) as handle:
+                st = os.fstat(handle.fileno())
+                if st.st_uid not in trusted:
+                    _log.debug("ignoring catalog file %s: not a trusted user's", name)
+                    continue
                 text = handle.read()
-                written = os.fstat(handle.fileno()).st_mtime_ns
+                written = st.st_mtime_ns
         except OSError:
             continue
-        is_checks = name.endswith(_CHECKS_SUFFIX)
+        kept.append(name)
+        is_checks = name.endswith(CHECKS_SUFFIX)
         if not name.startswith("snapshot-"):
             rows.add_text(text, checks=is_checks, after=after)
             continue
@@ -240,83 +135,23 @@ def load_catalog(root: Path, *, checks: bool = False) -> LoadedCatalog:
         if not is_checks:
             # Snapshots come first: after them, `after` is the oldest's time.
             after = min(after or f"{written:020d}", f"{written:020d}")
-    return LoadedCatalog(rows, names)
+    return LoadedCatalog(rows, kept)
 
 
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+def _trusted_writers(root: Path) -> frozenset[int]:
+    """The users whose catalog files are read.
+
+    This process's, the cache folder's owner and root (who could rewrite the
+    entries anyway). In a shared cache any member can add a file to
+    `.catalog/`; a forged `.chk` line would make `verify` call a damaged
+    entry whole. Other members' files are skipped: their entries are
+    described from the manifests.
+    """
+    return frozenset((os.geteuid(), os.stat(root).st_uid, 0))
 
 
 def _no_follow(path: str, flags: int) -> int:
-    return os.open(path, flags | _NOFOLLOW)
-
-
-def write_snapshot(
-    root: Path,
-    rows: Iterable[CatalogRow],
-    folded: list[str],
-    *,
-    checks: bool = False,
-    seen_ns: int | None = None,
-) -> None:
-    """Replace the catalog's files by one snapshot of `rows`; never raises.
-
-    Only files that were read (`folded`) are removed: snapshots, and the
-    append files of processes that have exited. A live process keeps its
-    file; rows it appends later are read by the next scan.
-
-    Args:
-        root: The cache directory.
-        rows: Every row still valid (entries present with that inode).
-        folded: The files the rows were read from (`LoadedCatalog.files`).
-        checks: Write (and fold) the `.chk` files instead of the summaries.
-        seen_ns: When the scan the rows come from started (nanoseconds). It
-            becomes the snapshot's modification time, which `load_catalog`
-            takes as the time of the last uses the snapshot knows: uses
-            recorded after it (even while the scan ran) are kept.
-    """
-    folder = root / CATALOG_DIR
-    suffix = _CHECKS_SUFFIX if checks else _SUMMARY_SUFFIX
-    try:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(folder)
-        if os.path.islink(folder) or not os.path.isdir(folder):
-            return
-        # No fsync: a snapshot lost in a crash is only a slower next scan.
-        name = f"snapshot-{uuid.uuid4().hex[:12]}{suffix}"
-        with atomic_writer(folder / name, fsync=False) as handle:
-            handle.writelines(
-                row.checks_line() if checks else row.to_line()
-                for row in rows
-                if _writable_tool(row.tool)
-            )
-            if seen_ns is not None:
-                handle.flush()
-                os.utime(handle.fileno(), ns=(seen_ns, seen_ns))
-    except OSError as exc:  # a read-only cache: scans stay correct, only slower
-        _log.debug("cannot write a catalog snapshot in %s: %s", root, exc)
-        return
-    for name in folded:
-        if not name.endswith(suffix):
-            continue
-        if name.startswith(("snapshot-", _CLOSED)) or writer_finished(name):
-            with contextlib.suppress(OSError):
-                os.unlink(folder / name)
-
-
-def foldable(files: list[str], *, checks: bool = False) -> int:
-    """Count the catalog files a snapshot would fold away (see `write_snapshot`).
-
-    Args:
-        files: `LoadedCatalog.files`.
-        checks: Count `.chk` files instead of summaries.
-    """
-    suffix = _CHECKS_SUFFIX if checks else _SUMMARY_SUFFIX
-    return sum(
-        1
-        for n in files
-        if n.endswith(suffix)
-        and (n.startswith(("snapshot-", _CLOSED)) or writer_finished(n))
-    )
+    return os.open(path, flags | NOFOLLOW)
 
 
 MAX_CHECKED_OUTPUTS = 256
@@ -330,9 +165,18 @@ def manifest_stamp(path: str | os.PathLike[str]) -> str:
         path: The manifest file.
     """
     try:
-        st = os.stat(path)
+        st = os.lstat(path)  # a link is never a manifest: its stamp matches none
     except OSError:
         return "-"
+    return stamp_of(st)
+
+
+def stamp_of(st: os.stat_result) -> str:
+    """`manifest_stamp` from the manifest file's stat record (an import has it).
+
+    Args:
+        st: The manifest file's `stat` (or `fstat`).
+    """
     # Not the ctime: `export` hard-links every file (a new link count is a
     # new ctime), and verify would then read every manifest again.
     return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
@@ -346,13 +190,41 @@ def checks_of(manifest: Manifest) -> str:
     """
     if len(manifest.outputs) > MAX_CHECKED_OUTPUTS:
         return "-"
-    data = {f.name: plain(getattr(manifest, f.name)) for f in _MANIFEST_FIELDS}
+    data = _fields_of(manifest)
     data["payload"], data["fingerprint_parts"] = {}, {}
     # Compact JSON escapes tabs and newlines: the line stays one line.
-    return json.dumps(data, separators=(",", ":"))
+    return _COMPACT.encode(data)
+
+
+def _fields_of(manifest: Manifest) -> dict[str, object]:
+    """`plain(manifest)` as a fresh dict, from the instances' own dicts when plain.
+
+    Every miss's commit and every imported entry builds one: a frozen
+    dataclass's `__dict__` holds its fields in order, and an output record's
+    fields are leaves, so `json` can take them as they are (half the cost of
+    `plain`). Anything else (a subclass, an extra attribute) goes through `plain`.
+    """
+    own = manifest.__dict__
+    records = (*manifest.outputs, *manifest.outside)
+    if (
+        type(manifest) is Manifest
+        and len(own) == len(_MANIFEST_FIELDS)
+        and all(_LEAF_RECORDS.get(type(r)) == len(r.__dict__) for r in records)
+    ):
+        data = dict(own)
+        data["outputs"] = [r.__dict__ for r in manifest.outputs]
+        data["outside"] = [r.__dict__ for r in manifest.outside]
+        return data
+    return {f.name: plain(getattr(manifest, f.name)) for f in _MANIFEST_FIELDS}
 
 
 _MANIFEST_FIELDS = dataclasses.fields(Manifest)
+_LEAF_RECORDS: dict[type, int] = {
+    kind: len(dataclasses.fields(kind)) for kind in (OutputRecord, OutsideRecord)
+}
+"""Record types whose fields are all JSON leaves, with their field counts."""
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+"""`json.dumps(..., separators=(",", ":"))` without building an encoder per call."""
 
 
 def row_for(
@@ -370,10 +242,10 @@ def row_for(
     except OSError:
         return None
     extra = 0
-    for name in _RESERVED:
+    for name in ENTRY_FILES:
         with contextlib.suppress(OSError):
             extra += os.lstat(os.path.join(entry, name)).st_size
-    stamp = manifest_stamp(os.path.join(entry, _RESERVED[0]))
+    stamp = manifest_stamp(os.path.join(entry, MANIFEST_FILE))
     return row_from(key, st, manifest, extra, stamp)
 
 
@@ -420,19 +292,3 @@ def record_commit(root: Path, key: str, entry: Path, manifest: Manifest) -> None
         return
     if row is not None:
         append_rows(root, [row])
-
-
-def record_use(root: Path, key: str, when_ns: int | None = None) -> None:
-    """Note a use of an entry in the index of last uses; never raises.
-
-    Called right after the entry folder's time was bumped, so the time noted
-    is within moments of the folder's (a few milliseconds: the kernel's
-    coarse clock); `inventory.page_by_last_use` allows for that.
-
-    Args:
-        root: The cache directory.
-        key: The entry's key.
-        when_ns: The use's time in nanoseconds (default: now).
-    """
-    when = time.time_ns() if when_ns is None else when_ns
-    _WRITER.append(root, f"{USE_TAG}\t{key}\t{when:020d}\n", _SUMMARY_SUFFIX)

@@ -16,12 +16,32 @@ from collections.abc import Callable
 
 from styxcache.manifest import Manifest, OutputRecord
 
-__all__ = ["STDERR_LOG", "STDOUT_LOG", "Lookup", "check_outputs"]
+__all__ = [
+    "DONE_MARKER",
+    "ENTRY_FILES",
+    "MANIFEST_FILE",
+    "STDERR_LOG",
+    "STDOUT_LOG",
+    "UNCOMMITTED",
+    "Lookup",
+    "check_outputs",
+]
 
 STDOUT_LOG = ".styxcache.stdout.gz"
 """The tool's stdout inside an entry, gzip, one line per line."""
 STDERR_LOG = ".styxcache.stderr.gz"
 """The tool's stderr inside an entry."""
+MANIFEST_FILE = ".styxcache.manifest.json"
+"""The entry's manifest (`CacheStore.MANIFEST`)."""
+DONE_MARKER = ".styxcache.done"
+"""Present once an entry is committed (`CacheStore.DONE_MARKER`)."""
+UNCOMMITTED = ".styxcache.uncommitted"
+"""Marks a folder still being committed (`CacheStore.UNCOMMITTED`)."""
+ENTRY_FILES = frozenset(
+    {MANIFEST_FILE, DONE_MARKER, STDOUT_LOG, STDERR_LOG, UNCOMMITTED}
+)
+"""Names inside an entry that belong to styxcache, not to the tool
+(`CacheStore.RESERVED`; the catalog counts their sizes too)."""
 
 HashFile = Callable[[str, int], str]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from styxcache.cache_size import CacheSizeEstimate
 from styxcache.gc import GcLimits, GcReport, collect_garbage
@@ -61,8 +62,41 @@ def trim_after_commit(
         clock: Returns the current Unix time (injectable for tests).
 
     Returns:
-        The collection's report, or None when the cache was under the cap.
+        The collection's report, or None when the cache was under the cap
+        (or could not be trimmed).
     """
+    try:
+        return _trim(store, limit_bytes, keep, estimate, keep_used_after, clock)
+    except Exception as exc:  # trimming must never fail a run
+        # Not only OSError: a damaged file of a shared cache may raise anything.
+        if store.root not in _FAILED:
+            _FAILED.add(store.root)
+            _log.warning(
+                "cannot trim cache %s to %d bytes: %s: %s (the run goes on; "
+                "further failures are logged at debug level)",
+                store.root,
+                limit_bytes,
+                type(exc).__name__,
+                exc,
+            )
+        else:
+            _log.debug("cannot trim cache %s: %r", store.root, exc)
+        return None
+
+
+_FAILED: set[Path] = set()
+"""Caches whose trimming failed with an unexpected error (warned once each)."""
+
+
+def _trim(
+    store: CacheStore,
+    limit_bytes: int,
+    keep: str,
+    estimate: CacheSizeEstimate,
+    keep_used_after: float | None,
+    clock: Callable[[], float],
+) -> GcReport | None:
+    """`trim_after_commit`, raising what it cannot handle."""
     now = clock()
     try:
         if _still_under(store, limit_bytes, keep, estimate, now):

@@ -98,7 +98,12 @@ def _band(
     wide = pick(2 * limit + 32, pairs())
     if not wide:
         return []
-    edge = int(wide[min(limit, len(wide)) - 1][0])
+    try:
+        edge = int(wide[min(limit, len(wide)) - 1][0])
+    except ValueError:
+        # `CatalogRows` keeps only 20-digit times; should one slip through,
+        # every key is a candidate, and `_checked` sends the page to a scan.
+        return [key for _used, key in pairs()]
     if newest_first:
         low = f"{max(0, edge - 2 * TOLERANCE_NS):020d}"
         inside = wide[-1][0] < low or len(wide) < 2 * limit + 32

@@ -14,8 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import stat
 from collections.abc import Callable, Sequence
 
+from styxcache._system import can_fork
 from styxcache.catalog import CatalogRows, manifest_stamp
 from styxcache.entry_check import check_outputs
 from styxcache.inventory import EntryStamp
@@ -54,7 +57,10 @@ def whole_by_catalog(store: CacheStore, stamp: EntryStamp, rows: CatalogRows) ->
     entry = stamp.path
     if manifest_stamp(f"{entry}/{store.MANIFEST}") != found[0]:
         return False
-    if not os.path.exists(f"{entry}/{store.DONE_MARKER}"):
+    try:  # not `exists`: it follows a link planted in the folder
+        if not stat.S_ISREG(os.lstat(f"{entry}/{store.DONE_MARKER}").st_mode):
+            return False
+    except OSError:
         return False
     try:
         manifest = Manifest.from_json(found[1])
@@ -90,18 +96,30 @@ def whole_flags(
         One flag per entry, in order.
     """
     jobs = max(1, min(jobs, len(stamps) // MIN_PER_JOB))
-    if jobs == 1 or not hasattr(os, "fork"):
+    if jobs == 1 or not can_fork():
         return [bool(f) for f in _flags_with_progress(store, stamps, rows, on_progress)]
     size = -(-len(stamps) // jobs)
     slices = [stamps[i : i + size] for i in range(0, len(stamps), size)]
-    children = [_fork_flags(store, part, rows) for part in slices[1:]]
-    flags = _flags_with_progress(store, slices[0], rows, on_progress)
-    for (pid, fd), part in zip(children, slices[1:], strict=True):
-        answer = _collect(pid, fd)
-        if len(answer) != len(part):  # the child failed: do its share here
+    children: list[tuple[int, int]] = []
+    answers: list[bytes] = []
+    try:
+        for part in slices[1:]:
+            children.append(_fork_flags(store, part, rows))
+        flags = _flags_with_progress(store, slices[0], rows, on_progress)
+    except BaseException:
+        for pid, _fd in children:  # their answers are no longer wanted
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        raise
+    finally:
+        # Even when this share raised: no child left unwaited, no pipe open.
+        answers = [_collect(pid, fd) for pid, fd in children]
+    for (pid, _fd), answer, part in zip(children, answers, slices[1:], strict=True):
+        if len(answer) == len(part):
+            flags += answer
+        else:  # the child failed: do its share here
             _log.debug("verify worker %d failed: checking its share here", pid)
-            answer = _flags(store, part, rows)
-        flags += answer
+            flags += _flags(store, part, rows)
     return [bool(flag) for flag in flags]
 
 
@@ -125,7 +143,12 @@ def _fork_flags(
 ) -> tuple[int, int]:
     """Start a process checking `stamps`; return its pid and its pipe."""
     read_end, write_end = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        raise
     if pid == 0:  # the child: answer, then leave without running any cleanup
         code = 1
         try:

@@ -37,7 +37,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from styxcache.catalog import record_use
-from styxcache.entry_check import STDERR_LOG, STDOUT_LOG, Lookup, check_outputs
+from styxcache.entry_check import (
+    DONE_MARKER,
+    ENTRY_FILES,
+    MANIFEST_FILE,
+    STDERR_LOG,
+    STDOUT_LOG,
+    UNCOMMITTED,
+    Lookup,
+    check_outputs,
+)
 from styxcache.errors import UnsafeCacheFolderError
 from styxcache.manifest import ManifestCache, ManifestError
 from styxcache.tool_index import ToolIndex
@@ -63,12 +72,12 @@ class CacheStore:
         root: The cache directory.
     """
 
-    DONE_MARKER = ".styxcache.done"
+    DONE_MARKER = DONE_MARKER
     STAGING_DIR = ".incoming"
-    MANIFEST = ".styxcache.manifest.json"
+    MANIFEST = MANIFEST_FILE
     STDOUT_LOG = STDOUT_LOG
     STDERR_LOG = STDERR_LOG
-    UNCOMMITTED = ".styxcache.uncommitted"
+    UNCOMMITTED = UNCOMMITTED
     QUARANTINE_DIR = ".quarantine"
     FAILED_DIR = ".failed"
     TRASH_DIR = ".trash"
@@ -83,7 +92,7 @@ class CacheStore:
         TOOLS_DIR,
     )
     """The store's own folders beside the shards (events and catalog have theirs)."""
-    RESERVED = frozenset({DONE_MARKER, MANIFEST, STDOUT_LOG, STDERR_LOG, UNCOMMITTED})
+    RESERVED = ENTRY_FILES
     """Names inside an entry that belong to styxcache, not to the tool."""
 
     def __init__(self, root: Path | str) -> None:

@@ -117,11 +117,11 @@ def test_verify_on_several_processes_finds_the_same_damage(
 def test_a_long_lived_writer_closes_full_files_so_scans_can_fold_them(
     cache: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from styxcache import catalog
+    from styxcache import catalog, catalog_files
     from styxcache.inventory import scan_entries
 
     root, keys = cache
-    monkeypatch.setattr(catalog, "ROTATE_BYTES", 300)
+    monkeypatch.setattr(catalog_files, "ROTATE_BYTES", 300)
     for key in keys * 30:  # uses, as hits record them, from this live process
         catalog.record_use(root, key)
     names = os.listdir(root / CATALOG_DIR)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import gzip
 import io
 import json
 import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -435,3 +437,55 @@ def test_other_threads_mean_no_fork(
         stop.set()
         other.join()
     assert sorted(report.imported) == sorted(verified) == sorted(keys)
+
+
+_TERMINAL_IMPORT = """
+import os, sys, threading
+from styxcache.cli import main
+from styxcache.transfer import parallel
+# Three entries, two CPUs: fork as an import of thousands would.
+parallel.PARALLEL_FROM, parallel._cpus = 2, lambda: 2
+threads_at_fork = []
+real_fork = os.fork
+def fork():
+    threads_at_fork.append(threading.active_count())
+    return real_fork()
+os.fork = fork
+assert sys.stderr.isatty()
+main(["import", "--cache-dir", sys.argv[1], sys.argv[2]], standalone_mode=False)
+print("threads at fork:", threads_at_fork)
+"""
+
+
+def test_import_on_a_terminal_forks_its_workers(
+    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+) -> None:
+    """The progress bar drawn on a terminal runs no thread that would stop the fork."""
+    cache, keys, _ = source_cache
+    archive = tmp_path / "all.tar.gz"
+    cli("export", "--cache-dir", str(cache), str(archive))
+    target = tmp_path / "site-b"
+    terminal, child_end = pty.openpty()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _TERMINAL_IMPORT, str(target), str(archive)],
+            stdin=child_end,
+            stdout=subprocess.PIPE,
+            stderr=child_end,
+            env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "80"},
+            text=True,
+        )
+    finally:
+        os.close(child_end)
+    drawn = b""
+    # Read what it draws as it goes: a full terminal buffer would block it.
+    with contextlib.suppress(OSError):  # EIO once the child has exited
+        while chunk := os.read(terminal, 65536):
+            drawn += chunk
+    os.close(terminal)
+    out, _ = child.communicate(timeout=120)
+    done = subprocess.CompletedProcess(child.args, child.returncode, out)
+    assert done.returncode == 0, drawn.decode(errors="replace")
+    assert "threads at fork: [1, 1]" in done.stdout
+    assert b"verifying" in drawn  # the bar was shown
+    assert sorted(CacheStore(target).iter_keys()) == sorted(keys)

@@ -161,11 +161,14 @@ def print_unsafe(unsafe: Sequence[Mapping[str, str]]) -> None:
         )
 
 
-def progress(what: str) -> Progress:
+def progress(what: str, *, auto_refresh: bool = True) -> Progress:
     """A progress bar on stderr, shown only on a terminal.
 
     Args:
         what: Its label.
+        auto_refresh: Redraw from a thread of rich's; False where no thread
+            may run (the caller then calls `refresh()`, e.g. an import that
+            forks workers).
     """
     return Progress(
         TextColumn(what),
@@ -173,5 +176,6 @@ def progress(what: str) -> Progress:
         MofNCompleteColumn(),
         console=err_console(),
         transient=True,
+        auto_refresh=auto_refresh,
         disable=not err_console().is_terminal,
     )

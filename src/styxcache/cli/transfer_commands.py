@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
@@ -23,6 +24,9 @@ from ._filters import tool_matches, tool_option, used_since_option
 from ._units import human_size
 
 __all__ = ["export_command", "import_command"]
+
+_REDRAW_S = 0.1
+"""The import's progress bar is redrawn at most this often."""
 
 
 @click.command(cls=CacheCommand, name="export")
@@ -86,12 +90,21 @@ def import_command(*, cache_dir: Path | None, source: Path, as_json: bool) -> No
       STYXCACHE_DIR=/scratch/cache styxcache import site-a.tar.gz --json
     """  # noqa: D301 - click's \b keeps the examples unwrapped
     store = open_store(cache_dir, allow_missing=True)
-    with progress("verifying") as bar:
+    # No refresh thread: with another thread alive the import would not fork
+    # its workers (a forked child could inherit a lock that thread holds).
+    with progress("verifying", auto_refresh=False) as bar:
         task = bar.add_task("verify", total=None)
+        shown = [0.0]
+
+        def verified(_key: str) -> None:
+            bar.advance(task)
+            now = time.monotonic()
+            if now - shown[0] >= _REDRAW_S:
+                shown[0] = now
+                bar.refresh()
+
         try:
-            report = import_entries(
-                store, source, on_verified=lambda _key: bar.advance(task)
-            )
+            report = import_entries(store, source, on_verified=verified)
         except TransferError as exc:
             raise click.ClickException(f"import rejected: {exc}") from None
     if as_json:

@@ -92,17 +92,20 @@ def verify(*, cache_dir: Path | None, full: bool, jobs: int, as_json: bool) -> N
     )
     catalog = load_catalog(store.root, checks=not full)
     tally = _Tally()
-    with progress("verifying") as bar:
+    # No refresh thread: `whole_flags` forks only while no other thread runs
+    # (a child could inherit a lock that thread holds).
+    with progress("verifying", auto_refresh=False) as bar:
         task = bar.add_task("verify", total=len(stamps))
+
+        def checked(done: int) -> None:  # every 1,024 entries
+            bar.update(task, completed=done)
+            bar.refresh()
+
         whole = (
             [False] * len(stamps)
             if full
             else whole_flags(
-                store,
-                stamps,
-                catalog.rows,
-                jobs=jobs,
-                on_progress=lambda n: bar.update(task, completed=n),
+                store, stamps, catalog.rows, jobs=jobs, on_progress=checked
             )
         )
         for stamp, known in zip(stamps, whole, strict=True):

@@ -19,6 +19,7 @@ from __future__ import annotations
 # Private aliases: every public name of this package is in `__all__`.
 import importlib as _importlib
 import typing as _typing
+import warnings as _warnings
 
 if _typing.TYPE_CHECKING:
     from styxcache.scheduler.clock import Clock, FakeClock, SystemClock
@@ -123,11 +124,36 @@ _MODULE_OF = {
 }
 
 
+# Exported by 1.0's development releases, internal since: still served, with a
+# DeprecationWarning naming their home, so code written against them keeps running
+# for one more release.
+_DEPRECATED = {
+    "RunRequest": "runs",
+    "as_executor": "executors",
+    "build_entry": "entry_build",
+    "execute_run": "runs",
+    "item_key": "planner",
+    "make_executor": "executors",
+    "open_store": "stores",
+    "parse_config": "config",
+    "run_key": "ledger",
+}
+
+
 def __getattr__(name: str) -> _typing.Any:
     """Import a public name's module on first use (PEP 562)."""
     module = _MODULE_OF.get(name)
     if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        home = _DEPRECATED.get(name)
+        if home is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        _warnings.warn(
+            f"{__name__}.{name} is internal and no longer exported; import it "
+            f"from {__name__}.{home} (this alias will be removed)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(_importlib.import_module(f"{__name__}.{home}"), name)
     value = getattr(_importlib.import_module(f"{__name__}.{module}"), name)
     globals()[name] = value  # later look-ups skip this function
     return value

@@ -70,7 +70,6 @@ class Job:
     synced: bool = False
     fresh: bool = True
     version: int = 0
-    next_nominal: float | None = None
     # The heap holds a cheap lower bound, not the next fire: computed on pop.
     lazy: bool = False
     running: int = 0

@@ -134,19 +134,17 @@ class Registry:
         """Push the job's next fire (or a lower bound of it) on the heap."""
         job.version += 1
         if not job.entry.enabled:
-            job.next_nominal = None
             return
         bound = getattr(job.entry.trigger, "lower_bound", None)
         low = bound(job.watermark) if bound is not None else None
         if low is not None:
             # Registering thousands of entries must not compute thousands of
             # calendars: the exact fire is computed when the bound comes due.
-            job.lazy, job.next_nominal = True, None
+            job.lazy = True
             self._push(low, job.entry.name, job.version)
             return
         job.lazy = False
         nominal = job.entry.trigger.next_after(job.watermark)
-        job.next_nominal = nominal
         if nominal is not None:
             self._push(
                 nominal + jitter(job.entry, nominal), job.entry.name, job.version
@@ -235,7 +233,6 @@ class Registry:
         """Replace a popped lower bound by the exact fire; True if it is due."""
         job.lazy = False
         nominal = job.entry.trigger.next_after(job.watermark)
-        job.next_nominal = nominal
         if nominal is None:
             return False
         due = nominal + jitter(job.entry, nominal)

@@ -49,8 +49,8 @@ class Committer:
     plan: Plan
     staged: str
     """The folder holding the verified entries, one folder per key."""
-    manifest_inodes: dict[str, int]
-    """Each verified manifest file's inode."""
+    manifest_stamps: dict[str, str]
+    """Each verified manifest file's `catalog.manifest_stamp`, as written."""
     extra: dict[str, int]
     """Bytes of styxcache's own files per entry."""
     now: float = dataclasses.field(default_factory=time.time)
@@ -80,18 +80,26 @@ class Committer:
 
     def commit(self, key: str, manifest: Manifest) -> CatalogRow | None:
         """Rename one verified entry into place; return its catalog row."""
-        target = self.store.commit(Path(f"{self.staged}/{key}"), key)
+        staged = f"{self.staged}/{key}"
+        target = f"{self.root}/{key[:2]}/{key}"
+        try:
+            # What `CacheStore.commit` does first, by name: the staged entry
+            # has its done marker (the first pass required it) and its key
+            # was checked. Anything else (no shard folder yet, a twin's
+            # entry there) goes the store's way.
+            os.rename(staged, target)
+            ours = True
+        except OSError:
+            target = os.fspath(self.store.commit(Path(staged), key))
+            ours = False
         # Keep the exported last use, so LRU order survives the move.
         used = min(self.plan.mtimes.get(key, self.now), self.now)
         os.utime(target, (self.now, used))
-        stamp = manifest_stamp(f"{target}/{CacheStore.MANIFEST}")
-        row: CatalogRow | None
-        if stamp.startswith(f"{self.manifest_inodes[key]}:"):
+        stamp = self.manifest_stamps[key]
+        if ours or manifest_stamp(f"{target}/{CacheStore.MANIFEST}") == stamp:
             # Renamed into place, the verified manifest file is the entry's.
-            row = row_from(key, os.lstat(target), manifest, self.extra[key], stamp)
-        else:
-            row = self._twin(key, target)
-        return row
+            return row_from(key, os.lstat(target), manifest, self.extra[key], stamp)
+        return self._twin(key, Path(target))
 
     def _twin(self, key: str, target: Path) -> CatalogRow | None:
         """A twin committed this key first: its entry stays; check it is for it."""

@@ -29,6 +29,7 @@ from typing import BinaryIO, NamedTuple
 
 from blake3 import blake3
 
+from styxcache.catalog import stamp_of
 from styxcache.manifest import Manifest
 from styxcache.store import CacheStore, remove_tree
 from styxcache.tarstream import TarReader, TarStreamError
@@ -231,7 +232,8 @@ class _Staged:
     """The manifests the entries must match."""
     digests: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     lines: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
-    manifest_inodes: dict[str, int] = dataclasses.field(default_factory=dict)
+    manifest_stamps: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Each written manifest file's `catalog.manifest_stamp`."""
     extra: dict[str, int] = dataclasses.field(default_factory=dict)
     """Bytes of styxcache's own files (manifest, logs, done marker) per entry."""
 
@@ -330,7 +332,7 @@ class _Staged:
             if item.inside in CacheStore.RESERVED:
                 self.extra[item.key] += info.size
                 if item.inside == CacheStore.MANIFEST:
-                    self.manifest_inodes[item.key] = os.fstat(fd).st_ino
+                    self.manifest_stamps[item.key] = stamp_of(os.fstat(fd))
         finally:
             os.close(fd)
         if counter is not None:
@@ -461,6 +463,6 @@ def _commit_slice(job: _Job, part: _Slice) -> Committed:
     assert part.staged is not None  # extracted in the step before
     staged = part.staged
     committer = Committer(
-        job.store, job.plan, staged.base, staged.manifest_inodes, staged.extra
+        job.store, job.plan, staged.base, staged.manifest_stamps, staged.extra
     )
     return commit_entries(committer, part.keys, part.checked.manifests)

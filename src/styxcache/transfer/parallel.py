@@ -18,11 +18,11 @@ import contextlib
 import multiprocessing
 import os
 import pickle
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing import connection
 from typing import Generic, TypeVar, cast
 
+from styxcache._system import can_fork
 from styxcache.transfer.common import TransferError
 
 __all__ = ["PARALLEL_FROM", "Crew", "crew", "split", "worker_count"]
@@ -46,7 +46,7 @@ def worker_count(requested: int | None, entries: int) -> int:
     """
     if requested is not None and requested < 1:
         raise ValueError(f"workers must be at least 1, not {requested}")
-    if entries < 2 or not _can_fork():
+    if entries < 2 or not can_fork():
         return 1
     if requested is None:
         if entries < PARALLEL_FROM:
@@ -60,16 +60,6 @@ def _cpus() -> int:
     if hasattr(os, "sched_getaffinity"):  # Linux
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
-
-
-def _can_fork() -> bool:
-    # A forked child gets only the forking thread: a lock another thread held
-    # would stay held. A daemonic process may not have children.
-    return (
-        "fork" in multiprocessing.get_all_start_methods()
-        and threading.active_count() == 1
-        and not multiprocessing.current_process().daemon
-    )
 
 
 def split(keys: Sequence[str], weights: dict[str, int], parts: int) -> list[list[str]]:
