@@ -240,6 +240,10 @@ class _Staged:
     def __post_init__(self) -> None:
         self.base = os.fspath(self.root)
         self.umask = _umask()
+        # An entry folder is made with its final mode where the umask keeps
+        # it (the private folder around it hides it meanwhile): no `chmod`.
+        self.entry_mode = 0o700 | self.readers
+        self.chmod_entry = bool(self.entry_mode & self.umask)
 
     def entry(self, key: str) -> str:
         """The staged folder of an entry."""
@@ -252,7 +256,7 @@ class _Staged:
     def extract(self, reader: TarReader, plan: Plan, keys: list[str]) -> None:
         """Write the members of `keys` under `root/<key>/`, never through a link."""
         for key in keys:
-            os.mkdir(self.entry(key), 0o700)
+            os.mkdir(self.entry(key), self.entry_mode)
             self.digests[key], self.lines[key], self.extra[key] = {}, {}, 0
         members = (
             plan.members
@@ -353,11 +357,12 @@ class _Staged:
         if item.inside:
             os.chmod(folder, ((item.info.mode & 0o777) | 0o700) & _SEALED_DIR)
             os.utime(folder, (item.info.mtime, item.info.mtime))
-        else:
+        elif self.chmod_entry:
             # The entry's own folder: readable by whoever may read the staging
-            # folder, as `trust.seal_entry` leaves a committed run. Its time
-            # (the last use) is set once it is in place.
-            os.chmod(folder, 0o700 | self.readers)
+            # folder, as `trust.seal_entry` leaves a committed run (made so by
+            # `mkdir` where the umask allowed). Its time (the last use) is set
+            # once it is in place.
+            os.chmod(folder, self.entry_mode)
 
     def verify(self, keys: list[str]) -> dict[str, str]:
         """Compare each entry's bytes with its manifest: what differs, by key."""
