@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from styxcache import tarchunks
 from styxcache.errors import TarStreamError
-from styxcache.tarstream import TarMember, TarReader, _byte_sum
+from styxcache.tarstream import TarMember, TarReader, _byte_sum, resume_point
 from styxcache.tarwriter import TarWriter
 
 LONG = "entries/ab/" + "k" * 64 + "/a/rather/long/output/path/" + "n" * 60 + ".nii.gz"
@@ -146,6 +147,53 @@ def test_data_by_offset_from_a_second_reader() -> None:
         second.read(files[0], 1 << 30)
 
 
+@pytest.mark.parametrize("compress", ["none", "gzip", "gzip-multi"])
+@pytest.mark.parametrize("most", [128, 6])
+def test_a_second_reader_starts_at_resume_points(
+    compress: str, most: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tarchunks, "_MARK_EVERY", 100_000)
+    monkeypatch.setattr(tarchunks, "_RAW_READ", 4096)
+    # Past the most, every other point goes (a huge archive's stay few).
+    monkeypatch.setattr(tarchunks, "_MAX_MARKS", most)
+    rng = random.Random(7)
+    members = [
+        (TarMember(f"entries/f{i}", "file", size, 0o644, 1), rng.randbytes(size))
+        for i, size in enumerate([70_000, 1, 0, 130_000, 512, 90_000] * 4)
+    ]
+    plain = gzip.decompress(_write(members))
+    raw = gzip.compress(plain)
+    if compress == "none":
+        raw = plain
+    elif compress == "gzip-multi":
+        third = len(plain) // 3
+        raw = b"".join(
+            gzip.compress(part)
+            for part in (plain[:third], plain[third : 2 * third], plain[2 * third :])
+        )
+    first = TarReader(io.BytesIO(raw))
+    found = list(first)
+    assert 3 <= len(first.marks) < most
+    streams = [mark.stream for mark in first.marks]
+    assert streams == sorted(streams)
+    resumed = 0
+    for member, (_, data) in zip(found, members, strict=True):
+        start = resume_point(first.marks, member.offset)
+        source = io.BytesIO(raw)
+        if start is not None:
+            assert start.stream <= member.offset
+            source.seek(start.raw)
+            resumed += 1
+        assert TarReader(source, start).read(member, 1 << 20) == data
+    assert resumed >= len(found) // 2
+    # A point can be used any number of times.
+    start = resume_point(first.marks, found[-1].offset)
+    for _ in range(2):
+        source = io.BytesIO(raw)
+        source.seek(start.raw if start else 0)
+        assert TarReader(source, start).read(found[-1], 1 << 20) == members[-1][1]
+
+
 def test_devices_and_fifos_are_reported_as_other() -> None:
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w:gz") as archive:
@@ -183,6 +231,11 @@ def test_a_member_too_large_for_read() -> None:
 def test_header_byte_sum_is_exact() -> None:
     blocks = [bytes(512), b"\xff" * 512, b"\x80" * 512, b"\x7f" * 256 + b"\xff" * 256]
     blocks += [random.Random(seed).randbytes(512) for seed in range(2000)]
+    # ASCII blocks (almost every header), up to the largest sum one can have.
+    blocks.append(b"\x7f" * 512)
+    blocks += [
+        bytes(random.Random(seed).choices(range(128), k=512)) for seed in range(500)
+    ]
     for block in blocks:
         assert _byte_sum(block) == sum(block)
 

@@ -7,25 +7,30 @@ extended headers, GNU long names and base-256 numbers) for the members an
 export holds: files, folders, symlinks and hard links. Anything else is
 reported as kind `"other"` for the caller to refuse; anything it cannot
 parse raises `TarStreamError`. It accepts gzip (also multi-member, as
-`pigz` writes), bzip2, xz and uncompressed tar, every decompressed chunk
-bounded in size.
+`pigz` writes), bzip2, xz and uncompressed tar (decompressed by
+`tarchunks`, every chunk bounded in size).
 """
 
 from __future__ import annotations
 
-import bz2
-import lzma
-import math
 import zlib
 from collections.abc import Iterator
-from typing import Literal, NamedTuple, Protocol
+from typing import Literal, NamedTuple
 
 from styxcache.errors import TarStreamError
+from styxcache.tarchunks import CHUNK, Readable, Resume, chunks, resume_point
 
-__all__ = ["BLOCK", "Readable", "TarMember", "TarReader", "TarStreamError"]
+__all__ = [
+    "BLOCK",
+    "Readable",
+    "Resume",
+    "TarMember",
+    "TarReader",
+    "TarStreamError",
+    "resume_point",
+]
 
 BLOCK = 512
-_CHUNK = 1 << 20
 # Beyond year 2500 either way: no real file has such a time, and os.utime may overflow.
 _MTIME_LIMIT = 1 << 34
 _MAX_PAX = 1 << 20
@@ -91,97 +96,6 @@ class TarMember(NamedTuple):
 # Reading -------------------------------------------------------------------
 
 
-class Readable(Protocol):
-    """What the reader needs of an archive file: sequential reads."""
-
-    def read(self, size: int, /) -> bytes:
-        """Return up to `size` bytes (b"" at the end)."""
-        ...
-
-
-class _Decompressor(Protocol):
-    @property
-    def eof(self) -> bool: ...
-
-    @property
-    def unused_data(self) -> bytes: ...
-
-    @property
-    def needs_input(self) -> bool: ...
-
-    def decompress(self, data: bytes, max_length: int = -1) -> bytes: ...
-
-
-class _Gzip:
-    """`zlib` with the interface of `bz2`/`lzma`'s decompressors."""
-
-    def __init__(self) -> None:
-        self._z = zlib.decompressobj(31)
-        self._full = False
-
-    @property
-    def eof(self) -> bool:
-        return self._z.eof
-
-    @property
-    def unused_data(self) -> bytes:
-        return self._z.unused_data
-
-    @property
-    def needs_input(self) -> bool:
-        return not self._z.unconsumed_tail and not self._full
-
-    def decompress(self, data: bytes, max_length: int = -1) -> bytes:
-        out = self._z.decompress(self._z.unconsumed_tail + data, max_length)
-        # A full output may leave more inside zlib even with no input left.
-        self._full = max_length > 0 and len(out) == max_length
-        return out
-
-
-def _decompressor_for(head: bytes) -> type[_Decompressor] | None:
-    if head.startswith(b"\x1f\x8b"):
-        return _Gzip
-    if head.startswith(b"BZh"):
-        return bz2.BZ2Decompressor
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMADecompressor
-    return None
-
-
-def _chunks(raw: Readable) -> Iterator[bytes]:
-    """Yield the decompressed stream in chunks of at most `_CHUNK` bytes."""
-    data = raw.read(_CHUNK)
-    make = _decompressor_for(data)
-    if make is None:
-        while data:
-            yield data
-            data = raw.read(_CHUNK)
-        return
-    decoder = make()
-    while True:
-        if decoder.eof:
-            # Another stream may follow (multi-member gzip, pbzip2); zeros
-            # after the last one are padding, as gzip itself allows.
-            data = decoder.unused_data + data
-            if not data.strip(b"\0"):
-                data = raw.read(_CHUNK)
-                if not data:
-                    return
-                continue
-            decoder = make()
-        if decoder.needs_input and not data:
-            data = raw.read(_CHUNK)
-            if not data:
-                raise TarStreamError("the compressed stream ends early (truncated)")
-        try:
-            out = decoder.decompress(data, _CHUNK)
-        except (OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
-            raise TarStreamError(f"cannot decompress: {exc}") from exc
-        data = b""
-        if out:
-            yield out
-
-
 def _number(field: bytes, what: str) -> int:
     """Parse an octal (or GNU base-256) numeric header field."""
     try:
@@ -206,12 +120,16 @@ def _text(field: bytes) -> str:
 def _byte_sum(block: bytes) -> int:
     """The sum of a header block's 512 bytes, exactly, without a Python loop.
 
-    `sum(block)` costs 2 us a header (half of reading one). adler32's low
-    half is 1 + the sum modulo 65521, and a big-endian integer is congruent
-    to its byte sum modulo 255 (256 = 1 mod 255); 512 bytes sum to less
-    than 2 * 65521, so the residue mod 255 tells the two candidates apart.
+    `sum(block)` costs 2 us a header (a third of reading one). adler32's low
+    half is 1 + the sum modulo 65521; 512 bytes below 128 sum to less than
+    65521, so for an ASCII block (almost every header) that is the sum.
+    Otherwise a big-endian integer is congruent to its byte sum modulo 255
+    (256 = 1 mod 255), and 512 bytes sum to less than 2 * 65521: the residue
+    tells the two candidates apart.
     """
     low = ((zlib.adler32(block) & 0xFFFF) - 1) % 65521
+    if block.isascii():
+        return low
     return low if (low - int.from_bytes(block, "big")) % 255 == 0 else low + 65521
 
 
@@ -257,17 +175,26 @@ class TarReader:
     only moves forward). A second reader of the same file can fetch data by
     the offsets the first one reported, without parsing headers again.
 
+    Such a second reader may start at one of the `Resume` points the first
+    one recorded in `marks` (`resume_point` picks one): then it decompresses
+    nothing before it.
+
     Args:
-        raw: The archive file, open for binary reading at its start.
+        raw: The archive file, open for binary reading at its start (at
+            `start.raw` when `start` is given).
+        start: Where to pick the stream up (for reading data by offset
+            from there on; headers are read from the start only).
     """
 
-    def __init__(self, raw: Readable) -> None:
-        self._source = _chunks(raw)
+    def __init__(self, raw: Readable, start: Resume | None = None) -> None:
+        self.marks: list[Resume] = []
+        """Points a later reader of the same file may start from."""
+        self._source = chunks(raw, start, self.marks)
         self._buf = b""
         self._pos = 0
-        self._base = 0
+        self._base = 0 if start is None else start.stream
         """Stream offset of `_buf[0]`."""
-        self._next = 0
+        self._next = self._base
         """Stream offset of the next header."""
         self.count = 0
         """Members read so far."""
@@ -305,7 +232,7 @@ class TarReader:
             self._pos += ahead
             return
         while ahead > 0:
-            step = min(ahead, _CHUNK)
+            step = min(ahead, CHUNK)
             if len(self._take(step)) != step:
                 raise TarStreamError("the archive ends in the middle of a member")
             ahead -= step
@@ -313,15 +240,19 @@ class TarReader:
     def __iter__(self) -> Iterator[TarMember]:
         """Yield every member up to the end-of-archive marker."""
         while True:
-            self._skip_to(self._next)
-            member = self._next_member({})
+            ahead = self._next - self._base - self._pos
+            if 0 <= ahead <= len(self._buf) - self._pos:
+                self._pos += ahead  # the usual case, without a call
+            else:
+                self._skip_to(self._next)
+            member = self._next_member(None)
             if member is None:
                 return
             self._next = member.offset + member.size + (-member.size % BLOCK)
             self.count += 1
             yield member
 
-    def _next_member(self, pending: dict[str, str]) -> TarMember | None:
+    def _next_member(self, pending: dict[str, str] | None) -> TarMember | None:
         """Parse headers up to the next real member, applying pax and GNU ones."""
         while True:
             block = self._take(BLOCK)
@@ -344,6 +275,8 @@ class TarReader:
                 if len(data) != size:
                     raise TarStreamError("the archive ends in the middle of a member")
                 self._skip_to(self._base + self._pos + (-size % BLOCK))
+                if pending is None:
+                    pending = {}
                 if typeflag == b"x":
                     pending.update(_pax_records(data))
                 else:
@@ -359,7 +292,7 @@ class TarReader:
         numbers: bytes,
         typeflag: bytes,
         size: int,
-        pax: dict[str, str],
+        pax: dict[str, str] | None,
     ) -> TarMember:
         name = _text(block[0:100])
         if block[257:263] == b"ustar\0" and block[345] != 0:
@@ -384,7 +317,8 @@ class TarReader:
             raise TarStreamError(f"member {name!r} has a negative size")
         # Refused here, not where the time is applied: os.utime raises on these,
         # and by then an import may have committed other entries.
-        if not math.isfinite(mtime) or abs(mtime) >= _MTIME_LIMIT:
+        # (A chained comparison: NaN and infinities fail it too.)
+        if not -_MTIME_LIMIT < mtime < _MTIME_LIMIT:
             raise TarStreamError(f"member {name!r} has an impossible time {mtime!r}")
         if "\0" in linkname:
             raise TarStreamError(f"member {name!r} has a NUL byte in its link target")
@@ -413,7 +347,14 @@ class TarReader:
         """
         if member.size > limit:
             raise TarStreamError(f"a member of {member.size} bytes is too large here")
-        return b"".join(self.chunks(member))
+        if member.size > CHUNK:
+            return b"".join(self.chunks(member))
+        # Most members: one piece, no generator.
+        self._skip_to(member.offset)
+        data = self._take(member.size)
+        if len(data) != member.size:
+            raise TarStreamError("the archive ends in the middle of a member")
+        return data
 
     def chunks(self, member: TarMember) -> Iterator[bytes]:
         """Yield a member's data in chunks of at most 1 MiB.
@@ -424,7 +365,7 @@ class TarReader:
         self._skip_to(member.offset)
         left = member.size
         while left > 0:
-            step = min(left, _CHUNK)
+            step = min(left, CHUNK)
             chunk = self._take(step)
             if len(chunk) != step:
                 raise TarStreamError("the archive ends in the middle of a member")

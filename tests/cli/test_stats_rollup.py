@@ -10,7 +10,7 @@ import pytest
 from clihelpers import make_runner, write_block
 
 from styxcache import usage
-from styxcache.events import read_events
+from styxcache.events import CacheEvent, CacheStats, read_events
 from styxcache.usage import summarize, usage_report
 
 
@@ -80,3 +80,79 @@ def test_odd_event_lines_count_as_a_full_read_counts_them(tmp_path: Path) -> Non
         got = dataclasses.asdict(usage_report(cache))
         assert got == _plain(cache, None)
         assert got["total"]["hits"] == 2 and got["total"]["remote_errors"] == 1
+
+
+def _writer_lines(early: float = 1e9) -> list[str]:
+    """Event lines as `CacheEvent.to_json` writes them, in every shape it has."""
+    lines = []
+    for n in range(40):
+        event = CacheEvent(
+            kind=("hit", "miss", "bypass", "refresh")[n % 4],
+            tool=f"pkg{n % 3}/tool {n % 5}",
+            key=f"{n:064x}",
+            duration_s=n / 7,
+            saved_s=n * 0.1 if n % 4 == 0 else 0.0,
+            bytes_served=n * 1000 if n % 4 == 0 else 0,
+            reason='input "a\\b" changed \u2192 t\u00e9st\n' if n % 2 else "",
+            time=1_700_000_000.0 + n / 3 if n != 5 else early,
+            host="h\u00f4te" if n % 3 else "vm",
+            pid=1000 + n,
+            ok=bool(n % 5),
+            remote=("", "hit", "uploaded", "damaged", "error", "offline", "miss")[
+                n % 7
+            ],
+            nearest=f"{n + 1:064x}" if n % 6 == 1 else "",
+            differences=("param x: 1 -> 2", 'env "Y"') if n % 6 == 1 else (),
+        )
+        lines.append(event.to_json())
+    return lines
+
+
+@pytest.mark.parametrize("early", [1e9, 999_999_999.5, 5.0, 1.5e10, 2e-3])
+def test_writer_lines_take_the_fast_scan_with_equal_totals(
+    tmp_path: Path, early: float
+) -> None:
+    # Lines in the writer's exact form are counted without decoding JSON;
+    # the totals and time range equal the block decoder's and a full read's
+    # (times of other lengths than ten digits take the slower range).
+    lines = _writer_lines(early)
+    data = ("\n".join(lines) + "\n").encode()
+    scanned: dict[str, CacheStats] = {}
+    found = usage._scan_block(data, 0, len(data), len(lines), scanned)
+    decoded: dict[str, CacheStats] = {}
+    times: list[float] = []
+    usage._count_block([line.encode() for line in lines], decoded, times)
+    assert scanned == decoded
+    assert found == (len(times), min(times), max(times))
+    cache = tmp_path / "cache"
+    (cache / ".events").mkdir(parents=True)
+    (cache / ".events" / "vm-1-abcdef01.jsonl").write_bytes(data)
+    assert dataclasses.asdict(usage_report(cache)) == _plain(cache, None)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ('"time": 1700000000.0', '"time": 1700000000'),  # an int time
+        ('"duration_s": 0.0', '"duration_s": NaN'),  # JSON's extension
+        ('"tool": "pkg0/tool 0"', '"tool": "pkg0/t\\u00f6ol"'),  # an escape
+        ('"saved_s": 0.0', '"saved_s": "0"'),  # refused by both
+        ('"bytes_served": 0', '"bytes_served": 1.0'),  # a float size
+        ('"ok": false', '"ok": 0'),
+        ('"kind": "hit"', '"kind": "hit", "extra": 1'),
+    ],
+)
+def test_lines_off_the_writer_form_are_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old: str, new: str
+) -> None:
+    # One line in another shape sends its block (only) to the JSON decoder.
+    monkeypatch.setattr(usage, "BLOCK_EVENTS", 8)
+    lines = _writer_lines()
+    assert old in lines[0]
+    lines[0] = lines[0].replace(old, new, 1)
+    data = ("\n".join(lines) + "\n").encode()
+    assert usage._scan_block(data, 0, len(data), len(lines), {}) is None
+    cache = tmp_path / "cache"
+    (cache / ".events").mkdir(parents=True)
+    (cache / ".events" / "vm-1-abcdef01.jsonl").write_bytes(data)
+    assert dataclasses.asdict(usage_report(cache)) == _plain(cache, None)

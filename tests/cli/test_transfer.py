@@ -368,6 +368,9 @@ from styxcache.store import CacheStore
 from styxcache.transfer import TransferError, import_entries
 from styxcache.transfer.parallel import worker_count
 assert worker_count(3, 3) == 3, "no fork here"
+if len(sys.argv) > 3:  # resume points every few bytes: workers start mid-archive
+    import styxcache.tarchunks as chunks
+    chunks._MARK_EVERY, chunks._RAW_READ = int(sys.argv[3]), 64
 try:
     report = import_entries(CacheStore(Path(sys.argv[1])), Path(sys.argv[2]), workers=3)
 except TransferError as exc:
@@ -376,10 +379,12 @@ print(json.dumps(report.as_dict()))
 """
 
 
-def _import_in_fresh_process(target: Path, archive: Path) -> dict[str, Any]:
+def _import_in_fresh_process(
+    target: Path, archive: Path, *extra: str
+) -> dict[str, Any]:
     """Import in a process of its own: this one has threads, so it would not fork."""
     done = subprocess.run(
-        [sys.executable, "-c", _FRESH_IMPORT, str(target), str(archive)],
+        [sys.executable, "-c", _FRESH_IMPORT, str(target), str(archive), *extra],
         capture_output=True,
         text=True,
         check=False,
@@ -412,6 +417,25 @@ def test_import_in_worker_processes(
     assert sorted(row["key"] for row in rows) == sorted(keys)
     assert cli("verify", "--full", "--cache-dir", str(target)).exit_code == 0
     assert sorted(_import_in_fresh_process(target, archive)["present"]) == sorted(keys)
+
+
+def test_workers_start_at_resume_points(
+    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+) -> None:
+    cache, keys, _ = source_cache
+    archive = tmp_path / "all.tar.gz"
+    cli("export", "--cache-dir", str(cache), str(archive))
+    bad = tmp_path / "bad.tar.gz"
+    _rewrite(archive, bad, {f"{keys[2]}/count.txt": b"X\n"})
+    target = tmp_path / "site-b"
+    # The later slices' workers pick the gzip stream up mid-archive (from
+    # the first pass's zlib state): damage there is still found.
+    with pytest.raises(TransferError, match="failed verification"):
+        _import_in_fresh_process(target, bad, "1000")
+    assert list(CacheStore(target).iter_keys()) == []
+    report = _import_in_fresh_process(target, archive, "1000")
+    assert sorted(report["imported"]) == sorted(keys)
+    assert cli("verify", "--full", "--cache-dir", str(target)).exit_code == 0
 
 
 def test_other_threads_mean_no_fork(

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from styxcache.events import CacheStats
-from styxcache.gc import GcReport
-from styxcache.inventory import EntryInfo
-from styxcache.manifest import Manifest
-from styxcache.misses import MissExplanation
-from styxcache.usage import UsageReport
-
 from ._units import human_duration, human_size, human_time
+
+if TYPE_CHECKING:  # annotations only: `stats` need not import gc or inventory
+    from rich.console import Console
+
+    from styxcache.events import CacheStats
+    from styxcache.gc import GcReport
+    from styxcache.inventory import EntryInfo
+    from styxcache.manifest import Manifest
+    from styxcache.misses import MissExplanation
+    from styxcache.usage import UsageReport
 
 __all__ = [
     "print_entries",

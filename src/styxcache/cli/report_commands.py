@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from styxcache.errors import KeyPrefixError
-from styxcache.inventory import describe_entry, resolve_key
-from styxcache.manifest import Manifest, ManifestError
-from styxcache.misses import explain_misses
-from styxcache.store import CacheStore
 from styxcache.usage import usage_report, zero_stats
 
 from . import _report
@@ -29,6 +26,9 @@ from ._common import (
     out_console,
 )
 from ._units import WhenType
+
+if TYPE_CHECKING:
+    from styxcache.store import CacheStore
 
 __all__ = ["explain", "show", "stats"]
 
@@ -87,6 +87,10 @@ def show(*, cache_dir: Path | None, key: str, as_json: bool) -> None:
       styxcache show 8fdb097e
       styxcache show 8fdb097e --json | jq .payload.params
     """  # noqa: D301 - click's \b keeps the examples unwrapped
+    # Imported here: `stats` on a big cache should not pay for them.
+    from styxcache.inventory import describe_entry, resolve_key
+    from styxcache.manifest import Manifest, ManifestError
+
     store = open_store(cache_dir)
     try:
         full = resolve_key(store, key)
@@ -166,6 +170,8 @@ def explain(
       styxcache explain
       styxcache explain --tool mrtrix/mrconvert --last 3
     """  # noqa: D301 - click's \b keeps the examples unwrapped
+    from styxcache.misses import explain_misses  # see `show`
+
     store = open_store(cache_dir)
     items = explain_misses(store, last=last, tool=tool, since=since)
     if as_json:

@@ -24,6 +24,7 @@ import stat
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -32,7 +33,7 @@ from blake3 import blake3
 from styxcache.catalog import stamp_of
 from styxcache.manifest import Manifest
 from styxcache.store import CacheStore, remove_tree
-from styxcache.tarstream import TarReader, TarStreamError
+from styxcache.tarstream import Resume, TarReader, TarStreamError, resume_point
 from styxcache.transfer.check import (
     Checked,
     Member,
@@ -117,7 +118,7 @@ def import_entries(
         temp.mkdir(mode=0o700)
         try:
             readers = stat.S_IMODE(os.stat(staging_root).st_mode) & 0o055
-            job = _Job(store, source, raw.fileno(), plan, temp, readers)
+            job = _Job(store, source, raw.fileno(), plan, temp, readers, reader.marks)
             count = worker_count(workers, len(plan.keys))
             weights = collections.Counter(item.key for item in plan.members)
             slices = [_Slice(keys) for keys in split(plan.keys, weights, count)]
@@ -253,8 +254,14 @@ class _Staged:
         """Where a member goes (`inside` was checked: a relative POSIX path)."""
         return f"{self.base}/{key}/{inside}" if inside else f"{self.base}/{key}"
 
-    def extract(self, reader: TarReader, plan: Plan, keys: list[str]) -> None:
-        """Write the members of `keys` under `root/<key>/`, never through a link."""
+    def extract(
+        self, open_reader: Callable[[int], TarReader], plan: Plan, keys: list[str]
+    ) -> None:
+        """Write the members of `keys` under `root/<key>/`, never through a link.
+
+        `open_reader(offset)` gives a reader of the archive that can reach
+        the stream from `offset` on.
+        """
         for key in keys:
             os.mkdir(self.entry(key), self.entry_mode)
             self.digests[key], self.lines[key], self.extra[key] = {}, {}, 0
@@ -266,6 +273,7 @@ class _Staged:
         # The second pass reads data by the offsets the first one checked:
         # headers are not parsed again, so what is written is what was
         # planned; changed data would fail the digests.
+        reader = open_reader(members[0].info.offset if members else 0)
         for item in members:
             self._write(reader, item, plan)
         # Folder modes and times last: a read-only folder could not be filled,
@@ -398,6 +406,8 @@ class _Job(NamedTuple):
     plan: Plan
     temp: Path
     readers: int
+    marks: list[Resume]
+    """Where a reader of the archive may start (recorded by the first pass)."""
 
 
 @dataclasses.dataclass
@@ -416,9 +426,9 @@ class _Pread:
     `pread` keeps their positions apart.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, at: int = 0) -> None:
         self._fd = fd
-        self._at = 0
+        self._at = at
 
     def read(self, size: int) -> bytes:
         data = os.pread(self._fd, size, self._at)
@@ -435,10 +445,20 @@ def _extract_slice(job: _Job, part: _Slice) -> dict[str, str]:
     """Write a slice's entries into the private folder; what fails to verify."""
     part.staged = _Staged(job.temp, job.readers, part.checked)
     try:
-        part.staged.extract(TarReader(_Pread(job.fd)), job.plan, part.keys)
+        part.staged.extract(partial(_reader_from, job), job.plan, part.keys)
     except TarStreamError as exc:
         raise TransferError(f"{job.source} cannot be extracted: {exc}") from exc
     return part.staged.verify(part.keys)
+
+
+def _reader_from(job: _Job, offset: int) -> TarReader:
+    """A reader of the archive that starts at the last resume point before `offset`.
+
+    A worker whose slice starts deep in the archive does not decompress all
+    that is before it again.
+    """
+    start = resume_point(job.marks, offset)
+    return TarReader(_Pread(job.fd, 0 if start is None else start.raw), start)
 
 
 def _check_verified(
