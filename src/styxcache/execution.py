@@ -353,18 +353,19 @@ class CachingExecution(Execution):
         if plan.where == "cache" and not self._services.store.touch(plan.key):
             return False
         replays = open_replays(
+            plan.entry,
             [
                 (
-                    plan.entry / CacheStore.STDOUT_LOG,
+                    CacheStore.STDOUT_LOG,
                     manifest.stdout_lines,
                     call.handle_stdout or self.default_handler("stdout"),
                 ),
                 (
-                    plan.entry / CacheStore.STDERR_LOG,
+                    CacheStore.STDERR_LOG,
                     manifest.stderr_lines,
                     call.handle_stderr or self.default_handler("stderr"),
                 ),
-            ]
+            ],
         )
         if replays is None:  # removed by a concurrent gc: run the tool
             return False

@@ -177,24 +177,28 @@ def open_log(path: Path) -> IO[str]:
 
 
 def open_replays(
-    logs: list[tuple[Path, int, Callable[[str], None] | None]],
+    entry: Path,
+    logs: list[tuple[str, int, Callable[[str], None] | None]],
 ) -> list[tuple[IO[str], Callable[[str], None]]] | None:
     """Open every log a hit replays before any line is handed out.
 
     Args:
-        logs: `(path, stored line count, handler or None)` per stream; a log
-            with no line, or no handler to take its lines, is not opened.
+        entry: The entry folder the logs are in.
+        logs: `(file name, stored line count, handler or None)` per stream; a
+            log with no line, or no handler to take its lines, is not opened
+            (nor its path built: most tools print nothing, and a tiny hit
+            would spend a tenth of its time joining paths).
 
     Returns:
         The open handles with their handlers; None when a log could not be
         opened (the entry vanished: a concurrent `gc`), with none left open.
     """
     opened: list[tuple[IO[str], Callable[[str], None]]] = []
-    for path, lines, handler in logs:
+    for name, lines, handler in logs:
         if not lines or handler is None:
             continue
         try:
-            opened.append((open_log(path), handler))
+            opened.append((open_log(entry / name), handler))
         except OSError:
             for handle, _ in opened:
                 handle.close()
