@@ -43,7 +43,7 @@ def export_command(
     tool: str | None,
     as_json: bool,
 ) -> None:
-    """Write entries to OUT.tar.gz, e.g. just those a CI run used.
+    """Write entries to OUT.tar.gz: all of them, or just those a CI run used.
 
     \b
     Examples:
