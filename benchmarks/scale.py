@@ -351,12 +351,7 @@ def main() -> int:
                 f"find {cache} -mindepth 3 -printf '%s %p\\n' > /dev/null",
             ),
         ):
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            t = time.perf_counter()
-            subprocess.run(["sh", "-c", script], check=True, stdout=subprocess.DEVNULL)
-            took = time.perf_counter() - t
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+            took, cpu = _baseline(script)
             figures[name] = {"total": took, "cpu": cpu}
             rows.append((name, f"{took:.2f} s", f"CPU {cpu:.2f} s"))
         commands = [

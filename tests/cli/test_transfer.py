@@ -51,6 +51,17 @@ def source_cache(tmp_path: Path) -> tuple[Path, list[str], Path]:
     return cache, keys, source
 
 
+@pytest.fixture
+def exported(
+    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+) -> tuple[Path, list[str], Path]:
+    """The source cache exported whole: (cache, keys, archive)."""
+    cache, keys, _ = source_cache
+    archive = tmp_path / "all.tar.gz"
+    cli("export", "--cache-dir", str(cache), str(archive))
+    return cache, keys, archive
+
+
 def test_export_used_since_then_import_serves_hits(
     source_cache: tuple[Path, list[str], Path], tmp_path: Path
 ) -> None:
@@ -79,11 +90,9 @@ def test_export_used_since_then_import_serves_hits(
 
 
 def test_import_keeps_last_use_and_tool_index(
-    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+    exported: tuple[Path, list[str], Path], tmp_path: Path
 ) -> None:
-    cache, keys, _ = source_cache
-    archive = tmp_path / "all.tar.gz"
-    cli("export", "--cache-dir", str(cache), str(archive))
+    _, keys, archive = exported
     target = tmp_path / "site-b"
     cli("import", "--cache-dir", str(target), str(archive))
     store = CacheStore(target)
@@ -92,11 +101,9 @@ def test_import_keeps_last_use_and_tool_index(
 
 
 def test_import_never_replaces_a_good_entry(
-    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+    exported: tuple[Path, list[str], Path], tmp_path: Path
 ) -> None:
-    cache, keys, _ = source_cache
-    archive = tmp_path / "all.tar.gz"
-    cli("export", "--cache-dir", str(cache), str(archive))
+    cache, keys, archive = exported
     inode = CacheStore(cache).entry_dir(keys[1]).stat().st_ino
     report = cli_json("import", "--cache-dir", str(cache), str(archive))
     assert sorted(report["present"]) == sorted(keys)
@@ -116,11 +123,9 @@ def _rewrite(archive: Path, out: Path, change: dict[str, bytes]) -> None:
 
 
 def test_damaged_entry_rejects_the_whole_import(
-    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+    exported: tuple[Path, list[str], Path], tmp_path: Path
 ) -> None:
-    cache, keys, _ = source_cache
-    archive = tmp_path / "all.tar.gz"
-    cli("export", "--cache-dir", str(cache), str(archive))
+    _, keys, archive = exported
     bad = tmp_path / "bad.tar.gz"
     # Same size, other content: only a content check notices.
     _rewrite(archive, bad, {f"{keys[1]}/out.bin": b"\x01" * 5000})
@@ -301,11 +306,9 @@ def test_an_export_repacked_by_gnu_tar_imports(
 
 
 def test_imported_entries_are_sealed_and_listed(
-    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+    exported: tuple[Path, list[str], Path], tmp_path: Path
 ) -> None:
-    cache, keys, _ = source_cache
-    archive = tmp_path / "all.tar.gz"
-    cli("export", "--cache-dir", str(cache), str(archive))
+    _, keys, archive = exported
     target = tmp_path / "site-b"
     import_entries(CacheStore(target), archive)
     assert gc.isenabled()  # paused during the import only
@@ -321,11 +324,9 @@ def test_imported_entries_are_sealed_and_listed(
 
 
 def test_a_tampered_log_rejects_the_import(
-    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+    exported: tuple[Path, list[str], Path], tmp_path: Path
 ) -> None:
-    cache, keys, _ = source_cache
-    archive = tmp_path / "all.tar.gz"
-    cli("export", "--cache-dir", str(cache), str(archive))
+    _, keys, archive = exported
     bad = tmp_path / "bad.tar.gz"
     _rewrite(
         archive, bad, {f"{keys[1]}/.styxcache.stdout.gz": gzip.compress(b"9\n9\n")}
@@ -349,11 +350,9 @@ class _TwinFirst(CacheStore):
 
 
 def test_import_when_a_twin_commits_first(
-    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+    exported: tuple[Path, list[str], Path], tmp_path: Path
 ) -> None:
-    cache, keys, _ = source_cache
-    archive = tmp_path / "all.tar.gz"
-    cli("export", "--cache-dir", str(cache), str(archive))
+    _, keys, archive = exported
     target = tmp_path / "site-b"
     report = import_entries(_TwinFirst(target), archive)
     assert sorted(report.imported) == sorted(keys)
@@ -404,13 +403,11 @@ def _import_in_fresh_process(
     ids=["default-points", "points-every-1000-bytes"],
 )
 def test_import_in_worker_processes(
-    source_cache: tuple[Path, list[str], Path],
+    exported: tuple[Path, list[str], Path],
     tmp_path: Path,
     resume_every: tuple[str, ...],
 ) -> None:
-    cache, keys, _ = source_cache
-    archive = tmp_path / "all.tar.gz"
-    cli("export", "--cache-dir", str(cache), str(archive))
+    _, keys, archive = exported
     bad = tmp_path / "bad.tar.gz"
     _rewrite(archive, bad, {f"{keys[2]}/count.txt": b"X\n"})
     target = tmp_path / "site-b"
@@ -431,11 +428,9 @@ def test_import_in_worker_processes(
 
 
 def test_other_threads_mean_no_fork(
-    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+    exported: tuple[Path, list[str], Path], tmp_path: Path
 ) -> None:
-    cache, keys, _ = source_cache
-    archive = tmp_path / "all.tar.gz"
-    cli("export", "--cache-dir", str(cache), str(archive))
+    _, keys, archive = exported
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)
     other.start()
@@ -474,12 +469,10 @@ print("threads at fork:", threads_at_fork)
 
 
 def test_import_on_a_terminal_forks_its_workers(
-    source_cache: tuple[Path, list[str], Path], tmp_path: Path
+    exported: tuple[Path, list[str], Path], tmp_path: Path
 ) -> None:
     """The progress bar drawn on a terminal runs no thread that would stop the fork."""
-    cache, keys, _ = source_cache
-    archive = tmp_path / "all.tar.gz"
-    cli("export", "--cache-dir", str(cache), str(archive))
+    _, keys, archive = exported
     target = tmp_path / "site-b"
     terminal, child_end = pty.openpty()
     try:
